@@ -1,0 +1,29 @@
+"""HTTP routes: the flask-restful resources, /health, and JSON errors everywhere."""
+
+from __future__ import annotations
+
+from flask import Flask, Response
+from flask_restful import Api
+
+from .errors import error_response
+from .instances import InstanceCollection, InstanceItem
+
+# postgraas_server 2.x clients use the /api/v2 prefix.
+PREFIXES = ("", "/api/v2")
+
+
+class PostgraasApi(Api):
+    def handle_error(self, e: Exception) -> Response:
+        # flask-restful answers resource errors itself, bypassing Flask's handlers.
+        return error_response(e)
+
+
+def register_routes(app: Flask) -> None:
+    api = PostgraasApi(app, catch_all_404s=True)
+    api.add_resource(InstanceCollection, *(f"{p}/postgraas_instances" for p in PREFIXES))
+    api.add_resource(InstanceItem, *(f"{p}/postgraas_instances/<int:instance_id>" for p in PREFIXES))
+    app.register_error_handler(Exception, error_response)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}

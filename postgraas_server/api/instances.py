@@ -1,0 +1,47 @@
+"""The instance resources: thin, parse -> service -> render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request
+from flask_restful import Resource
+
+from ..schemas import (
+    CreatedInstanceOut,
+    CreateInstanceRequest,
+    DeleteInstanceRequest,
+    InstanceOut,
+    parse_request,
+    render,
+)
+from ..service import InstanceService
+
+
+def _service() -> InstanceService:
+    return current_app.extensions["postgraas"].service
+
+
+def _json_body() -> Any:
+    # silent: a body that is not JSON is reported by parse_request, as a 400 naming the problem.
+    return request.get_json(force=True, silent=True)
+
+
+class InstanceCollection(Resource):
+    def get(self) -> list[dict[str, Any]]:
+        return [render(InstanceOut.from_row(row)) for row in _service().list()]
+
+    def post(self) -> tuple[dict[str, Any], int]:
+        create = parse_request(CreateInstanceRequest, _json_body())
+        row = _service().create(create)
+        return render(CreatedInstanceOut.from_created(row, create.db_pwd)), 201
+
+
+class InstanceItem(Resource):
+    def get(self, instance_id: int) -> dict[str, Any]:
+        return render(InstanceOut.from_row(_service().get(instance_id)))
+
+    def delete(self, instance_id: int) -> dict[str, Any]:
+        delete = parse_request(DeleteInstanceRequest, _json_body())
+        row = _service().delete(instance_id, delete)
+        return {"status": "success", "msg": f"Deleted instance {row.postgraas_instance_name!r} (id {row.id})."}

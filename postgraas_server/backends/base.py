@@ -1,0 +1,74 @@
+"""The contract every backend implements. These docstrings are the spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    """What a user asked for, with the meta-db id it was reserved under."""
+
+    instance_id: int
+    instance_name: str
+    db_name: str
+    db_username: str
+    db_pwd: str
+
+    def __repr__(self) -> str:  # keep the password out of logs and tracebacks
+        return f"DatabaseSpec(instance_id={self.instance_id}, instance_name={self.instance_name!r})"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A login to an instance's database, used to count its sessions before a delete."""
+
+    db_name: str
+    db_username: str
+    db_pwd: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(db_name={self.db_name!r}, db_username={self.db_username!r})"
+
+
+@dataclass(frozen=True)
+class ProvisionedDatabase:
+    """Where a created database can be reached. ``ref`` names the backend object (a container id)."""
+
+    ref: str
+    host: str
+    port: int
+
+
+class Backend(Protocol):
+    """Creates and removes PostgreSQL databases.
+
+    Backends never touch the meta db or HTTP; they raise errors from ``postgraas_server.errors``.
+    """
+
+    type_name: str
+
+    def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        """Create the database and return only once a real login as ``spec.db_username`` to
+        ``spec.db_name`` over TCP succeeds.
+
+        Raises ``BackendUnavailable`` when the backend cannot be reached, ``Conflict`` when its
+        object's name is taken, ``BackendTimeout`` when the database is not ready in time and
+        ``BackendError`` for any other failure. On every failure it has removed whatever it
+        created: it leaves nothing behind.
+        """
+        ...
+
+    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+        """Remove the backend object ``ref`` and all its storage.
+
+        Unless ``force``, raises ``Conflict`` while other sessions are connected; with ``force``
+        they are terminated. Idempotent: an object that is already gone is not an error.
+        Raises ``BackendUnavailable`` when the backend cannot be reached (nothing was removed).
+        """
+        ...
+
+    def exists(self, ref: str) -> bool:
+        """True when the backend object ``ref`` exists (running or not). Raises ``BackendUnavailable``."""
+        ...

@@ -1,0 +1,231 @@
+"""The docker backend: one container of the configured postgres image per instance."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import psycopg
+import requests
+
+from ..config import DockerBackendSettings
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
+from .base import Credentials, DatabaseSpec, ProvisionedDatabase
+from .postgres_client import NotReady, count_other_sessions, wait_for_login
+
+log = logging.getLogger(__name__)
+
+POSTGRES_PORT = "5432/tcp"
+MANAGED_LABEL = "postgraas.managed"
+NAME_LABEL = "postgraas.name"
+INSTANCE_ID_LABEL = "postgraas.instance_id"
+LOG_TAIL_LINES = 20
+
+
+class ContainerExited(Exception):
+    """The container stopped while we waited for it to become ready."""
+
+
+def _default_client_factory(settings: DockerBackendSettings) -> Callable[[], docker.DockerClient]:
+    def connect() -> docker.DockerClient:
+        if settings.base_url:
+            return docker.DockerClient(base_url=settings.base_url, timeout=int(settings.api_timeout))
+        return docker.from_env(timeout=int(settings.api_timeout))
+
+    return connect
+
+
+class DockerBackend:
+    """Creates containers through an injected docker SDK client (a fake one in unit tests)."""
+
+    type_name = "docker"
+
+    def __init__(
+        self,
+        settings: DockerBackendSettings,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._client_factory = client_factory or _default_client_factory(settings)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    # -- the Backend contract ------------------------------------------------------------
+
+    def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        credentials = Credentials(spec.db_name, spec.db_username, spec.db_pwd)
+        with self._engine("create the container"):
+            container = self._create_container(spec)
+        try:
+            with self._engine("start the container"):
+                container.start()
+                container.reload()
+                port = self._published_port(container)
+            wait_for_login(
+                self._probe_host,
+                port,
+                credentials,
+                timeout=self.settings.ready_timeout,
+                still_starting=lambda: self._raise_if_exited(container),
+            )
+        except BaseException as e:
+            logs = self._last_logs(container, spec.db_pwd)
+            self._remove_quietly(container)
+            if isinstance(e, NotReady):
+                raise BackendTimeout(
+                    f"The database in container {container.name} was not ready within "
+                    f"{self.settings.ready_timeout:g} s (last error: {e}); it was removed. "
+                    f"Last log lines:\n{logs}"
+                ) from e
+            if isinstance(e, ContainerExited):
+                raise BackendError(
+                    f"Container {container.name} stopped before its database was ready ({e}); "
+                    f"it was removed. Last log lines:\n{logs}"
+                ) from e
+            raise
+        log.info("created container %s for instance %s on port %s", container.name, spec.instance_name, port)
+        return ProvisionedDatabase(ref=container.id, host=self.settings.advertised_host, port=port)
+
+    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+        with self._engine("remove the container"):
+            try:
+                container = self.client.containers.get(ref)
+            except docker.errors.NotFound:
+                return
+            if not force and container.status == "running":
+                self._refuse_if_in_use(container, credentials)
+            try:
+                # The data is thrown away anyway, so kill rather than wait for a clean shutdown;
+                # v=True removes the anonymous data volume with it.
+                container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                return
+        log.info("removed container %s (force=%s)", container.name, force)
+
+    def exists(self, ref: str) -> bool:
+        with self._engine("look up the container"):
+            try:
+                self.client.containers.get(ref)
+            except docker.errors.NotFound:
+                return False
+        return True
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        # Created on first use, and again after a failure: the engine may be down when the
+        # server starts (docker-py asks the engine for its API version on construction).
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._client_factory()
+            return self._client
+
+    @property
+    def _probe_host(self) -> str:
+        return self.settings.probe_host or self.settings.advertised_host
+
+    @contextmanager
+    def _engine(self, action: str) -> Iterator[None]:
+        """Translate docker SDK failures into the service's errors, naming what was tried."""
+        try:
+            yield
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                raise Conflict(f"Docker refused to {action}: {e.explanation}") from e
+            raise BackendError(f"Docker failed to {action}: {e.explanation or e}") from e
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            with self._client_lock:
+                self._client = None
+            raise BackendUnavailable(
+                f"The Docker engine cannot be reached, so the server could not {action}. "
+                f"Check that it is running and that backend.base_url is right ({e})."
+            ) from e
+
+    def _create_container(self, spec: DatabaseSpec) -> Any:
+        kwargs = dict(
+            image=self.settings.image,
+            # The random suffix keeps names unique across meta dbs sharing one engine.
+            name=f"postgraas-{spec.instance_name}-{secrets.token_hex(3)}",
+            environment={
+                "POSTGRES_USER": spec.db_username,
+                "POSTGRES_PASSWORD": spec.db_pwd,
+                "POSTGRES_DB": spec.db_name,
+            },
+            labels={
+                **self.settings.labels,
+                MANAGED_LABEL: "true",
+                NAME_LABEL: spec.instance_name,
+                INSTANCE_ID_LABEL: str(spec.instance_id),
+            },
+            # No host port given: Docker picks a free one when it binds, so there is no race.
+            ports={POSTGRES_PORT: (self.settings.bind_address, None)},
+            detach=True,
+        )
+        try:
+            return self.client.containers.create(**kwargs)
+        except docker.errors.ImageNotFound:
+            self._pull_image()
+            return self.client.containers.create(**kwargs)
+
+    def _pull_image(self) -> None:
+        log.info("image %s not present; pulling it", self.settings.image)
+        try:
+            self.client.images.pull(self.settings.image)
+        except docker.errors.APIError as e:
+            raise BackendUnavailable(
+                f"The image {self.settings.image} (backend.image) is not on the Docker engine "
+                f"and could not be pulled: {e.explanation or e}"
+            ) from e
+
+    @staticmethod
+    def _published_port(container: Any) -> int:
+        bindings = (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        for binding in bindings.get(POSTGRES_PORT) or []:
+            if binding.get("HostPort"):
+                return int(binding["HostPort"])
+        raise BackendError(f"Docker published no host port for container {container.name}")
+
+    def _raise_if_exited(self, container: Any) -> None:
+        with self._engine("inspect the container"):
+            container.reload()
+        if container.status not in ("created", "running"):
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise ContainerExited(f"status {container.status}, exit code {code}")
+
+    def _refuse_if_in_use(self, container: Any, credentials: Credentials) -> None:
+        container.reload()
+        port = self._published_port(container)
+        try:
+            sessions = count_other_sessions(self._probe_host, port, credentials)
+        except psycopg.Error as e:
+            raise Conflict(
+                "Could not check the instance for open sessions with its credentials "
+                f"({str(e).strip()}); delete with \"force\": true to remove it anyway."
+            ) from e
+        if sessions:
+            raise Conflict(
+                f"The instance has {sessions} open session(s); close them or delete with "
+                '"force": true to terminate them.'
+            )
+
+    def _last_logs(self, container: Any, secret: str) -> str:
+        try:
+            text = container.logs(tail=LOG_TAIL_LINES).decode("utf-8", "replace")
+        except (docker.errors.DockerException, requests.RequestException):
+            return "(logs unavailable)"
+        return text.replace(secret, "***") if secret else text
+
+    def _remove_quietly(self, container: Any) -> None:
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except (docker.errors.DockerException, requests.RequestException):
+            log.exception("could not remove container %s after a failed create", container.name)

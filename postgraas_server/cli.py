@@ -1,0 +1,83 @@
+"""The postgraas-server console script: init-db and serve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import migrations
+from .app import configure_logging, create_app
+from .config import ConfigError, Settings, load_settings
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="application.cfg to read (default: $POSTGRAAS_CONFIG, else ./application.cfg).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """Postgraas: PostgreSQL databases on demand, over REST."""
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as e:
+        raise click.ClickException(f"bad configuration: {e}") from None
+    configure_logging(settings.application.log_level)
+    ctx.obj = settings
+
+
+@main.command("init-db")
+@click.pass_obj
+def init_db(settings: Settings) -> None:
+    """Create or upgrade the meta-db schema. Never drops data; safe to run twice."""
+    _upgrade(settings)
+    click.echo("meta db schema is up to date")
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="gunicorn worker processes.")
+@click.option(
+    "--threads",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads per worker; a create waits for its database, so several run at once.",
+)
+@click.pass_obj
+def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
+    """Serve the API under gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    if settings.metadb.auto_migrate:
+        _upgrade(settings)
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread")
+            # A create may wait backend.ready_timeout for its database.
+            self.cfg.set("timeout", int(settings.backend.ready_timeout) + 60)
+            self.cfg.set("loglevel", settings.application.log_level.lower())
+
+        def load(self) -> Any:
+            return create_app(settings)
+
+    Server().run()
+
+
+def _upgrade(settings: Settings) -> None:
+    try:
+        migrations.upgrade(settings.metadb.sqlalchemy_url())
+    except SQLAlchemyError as e:
+        raise click.ClickException(f"cannot upgrade the meta db: {e.__class__.__name__}: {e.orig or e}") from None
+
+
+if __name__ == "__main__":
+    main()

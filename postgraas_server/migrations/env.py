@@ -1,0 +1,10 @@
+"""alembic environment: runs on the connection handed over by postgraas_server.migrations.upgrade."""
+
+from alembic import context
+
+from postgraas_server.models import Base
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

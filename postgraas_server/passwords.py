@@ -1,0 +1,14 @@
+"""Salted password hashes: the meta db can check a db_pwd but never reveal one."""
+
+from __future__ import annotations
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+
+def hash_password(password: str) -> str:
+    # scrypt with a random 16-byte salt per hash.
+    return generate_password_hash(password, method="scrypt")
+
+
+def password_matches(password_hash: str, password: str) -> bool:
+    return check_password_hash(password_hash, password)

@@ -1,0 +1,190 @@
+"""Request and response shapes: one declaration validates input and renders output."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
+
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from .errors import InvalidRequest, Unprocessable
+from .models import DBInstance
+
+# Docker container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; 63 keeps them usable as host names too.
+INSTANCE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# Plain PostgreSQL identifiers: nothing that would need quoting, so no quoting tricks.
+IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+IDENTIFIER_MAX_BYTES = 63
+PASSWORD_MAX_CHARS = 1024
+
+
+def _instance_name(value: str) -> str:
+    if not INSTANCE_NAME_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "invalid",
+            "must be 1 to 63 characters: letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not IDENTIFIER_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "invalid",
+            "must be a PostgreSQL identifier: letters, digits and '_', not starting with a digit",
+        )
+    if len(value.encode()) > IDENTIFIER_MAX_BYTES:
+        raise PydanticCustomError("invalid", "must be at most 63 bytes")
+    return value
+
+
+def _username(value: str) -> str:
+    # The superuser name (and 2.x's user@server form of it) would hand out the cluster's admin.
+    if value.lower() == "postgres" or value.lower().startswith("postgres@"):
+        raise PydanticCustomError("reserved", "'postgres' is reserved; choose another user name")
+    _identifier(value)
+    if value.lower().startswith("pg_"):
+        raise PydanticCustomError("invalid", "names starting with 'pg_' are reserved by PostgreSQL")
+    return value
+
+
+def _password(value: str) -> str:
+    if not value:
+        raise PydanticCustomError("invalid", "must not be empty")
+    if "\x00" in value:
+        raise PydanticCustomError("invalid", "must not contain a NUL character")
+    if len(value) > PASSWORD_MAX_CHARS:
+        raise PydanticCustomError("invalid", f"must be at most {PASSWORD_MAX_CHARS} characters")
+    return value
+
+
+InstanceName = Annotated[StrictStr, AfterValidator(_instance_name)]
+Identifier = Annotated[StrictStr, AfterValidator(_identifier)]
+Username = Annotated[StrictStr, AfterValidator(_username)]
+Password = Annotated[StrictStr, AfterValidator(_password)]
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored, as postgraas_server 2.x did.
+    model_config = ConfigDict(extra="ignore")
+
+
+class CreateInstanceRequest(_Request):
+    postgraas_instance_name: InstanceName = Field(
+        validation_alias=AliasChoices("postgraas_instance_name", "postgraas_name")
+    )
+    db_name: Identifier
+    db_username: Username
+    db_pwd: Password
+
+
+class DeleteInstanceRequest(_Request):
+    db_pwd: StrictStr
+    force: StrictBool = False
+
+
+T = TypeVar("T", bound=BaseModel)
+
+_TYPE_MESSAGES = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+}
+
+
+def parse_request(model: type[T], body: Any) -> T:
+    """Validate a JSON body; raise InvalidRequest (400) listing every bad field, or
+    Unprocessable (422) when the only problem is a reserved value."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        errors: dict[str, str] = {}
+        reserved_only = True
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else "body"
+            errors.setdefault(field, _TYPE_MESSAGES.get(err["type"], err["msg"]))
+            reserved_only &= err["type"] == "reserved"
+        fields = ", ".join(f"{k} {v}" for k, v in errors.items())
+        if reserved_only:
+            raise Unprocessable(f"The request cannot be accepted: {fields}.", errors) from None
+        raise InvalidRequest(f"The request has invalid fields: {fields}.", errors) from None
+
+
+def connection_uri(user: str, password: str | None, host: str, port: int, db_name: str) -> str:
+    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password is not None else "")
+    host_part = f"[{host}]" if ":" in host else host
+    return f"postgresql://{auth}@{host_part}:{port}/{quote(db_name, safe='')}"
+
+
+class InstanceOut(BaseModel):
+    """An instance as GET shows it. The 2.x field names (id, username, hostname, password) stay."""
+
+    postgraas_instance_id: int
+    postgraas_instance_name: str
+    db_name: str
+    db_username: str
+    host: str | None
+    port: int | None
+    container_id: str | None
+    backend: str
+    status: str
+    connection_uri: str | None
+    creation_timestamp: datetime
+    id: int
+    username: str
+    hostname: str | None
+    # Always empty: postgraas_server 2.x clients expect the key, nobody gets the value.
+    password: str = ""
+
+    @classmethod
+    def from_row(cls, row: DBInstance) -> InstanceOut:
+        return cls(
+            postgraas_instance_id=row.id,
+            postgraas_instance_name=row.postgraas_instance_name,
+            db_name=row.db_name,
+            db_username=row.username,
+            host=row.hostname,
+            port=row.port,
+            container_id=row.container_id,
+            backend=row.backend,
+            status=row.status,
+            connection_uri=(
+                connection_uri(row.username, None, row.hostname, row.port, row.db_name)
+                if row.hostname and row.port
+                else None
+            ),
+            creation_timestamp=row.created_at_utc,
+            id=row.id,
+            username=row.username,
+            hostname=row.hostname,
+        )
+
+
+class CreatedInstanceOut(InstanceOut):
+    """The answer to a create: the only response that carries db_pwd."""
+
+    db_pwd: str
+
+    @classmethod
+    def from_created(cls, row: DBInstance, db_pwd: str) -> CreatedInstanceOut:
+        out = InstanceOut.from_row(row).model_dump()
+        out["connection_uri"] = connection_uri(row.username, db_pwd, row.hostname or "", row.port or 0, row.db_name)
+        return cls(**out, db_pwd=db_pwd)
+
+
+def render(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")

@@ -1,0 +1,27 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="postgraas_server",
+    version="3.0.0.dev0",
+    description="PostgreSQL databases on demand, over REST",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["postgraas_server", "postgraas_server.*"]),
+    package_data={"postgraas_server": ["migrations/script.py.mako", "migrations/versions/*.py"]},
+    install_requires=[
+        "Flask>=3.1,<4",
+        "Flask-RESTful>=0.3.10,<0.4",
+        "Flask-SQLAlchemy>=3.1,<4",
+        "SQLAlchemy>=2.0,<2.1",
+        "psycopg[binary]>=3.2,<4",
+        "alembic>=1.13,<2",
+        "docker>=7.1,<8",
+        "gunicorn>=22",
+        "pydantic>=2.7,<3",
+        "click>=8.1,<9",
+    ],
+    entry_points={"console_scripts": ["postgraas-server=postgraas_server.cli:main"]},
+)

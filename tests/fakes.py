@@ -1,0 +1,38 @@
+"""An in-memory backend for unit tests of the API and service (integration tests use real ones)."""
+
+from __future__ import annotations
+
+import itertools
+
+from postgraas_server.backends import Credentials, DatabaseSpec, ProvisionedDatabase
+from postgraas_server.errors import Conflict, PostgraasError
+
+
+class FakeBackend:
+    type_name = "fake"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, DatabaseSpec] = {}
+        self.sessions: dict[str, int] = {}
+        self.fail_create: PostgraasError | None = None
+        self.fail_delete: PostgraasError | None = None
+        self.deleted: list[tuple[str, bool]] = []
+        self._ports = itertools.count(40000)
+
+    def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        if self.fail_create is not None:
+            raise self.fail_create
+        ref = f"fake-{spec.instance_id}"
+        self.objects[ref] = spec
+        return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
+
+    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+        if self.fail_delete is not None:
+            raise self.fail_delete
+        if not force and self.sessions.get(ref):
+            raise Conflict("in use")
+        self.objects.pop(ref, None)
+        self.deleted.append((ref, force))
+
+    def exists(self, ref: str) -> bool:
+        return ref in self.objects

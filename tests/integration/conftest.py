@@ -1,0 +1,128 @@
+"""Real components: a Docker engine, the postgres test image, and the server run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+import requests
+
+from ..conftest import require
+
+TEST_IMAGE = os.environ.get("POSTGRAAS_TEST_IMAGE", "postgraas/postgres-test:15")
+RUN_LABEL = "postgraas.test_run"
+RUN_ID = uuid.uuid4().hex[:12]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        require("Docker engine", f"{e} (run scripts/ensure-docker.sh)")
+    try:
+        client.images.get(TEST_IMAGE)
+    except docker.errors.ImageNotFound:
+        require("postgres test image", f"{TEST_IMAGE} is not built (run scripts/build-test-images.sh)")
+    yield client
+    # Nothing this run created may survive it; report, then clean up so the next run starts clean.
+    leftovers = client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={RUN_ID}"})
+    for container in leftovers:
+        container.remove(force=True, v=True)
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+def free_port() -> int:
+    # Only for the test server's own port; the service itself never picks ports this way.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def post(self, body: dict, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/postgraas_instances", json=body, timeout=120, **kwargs)
+
+    def delete(self, instance_id: int, body: dict) -> requests.Response:
+        return requests.delete(f"{self.url}/postgraas_instances/{instance_id}", json=body, timeout=120)
+
+    def get(self, path: str = "") -> requests.Response:
+        return requests.get(f"{self.url}/postgraas_instances{path}", timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def start_server(tmp_path: Path, backend: dict, workers: int = 2) -> Server:
+    config = {
+        "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
+        "backend": {
+            "type": "docker",
+            "image": TEST_IMAGE,
+            "advertised_host": "127.0.0.1",
+            "bind_address": "127.0.0.1",
+            "ready_timeout": 60,
+            "labels": {RUN_LABEL: RUN_ID},
+            **backend,
+        },
+        "application": {"log_level": "DEBUG"},
+    }
+    config_path = tmp_path / "application.cfg"
+    config_path.write_text(json.dumps(config))
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "postgraas_server.cli", "--config", str(config_path), "serve"]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{server.url}/health", timeout=1).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"server did not start:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def server(docker_client, tmp_path_factory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("server"), {})
+    yield server
+    stop_server(server)

@@ -1,0 +1,193 @@
+"""The HTTP contract with an in-memory backend, TESTING=False: status codes, bodies, cleanup."""
+
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from postgraas_server.errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
+from postgraas_server.models import DBInstance, db
+
+BODY = {"postgraas_instance_name": "demo", "db_name": "app", "db_username": "alice", "db_pwd": "s3cr@t pw"}
+
+
+def rows(app):
+    with app.app_context():
+        return list(db.session.execute(select(DBInstance)).scalars())
+
+
+def create(client, **overrides):
+    return client.post("/postgraas_instances", json={**BODY, **overrides})
+
+
+def test_create_returns_credentials_once(client, fake_backend):
+    response = create(client)
+    assert response.status_code == 201
+    body = response.get_json()
+    assert body["postgraas_instance_name"] == "demo"
+    assert body["db_pwd"] == "s3cr@t pw"
+    assert body["host"] == "db.example"
+    assert isinstance(body["port"], int)
+    assert body["container_id"] == f"fake-{body['postgraas_instance_id']}"
+    assert body["connection_uri"] == f"postgresql://alice:s3cr%40t%20pw@db.example:{body['port']}/app"
+    assert body["creation_timestamp"].endswith("Z") or body["creation_timestamp"].endswith("+00:00")
+    assert body["status"] == "ready"
+    assert list(fake_backend.objects) == [body["container_id"]]
+
+
+def test_get_and_list_never_show_the_password(client):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    for path in ("/postgraas_instances", "/api/v2/postgraas_instances", f"/postgraas_instances/{instance_id}"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert "s3cr" not in response.get_data(as_text=True)
+    item = client.get(f"/api/v2/postgraas_instances/{instance_id}").get_json()
+    assert item["password"] == ""
+    assert "db_pwd" not in item
+    assert item["username"] == item["db_username"] == "alice"
+    assert item["connection_uri"] == f"postgresql://alice@db.example:{item['port']}/app"
+
+
+def test_password_is_stored_as_a_salted_hash(app, client):
+    create(client)
+    create(client, postgraas_instance_name="demo2")
+    hashes = [row.password_hash for row in rows(app)]
+    assert all("s3cr" not in h and h.startswith("scrypt:") for h in hashes)
+    assert hashes[0] != hashes[1]
+
+
+def test_2x_field_alias_and_path(client):
+    body = {**BODY, "postgraas_name": "legacy"}
+    del body["postgraas_instance_name"]
+    response = client.post("/api/v2/postgraas_instances", json=body)
+    assert response.status_code == 201
+    assert response.get_json()["postgraas_instance_name"] == "legacy"
+
+
+def test_unknown_id_is_404(client):
+    assert client.get("/postgraas_instances/999").status_code == 404
+    response = client.delete("/postgraas_instances/999", json={"db_pwd": "x"})
+    assert response.status_code == 404
+    assert response.get_json() == {"status": "failed", "msg": "There is no instance with id 999."}
+
+
+def test_delete_checks_the_password_against_the_hash(app, client, fake_backend):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    response = client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": "wrong"})
+    assert response.status_code == 401
+    assert response.get_json()["errors"] == {"db_pwd": "does not match"}
+    assert len(rows(app)) == 1 and fake_backend.objects
+    response = client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]})
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "success"
+    assert rows(app) == [] and not fake_backend.objects
+
+
+def test_delete_in_use_is_409_unless_forced(app, client, fake_backend):
+    body = create(client).get_json()
+    fake_backend.sessions[body["container_id"]] = 2
+    path = f"/postgraas_instances/{body['postgraas_instance_id']}"
+    assert client.delete(path, json={"db_pwd": BODY["db_pwd"]}).status_code == 409
+    assert len(rows(app)) == 1
+    assert client.delete(path, json={"db_pwd": BODY["db_pwd"], "force": True}).status_code == 200
+    assert fake_backend.deleted == [(body["container_id"], True)]
+
+
+def test_delete_when_backend_unreachable_keeps_the_row(app, client, fake_backend):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    fake_backend.fail_delete = BackendUnavailable("The Docker engine cannot be reached.")
+    response = client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]})
+    assert response.status_code == 503
+    assert len(rows(app)) == 1
+
+
+def test_duplicate_name_is_409(client, fake_backend):
+    assert create(client).status_code == 201
+    response = create(client)
+    assert response.status_code == 409
+    assert response.get_json()["errors"] == {"postgraas_instance_name": "already exists"}
+    assert len(fake_backend.objects) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (BackendUnavailable("The Docker engine cannot be reached."), 503),
+        (BackendError("Container stopped."), 502),
+        (BackendTimeout("Not ready in time."), 504),
+        (Conflict("Docker refused to create the container: name in use"), 409),
+    ],
+)
+def test_backend_failure_leaves_no_row(app, client, fake_backend, error, status):
+    fake_backend.fail_create = error
+    response = create(client)
+    assert response.status_code == status
+    assert response.get_json() == {"status": "failed", "msg": error.msg}
+    assert rows(app) == []
+    # The name is free again.
+    fake_backend.fail_create = None
+    assert create(client).status_code == 201
+
+
+def test_meta_db_failure_after_create_removes_the_backend_object(app, client, fake_backend, monkeypatch):
+    original_commit = db.session.commit
+    calls = {"n": 0}
+
+    def failing_second_commit():
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first commit reserves the row, the second marks it ready
+            raise RuntimeError("meta db went away")
+        return original_commit()
+
+    monkeypatch.setattr(db.session, "commit", failing_second_commit)
+    response = create(client)
+    assert response.status_code == 500
+    assert fake_backend.objects == {}
+    assert fake_backend.deleted and fake_backend.deleted[0][1] is True
+    monkeypatch.setattr(db.session, "commit", original_commit)
+    assert rows(app) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "msg"),
+    [
+        ({"data": "not json"}, 400, "The request body must be a JSON object."),
+        ({"data": "[1, 2]"}, 400, "The request body must be a JSON object."),
+        ({"data": "x" * 70000}, 413, "The request body is larger than the limit of 65536 bytes."),
+    ],
+)
+def test_bad_bodies(client, kwargs, status, msg):
+    response = client.post("/postgraas_instances", content_type="application/json", **kwargs)
+    assert response.status_code == status
+    assert response.get_json() == {"status": "failed", "msg": msg}
+
+
+def test_unknown_route_and_method_answer_json(client):
+    response = client.get("/nothing-here")
+    assert response.status_code == 404 and response.get_json()["status"] == "failed"
+    response = client.put("/postgraas_instances")
+    assert response.status_code == 405 and response.get_json()["status"] == "failed"
+    assert "GET" in response.headers["Allow"]
+
+
+def test_health(client):
+    assert client.get("/health").get_json() == {"status": "ok"}
+
+
+def test_concurrent_creates_of_one_name_have_one_winner(app, fake_backend):
+    results = []
+    barrier = threading.Barrier(8)
+
+    def post():
+        with app.test_client() as c:
+            barrier.wait()
+            results.append(create(c).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [201] + [409] * 7
+    assert len(fake_backend.objects) == 1
+    assert len(rows(app)) == 1
