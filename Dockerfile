@@ -1,5 +1,5 @@
 # The Postgraas server: gunicorn, as a non-root user, driving the Docker engine through a
-# mounted socket. BASE_IMAGE lets CI build from a locally made Debian image (no registry there).
+# mounted socket (the image has no PostgreSQL binaries, so docker is its default backend). BASE_IMAGE lets CI build from a locally made Debian image (no registry there).
 #
 #   docker build -t postgraas-server .
 #   docker run -d --network host \
@@ -12,7 +12,8 @@ FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/postgraas/bin:$PATH \
-    POSTGRAAS_CONFIG=/etc/postgraas/application.cfg
+    POSTGRAAS_CONFIG=/etc/postgraas/application.cfg \
+    POSTGRAAS_APPLICATION_DEFAULT_BACKEND=docker
 
 RUN python3 -m venv /opt/postgraas
 # Dependencies first: this layer is reused until requirements.txt changes.

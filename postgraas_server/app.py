@@ -10,7 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from .api import register_routes
-from .backends import Backend, build_backend
+from .backends import BackendRegistry
 from .config import Settings, load_settings
 from .models import db
 from .service import InstanceService
@@ -22,12 +22,12 @@ SQLITE_BUSY_TIMEOUT_S = 30
 @dataclass
 class PostgraasState:
     settings: Settings
-    backend: Backend
+    backends: BackendRegistry
     service: InstanceService
 
 
-def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> Flask:
-    """Build the app. ``backend`` may be injected (tests); otherwise it comes from the settings."""
+def create_app(settings: Settings | None = None, *, backends: BackendRegistry | None = None) -> Flask:
+    """Build the app. ``backends`` may be injected (tests); otherwise they come from the settings."""
     settings = settings or load_settings()
     app = Flask("postgraas_server")
     # Keep fields in declaration order (errors list fields in the order they were checked).
@@ -43,8 +43,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     db.init_app(app)
     with app.app_context():
         _tune_sqlite(db.engine)
-    backend = backend or build_backend(settings.backend)
-    app.extensions["postgraas"] = PostgraasState(settings, backend, InstanceService(backend))
+    backends = backends or BackendRegistry.from_settings(settings)
+    app.extensions["postgraas"] = PostgraasState(settings, backends, InstanceService(backends))
     register_routes(app)
     return app
 

@@ -62,8 +62,9 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
             self.cfg.set("worker_class", "gthread")
-            # A create may wait backend.ready_timeout for its database.
-            self.cfg.set("timeout", int(settings.backend.ready_timeout) + 60)
+            # A create may wait its backend's ready_timeout for the database.
+            slowest = max(backend.ready_timeout for backend in settings.backends.values())
+            self.cfg.set("timeout", int(slowest) + 60)
             self.cfg.set("loglevel", settings.application.log_level.lower())
 
         def load(self) -> Any:

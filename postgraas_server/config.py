@@ -1,7 +1,8 @@
 """Settings: application.cfg (JSON, laid out as in postgraas_server 2.x) plus POSTGRAAS_* overrides.
 
 Every key can be overridden from the environment as ``POSTGRAAS_<SECTION>_<KEY>`` in upper case,
-for example ``POSTGRAAS_METADB_URL`` or ``POSTGRAAS_BACKEND_READY_TIMEOUT``. Values are parsed as
+for example ``POSTGRAAS_METADB_URL`` or ``POSTGRAAS_BACKEND_READY_TIMEOUT``; a named backend's
+keys are ``POSTGRAAS_BACKENDS_<NAME>_<KEY>`` (``POSTGRAAS_BACKENDS_LOCAL_DATA_ROOT``). Values are parsed as
 strings coerced to the key's type (``"60"``, ``"true"``); objects and lists are given as JSON. Nothing is read at
 import: ``load_settings`` is called by the CLI or the app factory.
 """
@@ -12,7 +13,8 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
@@ -73,22 +75,78 @@ def _absolute_sqlite(url: str) -> str:
     return parsed.set(database=os.path.abspath(parsed.database)).render_as_string(hide_password=False)
 
 
-class DockerBackendSettings(_Section):
+class _BackendSection(_Section):
+    # Seconds to wait for the first real login to a new database.
+    ready_timeout: float = Field(default=60.0, gt=0)
+    advertised_host: str = "localhost"
+    # Where the server itself connects to prove readiness; defaults to advertised_host.
+    probe_host: str | None = None
+
+
+class DockerBackendSettings(_BackendSection):
     """The docker backend: one container of ``image`` per instance."""
 
     type: Literal["docker"] = "docker"
     image: str = "postgres:16"
     # None: the environment's Docker settings (DOCKER_HOST, else the local socket).
     base_url: str | None = None
-    advertised_host: str = "localhost"
-    # Where the server itself connects to prove readiness; defaults to advertised_host.
-    probe_host: str | None = None
     bind_address: str = "0.0.0.0"
-    ready_timeout: float = Field(default=60.0, gt=0)
     # Seconds a single Docker API call may take before the engine counts as unreachable.
     api_timeout: float = Field(default=30.0, gt=0)
     # Extra labels put on every container (e.g. to tell environments apart).
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterBackendSettings(_BackendSection):
+    """The cluster backend: a role and a database per instance inside an existing server."""
+
+    type: Literal["cluster"]
+    # A libpq connection string or URI for the admin login; or the 2.x keys below.
+    dsn: str | None = None
+    host: str | None = None
+    port: int = 5432
+    database: str = "postgres"
+    username: str | None = None
+    password: str | None = None
+    # 2.x: Azure-style logins as user@server.
+    server: str | None = None
+    # What clients are told; default: the admin connection's host and port.
+    advertised_host: str | None = None  # type: ignore[assignment]
+    advertised_port: int | None = None
+    ready_timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _admin_login(self) -> ClusterBackendSettings:
+        if self.dsn is None and not (self.host and self.username):
+            raise ValueError("give either 'dsn' or 'host' and 'username' for the admin connection")
+        return self
+
+
+class LocalBackendSettings(_BackendSection):
+    """The local backend: a postgres cluster per instance, run as processes on this host."""
+
+    type: Literal["local"]
+    # None: `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.
+    bin_dir: str | None = None
+    data_root: str = "postgraas-data"
+    listen_address: str = "127.0.0.1"
+    # The OS user postgres runs as when the server runs as root (postgres refuses root).
+    run_as_user: str = "postgres"
+    port_min: int = Field(default=20000, ge=1024, le=65535)
+    port_max: int = Field(default=29999, ge=1024, le=65535)
+    ready_timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _port_range(self) -> LocalBackendSettings:
+        if self.port_min > self.port_max:
+            raise ValueError("port_min must not be above port_max")
+        return self
+
+
+BackendSettings = Annotated[
+    DockerBackendSettings | ClusterBackendSettings | LocalBackendSettings, Field(discriminator="type")
+]
+BACKEND_NAME_RE = re.compile(r"[a-z][a-z0-9]{0,31}")
 
 
 class ApplicationSettings(_Section):
@@ -96,12 +154,44 @@ class ApplicationSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Requests larger than this are refused with 413; a create body is well under 1 KiB.
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    # The backend used when a request names none; default: the only one configured.
+    default_backend: str | None = None
 
 
 class Settings(_Section):
     metadb: MetaDbSettings = Field(default_factory=MetaDbSettings)
-    backend: DockerBackendSettings = Field(default_factory=DockerBackendSettings)
+    # The single backend section of postgraas_server 2.x; it is named after its type.
+    backend: BackendSettings | None = None
+    # Several backends by name (lower-case letters and digits).
+    backends: dict[str, BackendSettings] = Field(default_factory=dict)
     application: ApplicationSettings = Field(default_factory=ApplicationSettings)
+
+    @model_validator(mode="after")
+    def _named_backends(self) -> Settings:
+        for name in self.backends:
+            if not BACKEND_NAME_RE.fullmatch(name):
+                raise ValueError(f"backends.{name}: a backend name is 1 to 32 lower-case letters and digits")
+        if self.backend is not None:
+            if self.backend.type in self.backends:
+                raise ValueError(f"backend: its name {self.backend.type!r} is also a key of 'backends'")
+            self.backends = {self.backend.type: self.backend, **self.backends}
+        if not self.backends:
+            self.backends = {"local": LocalBackendSettings(type="local")}
+        default = self.application.default_backend
+        if default is None:
+            if self.backend is not None:
+                default = self.backend.type
+            elif len(self.backends) == 1:
+                default = next(iter(self.backends))
+            else:
+                raise ValueError("application.default_backend: required when several backends are configured")
+        if default not in self.backends:
+            raise ValueError(
+                f"application.default_backend: {default!r} is not a configured backend "
+                f"({', '.join(self.backends)})"
+            )
+        self.application.default_backend = default
+        return self
 
 
 SECTIONS = tuple(Settings.model_fields)
@@ -137,14 +227,30 @@ def settings_from_dict(raw: dict[str, Any], source: str = "config") -> Settings:
         return Settings.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {_describe(err)}" for err in e.errors()
+            f"{_key(err['loc'])}: {_describe(err)}" if err["loc"] else _describe(err) for err in e.errors()
         )
         raise ConfigError(f"{source}: {problems}") from None
+
+
+BACKEND_TYPES = ("docker", "cluster", "local")
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    # pydantic puts the union member's tag into the path (backend.docker.image); users wrote backend.image.
+    parts = [str(p) for p in loc]
+    tag_at = 1 if parts[0] == "backend" else 2 if parts[0] == "backends" else None
+    if tag_at is not None and len(parts) > tag_at and parts[tag_at] in BACKEND_TYPES:
+        del parts[tag_at]
+    return ".".join(parts)
 
 
 def _describe(err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key"
+    if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        return f"'type' must be one of: {', '.join(BACKEND_TYPES)}"
+    if err["type"] == "value_error":
+        return str(err["ctx"]["error"])
     return str(err["msg"])
 
 
@@ -158,8 +264,14 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         if section not in SECTIONS or not key:
             continue
         target = merged.setdefault(section, {})
+        if section == "backends":
+            # POSTGRAAS_BACKENDS_<NAME>_<KEY>: backend names have no underscore.
+            backend_name, _, key = key.partition("_")
+            if not key:
+                raise ConfigError(f"{name}: expected POSTGRAAS_BACKENDS_<NAME>_<KEY>")
+            target = target.setdefault(backend_name, {}) if isinstance(target, dict) else target
         if not isinstance(target, dict):
-            raise ConfigError(f"{section}: must be a JSON object")
+            raise ConfigError(f"{name}: {section} must be a JSON object")
         target[key] = _parse_env_value(name, value)
     return merged
 

@@ -70,6 +70,13 @@ def _password(value: str) -> str:
     return value
 
 
+def _backend_name(value: str) -> str:
+    if len(value) > 32:
+        raise PydanticCustomError("invalid", "must be at most 32 characters")
+    return value
+
+
+BackendName = Annotated[StrictStr, AfterValidator(_backend_name)]
 InstanceName = Annotated[StrictStr, AfterValidator(_instance_name)]
 Identifier = Annotated[StrictStr, AfterValidator(_identifier)]
 Username = Annotated[StrictStr, AfterValidator(_username)]
@@ -88,6 +95,10 @@ class CreateInstanceRequest(_Request):
     db_name: Identifier
     db_username: Username
     db_pwd: Password
+    # The configured backend to create in; default: application.default_backend.
+    backend: BackendName | None = None
+    # cluster backends: copy this existing database.
+    template: Identifier | None = None
 
 
 class DeleteInstanceRequest(_Request):
@@ -142,6 +153,8 @@ class InstanceOut(BaseModel):
     container_id: str | None
     backend: str
     status: str
+    # Item GET only: what the backend reports now (running, stopped, missing, unknown).
+    backend_state: str | None = None
     connection_uri: str | None
     creation_timestamp: datetime
     id: int
@@ -151,8 +164,9 @@ class InstanceOut(BaseModel):
     password: str = ""
 
     @classmethod
-    def from_row(cls, row: DBInstance) -> InstanceOut:
+    def from_row(cls, row: DBInstance, backend_state: str | None = None) -> InstanceOut:
         return cls(
+            backend_state=backend_state,
             postgraas_instance_id=row.id,
             postgraas_instance_name=row.postgraas_instance_name,
             db_name=row.db_name,
@@ -181,7 +195,7 @@ class CreatedInstanceOut(InstanceOut):
 
     @classmethod
     def from_created(cls, row: DBInstance, db_pwd: str) -> CreatedInstanceOut:
-        out = InstanceOut.from_row(row).model_dump()
+        out = InstanceOut.from_row(row, backend_state="running").model_dump()
         out["connection_uri"] = connection_uri(row.username, db_pwd, row.hostname or "", row.port or 0, row.db_name)
         return cls(**out, db_pwd=db_pwd)
 

@@ -7,8 +7,8 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from .backends import Backend, Credentials, DatabaseSpec
-from .errors import Conflict, NotFound, WrongPassword
+from .backends import BackendRegistry, Credentials, DatabaseSpec, ObjectState
+from .errors import BackendUnavailable, Conflict, InvalidRequest, NotFound, WrongPassword
 from .models import DBInstance, InstanceStatus, db
 from .passwords import hash_password, password_matches
 from .schemas import CreateInstanceRequest, DeleteInstanceRequest
@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 
 class InstanceService:
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, backends: BackendRegistry) -> None:
+        self.backends = backends
 
     def list(self) -> list[DBInstance]:
         return list(db.session.execute(select(DBInstance).order_by(DBInstance.id)).scalars())
@@ -34,16 +34,23 @@ class InstanceService:
 
         Any failure undoes the earlier steps: no orphan backend object, no orphan row.
         """
-        row = self._reserve(request)
+        backend_name, backend = self.backends.choose(request.backend)
+        if request.template is not None and not backend.supports_template:
+            raise InvalidRequest(
+                f"Backend {backend_name!r} cannot create a database from a template.",
+                {"template": f"not supported by the {backend.type_name} backend"},
+            )
+        row = self._reserve(request, backend_name)
         spec = DatabaseSpec(
             instance_id=row.id,
             instance_name=row.postgraas_instance_name,
             db_name=request.db_name,
             db_username=request.db_username,
             db_pwd=request.db_pwd,
+            template=request.template,
         )
         try:
-            provisioned = self.backend.create(spec)
+            provisioned = backend.create(spec)
         except BaseException:
             self._release(row.id)
             raise
@@ -57,12 +64,12 @@ class InstanceService:
             db.session.rollback()
             log.warning("meta db update failed for %s; removing what was created", spec.instance_name)
             try:
-                self.backend.delete(provisioned.ref, _credentials(spec), force=True)
+                backend.delete(provisioned.ref, spec.credentials, force=True)
             except Exception:
-                log.exception("could not remove %s object %s", self.backend.type_name, provisioned.ref)
+                log.exception("could not remove %s object %s", backend_name, provisioned.ref)
             self._release(spec.instance_id)
             raise
-        log.info("instance %s (id %s) is ready on %s", row.postgraas_instance_name, row.id, self.backend.type_name)
+        log.info("instance %s (id %s) is ready in backend %s", row.postgraas_instance_name, row.id, backend_name)
         return row
 
     def delete(self, instance_id: int, request: DeleteInstanceRequest) -> DBInstance:
@@ -71,19 +78,28 @@ class InstanceService:
             raise WrongPassword("The password does not match this instance's db_pwd.", {"db_pwd": "does not match"})
         if row.container_id:
             credentials = Credentials(row.db_name, row.username, request.db_pwd)
-            self.backend.delete(row.container_id, credentials, force=request.force)
+            self.backends.holding(row.backend).delete(row.container_id, credentials, force=request.force)
         db.session.delete(row)
         db.session.commit()
         log.info("instance %s (id %s) deleted (force=%s)", row.postgraas_instance_name, row.id, request.force)
         return row
 
-    def _reserve(self, request: CreateInstanceRequest) -> DBInstance:
+    def backend_state(self, row: DBInstance) -> str:
+        """What the backend says of the instance's object now: running, stopped, missing or unknown."""
+        if not row.container_id:
+            return ObjectState.MISSING.value
+        try:
+            return self.backends.holding(row.backend).describe(row.container_id).state.value
+        except BackendUnavailable:
+            return "unknown"
+
+    def _reserve(self, request: CreateInstanceRequest, backend_name: str) -> DBInstance:
         row = DBInstance(
             postgraas_instance_name=request.postgraas_instance_name,
             db_name=request.db_name,
             username=request.db_username,
             password_hash=hash_password(request.db_pwd),
-            backend=self.backend.type_name,
+            backend=backend_name,
             status=InstanceStatus.CREATING,
         )
         db.session.add(row)
@@ -109,6 +125,3 @@ class InstanceService:
             db.session.rollback()
             log.exception("could not remove the meta row of failed instance id %s", instance_id)
 
-
-def _credentials(spec: DatabaseSpec) -> Credentials:
-    return Credentials(spec.db_name, spec.db_username, spec.db_pwd)

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from postgraas_server.app import create_app
-from postgraas_server.backends import Backend
+from postgraas_server.backends import Backend, BackendRegistry
 from postgraas_server.config import settings_from_dict
 from postgraas_server.migrations import upgrade
 
@@ -29,7 +29,7 @@ def make_app(tmp_path, backend: Backend, **sections: dict) -> Flask:
     raw = {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, **sections}
     settings = settings_from_dict(raw)
     upgrade(settings.metadb.sqlalchemy_url())
-    app = create_app(settings, backend=backend)
+    app = create_app(settings, backends=BackendRegistry({"fake": backend}, "fake"))
     # Error paths must be proven as production runs them: flask-restful behaves differently in TESTING.
     app.config["TESTING"] = False
     return app

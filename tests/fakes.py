@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 
-from postgraas_server.backends import Credentials, DatabaseSpec, ProvisionedDatabase
+from postgraas_server.backends import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
 from postgraas_server.errors import Conflict, PostgraasError
 
 
 class FakeBackend:
     type_name = "fake"
+    supports_template = False
 
     def __init__(self) -> None:
         self.objects: dict[str, DatabaseSpec] = {}
@@ -36,3 +37,11 @@ class FakeBackend:
 
     def exists(self, ref: str) -> bool:
         return ref in self.objects
+
+    def describe(self, ref: str) -> ObjectDescription:
+        if ref not in self.objects:
+            return ObjectDescription(ObjectState.MISSING)
+        return ObjectDescription(ObjectState.RUNNING, "db.example", 40000)
+
+    def health(self) -> None:
+        pass

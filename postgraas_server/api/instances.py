@@ -39,7 +39,9 @@ class InstanceCollection(Resource):
 
 class InstanceItem(Resource):
     def get(self, instance_id: int) -> dict[str, Any]:
-        return render(InstanceOut.from_row(_service().get(instance_id)))
+        service = _service()
+        row = service.get(instance_id)
+        return render(InstanceOut.from_row(row, backend_state=service.backend_state(row)))
 
     def delete(self, instance_id: int) -> dict[str, Any]:
         delete = parse_request(DeleteInstanceRequest, _json_body())

@@ -1,17 +1,66 @@
-"""Backends create the PostgreSQL databases; ``build_backend`` picks one from the settings."""
+"""Backends create the PostgreSQL databases; ``BackendRegistry`` holds the configured ones by name."""
 
 from __future__ import annotations
 
-from ..config import DockerBackendSettings
-from .base import Backend, Credentials, DatabaseSpec, ProvisionedDatabase
+from dataclasses import dataclass
+
+from ..config import BackendSettings, Settings
+from ..errors import BackendUnavailable, InvalidRequest
+from .base import Backend, Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
 
 
-def build_backend(settings: DockerBackendSettings) -> Backend:
+def build_backend(settings: BackendSettings) -> Backend:
     if settings.type == "docker":
         from .docker import DockerBackend
 
         return DockerBackend(settings)
-    raise ValueError(f"unknown backend type {settings.type!r}")
+    if settings.type == "cluster":
+        from .cluster import ClusterBackend
+
+        return ClusterBackend(settings)
+    from .local import LocalBackend
+
+    return LocalBackend(settings)
 
 
-__all__ = ["Backend", "Credentials", "DatabaseSpec", "ProvisionedDatabase", "build_backend"]
+@dataclass
+class BackendRegistry:
+    backends: dict[str, Backend]
+    default: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BackendRegistry:
+        backends = {name: build_backend(backend) for name, backend in settings.backends.items()}
+        return cls(backends, settings.application.default_backend or next(iter(backends)))
+
+    def choose(self, name: str | None) -> tuple[str, Backend]:
+        """The backend a request names (400 listing the configured ones if unknown), else the default."""
+        name = name or self.default
+        if name not in self.backends:
+            configured = ", ".join(self.backends)
+            raise InvalidRequest(
+                f"There is no backend named {name!r}; configured backends: {configured}.",
+                {"backend": f"must be one of: {configured}"},
+            )
+        return name, self.backends[name]
+
+    def holding(self, name: str) -> Backend:
+        """The backend an existing instance lives in."""
+        try:
+            return self.backends[name]
+        except KeyError:
+            raise BackendUnavailable(
+                f"The instance lives in backend {name!r}, which is no longer configured."
+            ) from None
+
+
+__all__ = [
+    "Backend",
+    "BackendRegistry",
+    "Credentials",
+    "DatabaseSpec",
+    "ObjectDescription",
+    "ObjectState",
+    "ProvisionedDatabase",
+    "build_backend",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 
@@ -15,9 +16,15 @@ class DatabaseSpec:
     db_name: str
     db_username: str
     db_pwd: str
+    # Create the database from this existing database (backends with supports_template only).
+    template: str | None = None
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"DatabaseSpec(instance_id={self.instance_id}, instance_name={self.instance_name!r})"
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(self.db_name, self.db_username, self.db_pwd)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,20 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(db_name={self.db_name!r}, db_username={self.db_username!r})"
+
+
+class ObjectState(str, Enum):
+    RUNNING = "running"
+    # The object exists but its server does not run (a container exited, a process died).
+    STOPPED = "stopped"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class ObjectDescription:
+    state: ObjectState
+    host: str | None = None
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,7 @@ class Backend(Protocol):
     """
 
     type_name: str
+    supports_template: bool
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         """Create the database and return only once a real login as ``spec.db_username`` to
@@ -71,4 +93,13 @@ class Backend(Protocol):
 
     def exists(self, ref: str) -> bool:
         """True when the backend object ``ref`` exists (running or not). Raises ``BackendUnavailable``."""
+        ...
+
+    def describe(self, ref: str) -> ObjectDescription:
+        """Where ``ref`` can be reached and whether its server runs; ``MISSING`` when it is gone.
+        Raises ``BackendUnavailable``."""
+        ...
+
+    def health(self) -> None:
+        """Return when the backend can create databases; raise ``BackendUnavailable`` saying why not."""
         ...

@@ -16,7 +16,7 @@ import requests
 
 from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
-from .base import Credentials, DatabaseSpec, ProvisionedDatabase
+from .base import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import NotReady, count_other_sessions, wait_for_login
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class DockerBackend:
     """Creates containers through an injected docker SDK client (a fake one in unit tests)."""
 
     type_name = "docker"
+    supports_template = False
 
     def __init__(
         self,
@@ -59,7 +60,7 @@ class DockerBackend:
     # -- the Backend contract ------------------------------------------------------------
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
-        credentials = Credentials(spec.db_name, spec.db_username, spec.db_pwd)
+        credentials = spec.credentials
         with self._engine("create the container"):
             container = self._create_container(spec)
         try:
@@ -115,6 +116,20 @@ class DockerBackend:
             except docker.errors.NotFound:
                 return False
         return True
+
+    def describe(self, ref: str) -> ObjectDescription:
+        with self._engine("look up the container"):
+            try:
+                container = self.client.containers.get(ref)
+            except docker.errors.NotFound:
+                return ObjectDescription(ObjectState.MISSING)
+        if container.status != "running":
+            return ObjectDescription(ObjectState.STOPPED)
+        return ObjectDescription(ObjectState.RUNNING, self.settings.advertised_host, self._published_port(container))
+
+    def health(self) -> None:
+        with self._engine("reach the engine"):
+            self.client.ping()
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,8 +18,12 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import psycopg
 import pytest
 import requests
+
+from postgraas_server.backends.local import find_bin_dir
+from postgraas_server.errors import BackendUnavailable
 
 from ..conftest import require
 
@@ -48,6 +55,88 @@ def docker_client() -> Iterator[docker.DockerClient]:
     for container in leftovers:
         container.remove(force=True, v=True)
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def local_data_root() -> Iterator[Path]:
+    """data_root of the local backend; short (unix socket paths) and reachable by the postgres user."""
+    root = Path(f"/tmp/postgraas-test-{RUN_ID}")
+    yield root
+    leftovers = sorted(p.name for p in root.iterdir()) if root.exists() else []
+    running = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+    for pid in running:
+        os.kill(int(pid), 9)
+    shutil.rmtree(root, ignore_errors=True)
+    assert not leftovers, f"local instances left behind: {leftovers}"
+    assert not running, f"postgres processes left behind: {running}"
+
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    username: str
+    password: str
+
+    def admin(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(
+            host=self.host, port=self.port, user=self.username, password=self.password, dbname=dbname, autocommit=True
+        )
+
+    def roles(self) -> set[str]:
+        with self.admin() as conn:
+            return {r[0] for r in conn.execute("select rolname from pg_roles")}
+
+    def databases(self) -> set[str]:
+        with self.admin() as conn:
+            return {r[0] for r in conn.execute("select datname from pg_database")}
+
+
+def as_postgres_user(argv: list) -> list[str]:
+    argv = [str(a) for a in argv]
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server (the cluster backend's "existing cluster"), with a superuser."""
+    try:
+        bin_dir = find_bin_dir(None)
+        if os.geteuid() == 0:
+            pwd.getpwnam("postgres")
+    except (BackendUnavailable, KeyError) as e:
+        require("PostgreSQL server", str(e))
+    home = Path(f"/tmp/postgraas-test-pg-{RUN_ID}")
+    home.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres", "postgres")
+    password = secrets.token_urlsafe(16)
+    (home / "pw").write_text(password)
+    if os.geteuid() == 0:
+        shutil.chown(home / "pw", "postgres", "postgres")
+    port = free_port()
+    data = home / "data"
+    subprocess.run(
+        as_postgres_user([bin_dir / "initdb", "-D", data, "-U", "postgres", f"--pwfile={home / 'pw'}",
+                          "--auth=scram-sha-256", "--no-instructions"]),
+        check=True, capture_output=True,
+    )
+    (home / "pw").unlink()
+    with (data / "postgresql.conf").open("a") as conf:
+        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n")
+    subprocess.run(
+        as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-l", home / "log", "-w", "start"]),
+        check=True, capture_output=True, start_new_session=True,
+    )
+    server = PostgresServer("127.0.0.1", port, "postgres", password)
+    roles, databases = server.roles(), server.databases()
+    try:
+        yield server
+        assert server.roles() == roles, f"roles left behind: {server.roles() - roles}"
+        assert server.databases() == databases, f"databases left behind: {server.databases() - databases}"
+    finally:
+        subprocess.run(as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -34,11 +34,11 @@ def server_container(docker_client):
         group_add=[str(socket_gid)],
         labels={RUN_LABEL: RUN_ID},
         environment={
-            "POSTGRAAS_BACKEND_TYPE": "docker",
-            "POSTGRAAS_BACKEND_IMAGE": TEST_IMAGE,
-            "POSTGRAAS_BACKEND_ADVERTISED_HOST": "127.0.0.1",
-            "POSTGRAAS_BACKEND_BIND_ADDRESS": "127.0.0.1",
-            "POSTGRAAS_BACKEND_LABELS": f'{{"{RUN_LABEL}": "{RUN_ID}"}}',
+            # The image's own application.cfg, with the docker backend pointed at the test image.
+            "POSTGRAAS_BACKENDS_DOCKER_IMAGE": TEST_IMAGE,
+            "POSTGRAAS_BACKENDS_DOCKER_ADVERTISED_HOST": "127.0.0.1",
+            "POSTGRAAS_BACKENDS_DOCKER_BIND_ADDRESS": "127.0.0.1",
+            "POSTGRAAS_BACKENDS_DOCKER_LABELS": f'{{"{RUN_LABEL}": "{RUN_ID}"}}',
         },
     )
     url = f"http://127.0.0.1:{port}"
@@ -80,6 +80,7 @@ def test_image_serves_databases_through_the_mounted_socket(server_container):
     response = requests.post(f"{url}/postgraas_instances", json=body, timeout=120)
     assert response.status_code == 201, response.text
     created = response.json()
+    assert created["backend"] == "docker"
     with psycopg.connect(created["connection_uri"]) as conn:
         assert conn.execute("select current_database()").fetchone() == ("app",)
     deleted = requests.delete(

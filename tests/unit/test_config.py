@@ -14,10 +14,35 @@ def write(tmp_path, data) -> str:
 def test_defaults_without_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings = load_settings(environ={})
-    assert settings.backend.type == "docker"
-    assert settings.backend.image == "postgres:16"
-    assert settings.backend.bind_address == "0.0.0.0"
+    # The embedded default needs no daemon: SQLite and local postgres processes.
+    assert list(settings.backends) == ["local"]
+    assert settings.application.default_backend == "local"
     assert settings.metadb.sqlalchemy_url() == f"sqlite:///{tmp_path}/postgraas.sqlite"
+
+
+def test_2x_single_backend_section_is_named_after_its_type(tmp_path):
+    settings = load_settings(write(tmp_path, {"backend": {"type": "docker"}}), environ={})
+    assert list(settings.backends) == ["docker"]
+    assert settings.application.default_backend == "docker"
+    docker = settings.backends["docker"]
+    assert (docker.image, docker.bind_address, docker.ready_timeout) == ("postgres:16", "0.0.0.0", 60)
+
+
+def test_several_named_backends_and_env_per_backend(tmp_path):
+    path = write(
+        tmp_path,
+        {
+            "backends": {
+                "local": {"type": "local"},
+                "pg": {"type": "cluster", "host": "db", "username": "admin"},
+            },
+            "application": {"default_backend": "pg"},
+        },
+    )
+    settings = load_settings(path, environ={"POSTGRAAS_BACKENDS_LOCAL_DATA_ROOT": "/srv/pg", "POSTGRAAS_BACKENDS_PG_PORT": "6432"})
+    assert settings.backends["local"].data_root == "/srv/pg"
+    assert settings.backends["pg"].port == 6432
+    assert settings.application.default_backend == "pg"
 
 
 def test_shipped_application_cfg_is_valid():
@@ -48,9 +73,9 @@ def test_env_overrides_every_section(tmp_path):
         "POSTGRAAS_URL": "http://x",
     }
     settings = load_settings(path, environ=env)
-    assert settings.backend.image == "postgres:15"
-    assert settings.backend.ready_timeout == 12.5
-    assert settings.backend.labels == {"team": "x"}
+    assert settings.backends["docker"].image == "postgres:15"
+    assert settings.backends["docker"].ready_timeout == 12.5
+    assert settings.backends["docker"].labels == {"team": "x"}
     assert settings.metadb.db_pwd == "12345"
     assert settings.application.debug is True
 
@@ -64,12 +89,18 @@ def test_config_path_resolution(monkeypatch):
 @pytest.mark.parametrize(
     ("data", "env", "expected"),
     [
-        ({"backend": {"imag": "x"}}, {}, "backend.imag: unknown key"),
-        ({"backend": {"ready_timeout": "soon"}}, {}, "backend.ready_timeout"),
-        ({"backend": {"ready_timeout": -1}}, {}, "backend.ready_timeout"),
-        ({"backend": {"type": "kubernetes"}}, {}, "backend.type"),
+        ({"backend": {"type": "docker", "imag": "x"}}, {}, "backend.imag: unknown key"),
+        ({"backend": {"type": "docker", "ready_timeout": "soon"}}, {}, "backend.ready_timeout"),
+        ({"backend": {"type": "docker", "ready_timeout": -1}}, {}, "backend.ready_timeout"),
+        ({"backend": {"type": "kubernetes"}}, {}, "backend: 'type' must be one of: docker, cluster, local"),
+        ({"backend": {}}, {}, "backend: 'type' must be one of"),
+        ({"backends": {"pg": {"type": "cluster"}}}, {}, "backends.pg: give either 'dsn' or 'host'"),
+        ({"backends": {"Bad_Name": {"type": "local"}}}, {}, "backends.Bad_Name: a backend name is"),
+        ({"backends": {"a": {"type": "local"}, "b": {"type": "local"}}}, {}, "application.default_backend: required"),
+        ({"backends": {"a": {"type": "local"}}, "application": {"default_backend": "b"}}, {}, "'b' is not a configured"),
+        ({"backends": {"a": {"type": "local", "port_min": 3000, "port_max": 2000}}}, {}, "backends.a: port_min"),
         ({"metadb": {"host": "h"}}, {}, "db_name"),
-        ({}, {"POSTGRAAS_BACKEND_FOO": "1"}, "backend.foo: unknown key"),
+        ({"backend": {"type": "docker"}}, {"POSTGRAAS_BACKEND_FOO": "1"}, "backend.foo: unknown key"),
         ({}, {"POSTGRAAS_BACKEND_LABELS": "{oops"}, "POSTGRAAS_BACKEND_LABELS: not valid JSON"),
         ("{not json", {}, "not valid JSON"),
         ("[1]", {}, "must be a JSON object"),

@@ -1,0 +1,96 @@
+"""The cluster backend: a role and a database per instance inside an existing PostgreSQL server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ..config import ClusterBackendSettings
+from ..errors import BackendTimeout, BackendUnavailable
+from .base import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
+from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
+from .tenants import adopt_template_objects, create_tenant, database_exists, drop_tenant
+
+log = logging.getLogger(__name__)
+
+
+class ClusterBackend:
+    type_name = "cluster"
+    supports_template = True
+
+    def __init__(self, settings: ClusterBackendSettings) -> None:
+        self.settings = settings
+        if settings.dsn is not None:
+            self._conninfo = make_conninfo(settings.dsn, connect_timeout=CONNECT_TIMEOUT_S)
+        else:
+            user = f"{settings.username}@{settings.server}" if settings.server else settings.username
+            self._conninfo = make_conninfo(
+                host=settings.host,
+                port=settings.port,
+                dbname=settings.database,
+                user=user,
+                password=settings.password,
+                connect_timeout=CONNECT_TIMEOUT_S,
+            )
+        params = conninfo_to_dict(self._conninfo)
+        admin_host = str(params.get("host") or "localhost")
+        admin_port = int(params.get("port") or 5432)
+        self.host = settings.advertised_host or admin_host
+        self.port = settings.advertised_port or admin_port
+        self._probe = (settings.probe_host or self.host, self.port)
+
+    def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        with self._admin() as conn:
+            create_tenant(conn, spec)
+        try:
+            if spec.template is not None:
+                with self._admin(spec.db_name) as conn:
+                    adopt_template_objects(conn, spec.db_username)
+            wait_for_login(*self._probe, spec.credentials, timeout=self.settings.ready_timeout)
+        except BaseException as e:
+            with self._admin() as conn:
+                drop_tenant(conn, spec.db_name, spec.db_username, force=True)
+            if isinstance(e, NotReady):
+                raise BackendTimeout(
+                    f"The new role could not log in to its database within {self.settings.ready_timeout:g} s "
+                    f"({e}); role and database were dropped."
+                ) from e
+            raise
+        log.info("created database %s and role %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
+        return ProvisionedDatabase(ref=spec.db_name, host=self.host, port=self.port)
+
+    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+        with self._admin() as conn:
+            drop_tenant(conn, ref, credentials.db_username, force=force)
+        log.info("dropped database %s and role %s (force=%s)", ref, credentials.db_username, force)
+
+    def exists(self, ref: str) -> bool:
+        with self._admin() as conn:
+            return database_exists(conn, ref)
+
+    def describe(self, ref: str) -> ObjectDescription:
+        if not self.exists(ref):
+            return ObjectDescription(ObjectState.MISSING)
+        return ObjectDescription(ObjectState.RUNNING, self.host, self.port)
+
+    def health(self) -> None:
+        with self._admin() as conn:
+            conn.execute("select 1")
+
+    @contextmanager
+    def _admin(self, dbname: str | None = None) -> Iterator[psycopg.Connection]:
+        """An autocommit admin connection, to the admin database or to ``dbname``."""
+        conninfo = make_conninfo(self._conninfo, dbname=dbname) if dbname else self._conninfo
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True)
+        except psycopg.OperationalError as e:
+            raise BackendUnavailable(
+                f"The PostgreSQL cluster at {self.host}:{self.port} cannot be reached with the admin login "
+                f"({str(e).strip()})."
+            ) from e
+        with conn:
+            yield conn

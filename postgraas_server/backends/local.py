@@ -1,0 +1,311 @@
+"""The local backend: a PostgreSQL cluster per instance, run as processes on the server's host.
+
+Each instance lives in ``<data_root>/<ref>/``: ``data/`` (the cluster), ``run/`` (its unix
+socket, mode 0700), ``postgres.log`` and ``instance.json`` (port and names, no secret). The
+postgres processes are started in their own session, so they outlive a server restart and
+are found again from these files.
+
+Inside a cluster the requested user is an ordinary LOGIN role owning its database; the
+superuser ``postgres`` can only log in through the private socket (local trust), so a tenant
+never gets superuser powers (which would run programs as the OS user owning every data dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import os
+import pwd
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from ..config import LocalBackendSettings
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
+from .base import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
+from .postgres_client import NotReady, wait_for_login
+from .tenants import count_sessions, create_tenant
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "postgres"
+START_ATTEMPTS = 8
+# sun_path holds 108 bytes; the socket file name adds up to 18 (".s.PGSQL.NNNNN.lock").
+MAX_SOCKET_DIR_BYTES = 88
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class _RunAs:
+    uid: int
+    gid: int
+    home: str
+
+
+class LocalBackend:
+    type_name = "local"
+    supports_template = False
+
+    def __init__(self, settings: LocalBackendSettings) -> None:
+        self.settings = settings
+        self.data_root = Path(settings.data_root).resolve()
+        self._bin_dir: Path | None = None
+
+    # -- the Backend contract ------------------------------------------------------------
+
+    def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        bin_dir = self.bin_dir
+        run_as = self._run_as()
+        self._ensure_data_root(run_as)
+        # Short and unique: the socket path must fit in sun_path; the name is in instance.json.
+        ref = f"{spec.instance_id}-{secrets.token_hex(4)}"
+        home = self.data_root / ref
+        home.mkdir(mode=0o700)
+        try:
+            (home / "run").mkdir(mode=0o700)
+            if run_as:
+                for path in (home, home / "run"):
+                    os.chown(path, run_as.uid, run_as.gid)
+            self._run(
+                [bin_dir / "initdb", "-D", home / "data", "-U", SUPERUSER, "--auth-local=trust",
+                 "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+                run_as,
+                "initdb",
+            )
+            self._configure(home)
+            port = self._start(home, run_as)
+            self._write_meta(home, {"instance_id": spec.instance_id, "name": spec.instance_name,
+                                    "db_name": spec.db_name, "db_username": spec.db_username, "port": port})
+            with self._superuser(home, port) as conn:
+                create_tenant(conn, spec)
+            wait_for_login(self._probe_host, port, spec.credentials, timeout=self.settings.ready_timeout)
+        except BaseException as e:
+            self._destroy(home, run_as)
+            if isinstance(e, NotReady):
+                raise BackendTimeout(f"The new cluster did not accept a login in time ({e}); it was removed.") from e
+            raise
+        log.info("started local cluster %s for instance %s on port %s", ref, spec.instance_name, port)
+        return ProvisionedDatabase(ref=ref, host=self.settings.advertised_host, port=port)
+
+    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+        home = self._home(ref)
+        if not home.exists():
+            return
+        run_as = self._run_as()
+        meta = self._read_meta(home)
+        if self._running(home, run_as):
+            if not force and meta:
+                try:
+                    with self._superuser(home, meta["port"]) as conn:
+                        sessions = count_sessions(conn, credentials.db_name)
+                except psycopg.OperationalError:
+                    sessions = 0  # it stopped meanwhile
+                if sessions:
+                    raise Conflict(
+                        f"The instance has {sessions} open session(s); close them or delete with "
+                        '"force": true to terminate them.'
+                    )
+        self._destroy(home, run_as)
+        log.info("removed local cluster %s (force=%s)", ref, force)
+
+    def exists(self, ref: str) -> bool:
+        return self._home(ref).is_dir()
+
+    def describe(self, ref: str) -> ObjectDescription:
+        home = self._home(ref)
+        if not home.is_dir():
+            return ObjectDescription(ObjectState.MISSING)
+        meta = self._read_meta(home)
+        port = meta.get("port") if meta else None
+        state = ObjectState.RUNNING if self._running(home, self._run_as()) else ObjectState.STOPPED
+        return ObjectDescription(state, self.settings.advertised_host, port)
+
+    def health(self) -> None:
+        self.bin_dir  # noqa: B018 - raises when the binaries are missing
+        self._run_as()
+        self._ensure_data_root(self._run_as())
+
+    # -- binaries, users and files -----------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = find_bin_dir(self.settings.bin_dir)
+        return self._bin_dir
+
+    @property
+    def _probe_host(self) -> str:
+        return self.settings.probe_host or self.settings.advertised_host
+
+    def _run_as(self) -> _RunAs | None:
+        """postgres refuses to run as root: then it runs as run_as_user; otherwise as ourselves."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam(self.settings.run_as_user)
+        except KeyError:
+            raise BackendUnavailable(
+                f"The OS user {self.settings.run_as_user!r} (run_as_user) does not exist; postgres cannot run as root."
+            ) from None
+        return _RunAs(entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+    def _ensure_data_root(self, run_as: _RunAs | None) -> None:
+        if len(str(self.data_root).encode()) + len("/12345678901-abcdef01/run") > MAX_SOCKET_DIR_BYTES:
+            raise BackendUnavailable(f"data_root {self.data_root} is too long for unix socket paths; use a shorter one.")
+        try:
+            self.data_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if run_as and self.data_root.stat().st_uid != run_as.uid:
+                os.chown(self.data_root, run_as.uid, run_as.gid)
+        except OSError as e:
+            raise BackendUnavailable(f"data_root {self.data_root} cannot be prepared: {e.strerror}.") from e
+
+    def _home(self, ref: str) -> Path:
+        home = (self.data_root / ref).resolve()
+        if home.parent != self.data_root:
+            raise BackendError(f"Invalid local instance reference {ref!r}.")
+        return home
+
+    @staticmethod
+    def _write_meta(home: Path, meta: dict) -> None:
+        (home / "instance.json").write_text(json.dumps(meta))
+
+    @staticmethod
+    def _read_meta(home: Path) -> dict:
+        try:
+            return json.loads((home / "instance.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _configure(self, home: Path) -> None:
+        with (home / "data" / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\n# postgraas local backend\n"
+                f"listen_addresses = '{self.settings.listen_address}'\n"
+                f"unix_socket_directories = '{home / 'run'}'\n"
+                "unix_socket_permissions = 0700\n"
+                "password_encryption = 'scram-sha-256'\n"
+                "include_if_exists = 'postgraas_port.conf'\n"
+            )
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _run(self, argv: list, run_as: _RunAs | None, what: str, check: bool = True) -> subprocess.CompletedProcess:
+        kwargs: dict = {}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+        if run_as:
+            kwargs = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+            env["HOME"] = run_as.home
+        try:
+            result = subprocess.run(
+                [str(a) for a in argv], capture_output=True, text=True, env=env, cwd="/",
+                # Own session: the postgres it starts must outlive this server's process group.
+                start_new_session=True, timeout=self.settings.ready_timeout + 30, **kwargs,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BackendError(f"{what} failed: {e}") from e
+        if check and result.returncode != 0:
+            raise BackendError(f"{what} failed (exit {result.returncode}): {_tail(result.stderr + result.stdout)}")
+        return result
+
+    def _start(self, home: Path, run_as: _RunAs | None) -> int:
+        """Start on a free port; a port taken meanwhile makes postgres fail to bind, so try another."""
+        tried: set[int] = set()
+        for _ in range(START_ATTEMPTS):
+            port = self._candidate_port(tried)
+            tried.add(port)
+            (home / "data" / "postgraas_port.conf").write_text(f"port = {port}\n")
+            log_file = home / "postgres.log"
+            result = self._run(
+                [self.bin_dir / "pg_ctl", "-D", home / "data", "-l", log_file, "-w",
+                 "-t", str(int(self.settings.ready_timeout)), "start"],
+                run_as,
+                "pg_ctl start",
+                check=False,
+            )
+            if result.returncode == 0:
+                return port
+            server_log = log_file.read_text(errors="replace") if log_file.exists() else ""
+            if "could not bind" in server_log or "could not create any TCP/IP sockets" in server_log:
+                log_file.unlink(missing_ok=True)
+                continue
+            raise BackendError(f"postgres did not start: {_tail(server_log or result.stderr)}")
+        raise BackendError(f"postgres found no free port in {self.settings.port_min}-{self.settings.port_max}.")
+
+    def _candidate_port(self, tried: set[int]) -> int:
+        low, high = self.settings.port_min, self.settings.port_max
+        for _ in range(64):
+            port = random.randint(low, high)
+            if port not in tried and _port_looks_free(self.settings.listen_address, port):
+                return port
+        return random.randint(low, high)
+
+    def _running(self, home: Path, run_as: _RunAs | None) -> bool:
+        if not (home / "data").is_dir():
+            return False
+        result = self._run([self.bin_dir / "pg_ctl", "-D", home / "data", "status"], run_as, "pg_ctl status", check=False)
+        return result.returncode == 0
+
+    def _destroy(self, home: Path, run_as: _RunAs | None) -> None:
+        """Stop the server (fast: sessions are terminated) and remove everything of the instance."""
+        if (home / "data" / "postmaster.pid").exists():
+            self._run([self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "fast", "-w", "stop"], run_as,
+                      "pg_ctl stop", check=False)
+            if self._running(home, run_as):
+                self._run([self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "immediate", "-w", "stop"], run_as,
+                          "pg_ctl stop", check=False)
+        shutil.rmtree(home, ignore_errors=True)
+        if home.exists():
+            log.error("could not remove %s", home)
+
+    @contextlib.contextmanager
+    def _superuser(self, home: Path, port: int) -> Iterator[psycopg.Connection]:
+        try:
+            conn = psycopg.connect(host=str(home / "run"), port=port, user=SUPERUSER, dbname="postgres",
+                                   autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as e:
+            raise BackendError(f"Cannot reach the local cluster as its superuser: {str(e).strip()}") from e
+        with conn:
+            yield conn
+
+
+def find_bin_dir(configured: str | None) -> Path:
+    """bin_dir if configured, else `pg_config --bindir`, else the newest Debian-style install."""
+    candidates: list[Path] = []
+    if configured:
+        candidates.append(Path(configured))
+    else:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0:
+                candidates.append(Path(out.stdout.strip()))
+        debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+        candidates += [Path(p) for p in debian]
+    for candidate in candidates:
+        if all(os.access(candidate / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
+            return candidate
+    where = configured or "pg_config --bindir or /usr/lib/postgresql/*/bin"
+    raise BackendUnavailable(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found in {where}.")
+
+
+def _port_looks_free(address: str, port: int) -> bool:
+    # Only a hint to skip busy ports cheaply; the real test is postgres binding it (see _start).
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(text: str) -> str:
+    return "\n".join(text.strip().splitlines()[-LOG_TAIL_LINES:])

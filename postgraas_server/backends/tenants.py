@@ -1,0 +1,147 @@
+"""A tenant inside a PostgreSQL server: a LOGIN role and a database it owns, nobody else may open.
+
+Used by the cluster backend (a shared server) and the local backend (a server per instance),
+always over an autocommit admin connection: CREATE/DROP DATABASE cannot run in a transaction.
+Identifiers are composed with ``sql.Identifier``, never with string formatting.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from ..errors import BackendError, Conflict, InvalidRequest
+from .base import DatabaseSpec
+
+
+def role_exists(conn: psycopg.Connection, role: str) -> bool:
+    return conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is not None
+
+
+def database_exists(conn: psycopg.Connection, db_name: str) -> bool:
+    return conn.execute("select 1 from pg_database where datname = %s", (db_name,)).fetchone() is not None
+
+
+def create_tenant(conn: psycopg.Connection, spec: DatabaseSpec) -> None:
+    """Create role and database; on any failure drop what this call created, then raise."""
+    role, db_name = sql.Identifier(spec.db_username), sql.Identifier(spec.db_name)
+    if role_exists(conn, spec.db_username):
+        raise Conflict(
+            f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
+        )
+    if database_exists(conn, spec.db_name):
+        raise Conflict(
+            f"A database named {spec.db_name!r} already exists in the cluster.", {"db_name": "already exists"}
+        )
+    if spec.template is not None and not database_exists(conn, spec.template):
+        raise InvalidRequest(f"There is no template database {spec.template!r}.", {"template": "does not exist"})
+
+    # The server only ever sees a SCRAM verifier, so the password cannot reach its log.
+    verifier = conn.pgconn.encrypt_password(spec.db_pwd.encode(), spec.db_username.encode(), b"scram-sha-256")
+    _translate(
+        conn,
+        sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole noreplication password {}").format(
+            role, sql.Literal(verifier.decode())
+        ),
+    )
+    try:
+        if not _is_superuser(conn):
+            # A non-superuser admin may only give a database to a role it is a member of.
+            conn.execute(sql.SQL("grant {} to current_user").format(role))
+        create = sql.SQL("create database {} owner {}").format(db_name, role)
+        if spec.template is not None:
+            create += sql.SQL(" template {}").format(sql.Identifier(spec.template))
+        _translate(conn, create)
+        try:
+            # Other tenants cannot even connect; the owner keeps its implicit right to.
+            conn.execute(sql.SQL("revoke connect, temporary on database {} from public").format(db_name))
+        except BaseException:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(db_name))
+            raise
+    except BaseException:
+        conn.execute(sql.SQL("drop role if exists {}").format(role))
+        raise
+
+
+def count_sessions(conn: psycopg.Connection, db_name: str) -> int:
+    row = conn.execute(
+        "select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()", (db_name,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def drop_tenant(conn: psycopg.Connection, db_name: str, role: str, *, force: bool) -> None:
+    """Drop the database (refusing while sessions are open, unless force) and then the role."""
+    if database_exists(conn, db_name):
+        sessions = count_sessions(conn, db_name)
+        if sessions and not force:
+            raise Conflict(
+                f"The database has {sessions} open session(s); close them or delete with "
+                '"force": true to terminate them.'
+            )
+        drop = sql.SQL("drop database if exists {}").format(sql.Identifier(db_name))
+        _translate(conn, (drop + sql.SQL(" with (force)")) if force else drop)
+    conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
+def _is_superuser(conn: psycopg.Connection) -> bool:
+    row = conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+def _translate(conn: psycopg.Connection, statement: sql.Composable) -> None:
+    """Run DDL; a name taken or an object in use meanwhile is a 409, anything else a 502."""
+    try:
+        conn.execute(statement)
+    except (psycopg.errors.DuplicateObject, psycopg.errors.DuplicateDatabase) as e:
+        raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
+    except psycopg.errors.ObjectInUse as e:
+        raise Conflict(
+            f"The cluster refused: {e.diag.message_primary}. Close the sessions or use \"force\": true."
+        ) from e
+    except psycopg.Error as e:
+        raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
+
+
+# Objects a template brings along, outside system schemas and extensions, each with the start
+# of the statement that gives it to the tenant ("... owner to"). Sequences owned by a column follow their table.
+_ADOPTABLE = """
+with user_ns as (
+    select oid, nspname from pg_namespace
+    where nspname not in ('pg_catalog', 'information_schema')
+      and nspname not like 'pg\\_toast%' and nspname not like 'pg\\_temp%'
+),
+from_extension as (select objid from pg_depend where deptype = 'e')
+select format('alter schema %I owner to', nspname)
+from user_ns where oid not in (select objid from from_extension)
+union all
+select format('alter %s %I.%I owner to',
+              case c.relkind when 'v' then 'view' when 'm' then 'materialized view'
+                             when 'f' then 'foreign table' when 'S' then 'sequence' else 'table' end,
+              n.nspname, c.relname)
+from pg_class c join user_ns n on n.oid = c.relnamespace
+where c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
+  and c.oid not in (select objid from from_extension)
+  and not (c.relkind = 'S' and exists (
+      select 1 from pg_depend d where d.objid = c.oid and d.deptype in ('a', 'i')))
+union all
+select format('alter routine %s owner to', p.oid::regprocedure)
+from pg_proc p join user_ns n on n.oid = p.pronamespace
+where p.oid not in (select objid from from_extension)
+union all
+select format('alter %s %s owner to', case t.typtype when 'd' then 'domain' else 'type' end,
+              t.oid::regtype)
+from pg_type t join user_ns n on n.oid = t.typnamespace
+where t.typtype in ('e', 'd', 'r')
+  and t.oid not in (select objid from from_extension)
+"""
+
+
+def adopt_template_objects(conn: psycopg.Connection, role: str) -> None:
+    """Give the tenant what a template copied in (tables, views, sequences, routines, types),
+    so it can use and alter its database like one it built itself. ``conn`` is an admin
+    connection to the new database."""
+    # The query runs without parameters, so its LIKE patterns keep their % signs.
+    prefixes = [row[0] for row in conn.execute(_ADOPTABLE)]
+    for prefix in prefixes:
+        _translate(conn, sql.SQL(prefix + " ") + sql.Identifier(role))

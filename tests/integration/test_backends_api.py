@@ -1,0 +1,162 @@
+"""The API with all three backends configured at once, each chosen per request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import requests
+
+from .conftest import Server, free_port, stop_server
+from .test_backend_contract import BACKENDS, backend_config
+
+
+def start(tmp_path: Path, backends: dict, default: str = "local") -> Server:
+    config = {
+        "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
+        "backends": backends,
+        "application": {"default_backend": default, "log_level": "DEBUG"},
+    }
+    (tmp_path / "application.cfg").write_text(json.dumps(config))
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    command = [sys.executable, "-m", "postgraas_server.cli", "--config", str(tmp_path / "application.cfg"),
+               "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    with log_path.open("a") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(f"{server.url}/health", timeout=1).ok:
+                return server
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"server did not start:\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def all_backends(request) -> dict:
+    return {name: backend_config(name, request) for name in BACKENDS}
+
+
+@pytest.fixture(scope="module")
+def server(all_backends, tmp_path_factory):
+    server = start(tmp_path_factory.mktemp("backends"), all_backends)
+    yield server
+    stop_server(server)
+
+
+def body(**overrides) -> dict:
+    tag = uuid.uuid4().hex[:8]
+    return {"postgraas_instance_name": f"multi-{tag}", "db_name": f"db_{tag}", "db_username": f"user_{tag}",
+            "db_pwd": f"pw-{tag}", **overrides}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_backend_through_the_api(server, backend):
+    request = body(backend=backend)
+    response = server.post(request)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["backend"] == backend
+    with psycopg.connect(created["connection_uri"]) as conn:
+        conn.execute("create table t (v int)")
+        conn.execute("insert into t values (1)")
+        conn.commit()
+        assert conn.execute("select sum(v) from t").fetchone() == (1,)
+    instance_id = created["postgraas_instance_id"]
+    item = server.get(f"/{instance_id}").json()
+    assert (item["backend"], item["backend_state"], item["status"]) == (backend, "running", "ready")
+    assert any(i["postgraas_instance_id"] == instance_id and i["backend"] == backend for i in server.get().json())
+
+    assert server.post({**request, "db_pwd": "x"}).status_code == 409
+    assert server.delete(instance_id, {"db_pwd": "wrong"}).status_code == 401
+    with psycopg.connect(created["connection_uri"]):
+        assert server.delete(instance_id, {"db_pwd": request["db_pwd"]}).status_code == 409
+    assert server.delete(instance_id, {"db_pwd": request["db_pwd"]}).status_code == 200
+    assert server.get(f"/{instance_id}").status_code == 404
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(created["connection_uri"], connect_timeout=3)
+
+
+def test_default_backend_is_used_when_none_is_named(server):
+    request = body()
+    created = server.post(request).json()
+    assert created["backend"] == "local"
+    assert server.delete(created["postgraas_instance_id"], {"db_pwd": request["db_pwd"]}).status_code == 200
+
+
+def test_unknown_backend_is_400_listing_the_configured_ones(server):
+    response = server.post(body(backend="kubernetes"))
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"backend": "must be one of: docker, cluster, local"}
+    assert server.get().json() == []
+
+
+def test_template_only_where_supported(server):
+    response = server.post(body(backend="local", template="template1"))
+    assert response.status_code == 400
+    assert "template" in response.json()["errors"]
+    response = server.post(body(backend="cluster", template="no_such_template"))
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"template": "does not exist"}
+    assert server.get().json() == []
+
+
+def test_cluster_name_taken_in_the_cluster_is_409_naming_it(server, pg_server):
+    tag = uuid.uuid4().hex[:8]
+    with pg_server.admin() as admin:
+        admin.execute(f"create role taken_{tag}")
+    try:
+        response = server.post(body(backend="cluster", db_username=f"taken_{tag}"))
+        assert response.status_code == 409
+        assert response.json()["errors"] == {"db_username": "already exists"}
+        assert server.get().json() == []
+    finally:
+        with pg_server.admin() as admin:
+            admin.execute(f"drop role taken_{tag}")
+
+
+def test_local_instances_survive_a_server_restart_and_deaths_are_reported(all_backends, tmp_path):
+    backends = {"local": all_backends["local"]}
+    server = start(tmp_path, backends)
+    request = body()
+    alive = server.post(request).json()
+    doomed_request = body()
+    doomed = server.post(doomed_request).json()
+    # A crash of the server: its postgres processes are in sessions of their own and stay up.
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+
+    server = start(tmp_path, backends)
+    try:
+        item = server.get(f"/{alive['postgraas_instance_id']}").json()
+        assert item["backend_state"] == "running"
+        with psycopg.connect(alive["connection_uri"]) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+
+        # The postmaster of the other instance dies: it is reported, not silently lost.
+        data_dir = Path(backends["local"]["data_root"], doomed["container_id"], "data")
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.get(f"/{doomed['postgraas_instance_id']}").json()["backend_state"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+        for created, req in ((alive, request), (doomed, doomed_request)):
+            response = server.delete(created["postgraas_instance_id"], {"db_pwd": req["db_pwd"]})
+            assert response.status_code == 200, response.text
+        assert server.get().json() == []
+    finally:
+        stop_server(server)
