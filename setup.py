@@ -19,7 +19,7 @@ setup(
         "psycopg[binary]>=3.2,<4",
         "alembic>=1.13,<2",
         "docker>=7.1,<8",
-        "gunicorn>=22",
+        "gunicorn>=25.1",
         "pydantic>=2.7,<3",
         "click>=8.1,<9",
     ],

@@ -66,6 +66,8 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
             slowest = max(backend.ready_timeout for backend in settings.backends.values())
             self.cfg.set("timeout", int(slowest) + 60)
             self.cfg.set("loglevel", settings.application.log_level.lower())
+            # One fixed control-socket path per user would be shared by every server on the host.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             return create_app(settings)

@@ -200,5 +200,5 @@ class CreatedInstanceOut(InstanceOut):
         return cls(**out, db_pwd=db_pwd)
 
 
-def render(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json")
+def render(model: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude=exclude)

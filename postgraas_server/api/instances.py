@@ -29,7 +29,8 @@ def _json_body() -> Any:
 
 class InstanceCollection(Resource):
     def get(self) -> list[dict[str, Any]]:
-        return [render(InstanceOut.from_row(row)) for row in _service().list()]
+        # backend_state would cost a backend call per instance; the item GET has it.
+        return [render(InstanceOut.from_row(row), exclude={"backend_state"}) for row in _service().list()]
 
     def post(self) -> tuple[dict[str, Any], int]:
         create = parse_request(CreateInstanceRequest, _json_body())
