@@ -77,9 +77,12 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
 
 def _upgrade(settings: Settings) -> None:
     try:
-        migrations.upgrade(settings.metadb.sqlalchemy_url())
+        # Instances of a 2.x meta db belong to the default backend: 2.x had only one.
+        migrations.upgrade(settings.metadb.sqlalchemy_url(), legacy_backend=settings.application.default_backend)
     except SQLAlchemyError as e:
         raise click.ClickException(f"cannot upgrade the meta db: {e.__class__.__name__}: {e.orig or e}") from None
+    except RuntimeError as e:
+        raise click.ClickException(f"cannot upgrade the meta db: {e}") from None
 
 
 if __name__ == "__main__":

@@ -128,7 +128,9 @@ class LocalBackendSettings(_BackendSection):
     type: Literal["local"]
     # None: `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.
     bin_dir: str | None = None
-    data_root: str = "postgraas-data"
+    # None: /var/lib/postgraas when the server runs as root (run_as_user must reach it; a
+    # checkout under /root would not do), else ./postgraas-data.
+    data_root: str | None = None
     listen_address: str = "127.0.0.1"
     # The OS user postgres runs as when the server runs as root (postgres refuses root).
     run_as_user: str = "postgres"

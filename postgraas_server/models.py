@@ -19,6 +19,7 @@ db = SQLAlchemy(model_class=Base)
 class InstanceStatus:
     CREATING = "creating"
     READY = "ready"
+    DELETING = "deleting"
 
 
 def utcnow() -> datetime:
@@ -41,7 +42,8 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
     db_name: Mapped[str] = mapped_column(String(63))
     username: Mapped[str] = mapped_column(String(63))
     # A salted hash of db_pwd, so delete can check the password even when the container is gone.
-    password_hash: Mapped[str] = mapped_column(String(255))
+    # None only for rows from a 2.x meta db that kept no password.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
     backend: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=InstanceStatus.CREATING)
     hostname: Mapped[str | None] = mapped_column(String(255))

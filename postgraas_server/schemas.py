@@ -50,6 +50,13 @@ def _identifier(value: str) -> str:
     return value
 
 
+def _db_name(value: str) -> str:
+    _identifier(value)
+    if value.lower() in ("template0", "template1"):
+        raise PydanticCustomError("invalid", "template0 and template1 are reserved by PostgreSQL")
+    return value
+
+
 def _username(value: str) -> str:
     # The superuser name (and 2.x's user@server form of it) would hand out the cluster's admin.
     if value.lower() == "postgres" or value.lower().startswith("postgres@"):
@@ -79,6 +86,7 @@ def _backend_name(value: str) -> str:
 BackendName = Annotated[StrictStr, AfterValidator(_backend_name)]
 InstanceName = Annotated[StrictStr, AfterValidator(_instance_name)]
 Identifier = Annotated[StrictStr, AfterValidator(_identifier)]
+DbName = Annotated[StrictStr, AfterValidator(_db_name)]
 Username = Annotated[StrictStr, AfterValidator(_username)]
 Password = Annotated[StrictStr, AfterValidator(_password)]
 
@@ -92,7 +100,7 @@ class CreateInstanceRequest(_Request):
     postgraas_instance_name: InstanceName = Field(
         validation_alias=AliasChoices("postgraas_instance_name", "postgraas_name")
     )
-    db_name: Identifier
+    db_name: DbName
     db_username: Username
     db_pwd: Password
     # The configured backend to create in; default: application.default_backend.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+import psycopg
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from .backends import BackendRegistry, Credentials, DatabaseSpec, ObjectState
+from .backends.postgres_client import login_works
 from .errors import BackendUnavailable, Conflict, InvalidRequest, NotFound, WrongPassword
 from .models import DBInstance, InstanceStatus, db
 from .passwords import hash_password, password_matches
@@ -74,11 +76,20 @@ class InstanceService:
 
     def delete(self, instance_id: int, request: DeleteInstanceRequest) -> DBInstance:
         row = self.get(instance_id)
-        if not password_matches(row.password_hash, request.db_pwd):
+        if not self._password_matches(row, request.db_pwd):
             raise WrongPassword("The password does not match this instance's db_pwd.", {"db_pwd": "does not match"})
-        if row.container_id:
-            credentials = Credentials(row.db_name, row.username, request.db_pwd)
-            self.backends.holding(row.backend).delete(row.container_id, credentials, force=request.force)
+        if row.status == InstanceStatus.CREATING:
+            raise Conflict("The instance is still being created; delete it once it is ready.")
+        previous = row.status
+        self._claim(row, previous, InstanceStatus.DELETING)
+        try:
+            if row.container_id:
+                credentials = Credentials(row.db_name, row.username, request.db_pwd)
+                self.backends.holding(row.backend).delete(row.container_id, credentials, force=request.force)
+        except BaseException:
+            db.session.rollback()
+            self._claim(row, InstanceStatus.DELETING, previous)
+            raise
         db.session.delete(row)
         db.session.commit()
         log.info("instance %s (id %s) deleted (force=%s)", row.postgraas_instance_name, row.id, request.force)
@@ -90,8 +101,41 @@ class InstanceService:
             return ObjectState.MISSING.value
         try:
             return self.backends.holding(row.backend).describe(row.container_id).state.value
-        except BackendUnavailable:
+        except Exception:
+            # A read must not fail because the backend does; say so instead.
+            log.warning("could not describe %s in backend %s", row.container_id, row.backend, exc_info=True)
             return "unknown"
+
+    def _password_matches(self, row: DBInstance, password: str) -> bool:
+        if row.password_hash is not None:
+            return password_matches(row.password_hash, password)
+        # A row from a 2.x meta db without a password: check it by a login, as 2.x did, and
+        # keep the hash from now on.
+        if not row.hostname or not row.port:
+            return False
+        try:
+            login_works(row.hostname, row.port, Credentials(row.db_name, row.username, password))
+        except psycopg.OperationalError as e:
+            if "password authentication failed" in str(e):
+                return False
+            raise BackendUnavailable(f"The password cannot be checked: the database does not answer ({e}).") from e
+        row.password_hash = hash_password(password)
+        db.session.commit()
+        return True
+
+    def _claim(self, row: DBInstance, expected: str, new: str) -> None:
+        """Move the row from ``expected`` to ``new`` status, or raise Conflict if another
+        request moved it first: a conditional UPDATE, so exactly one request wins."""
+        result = db.session.execute(
+            update(DBInstance)
+            .where(DBInstance.id == row.id, DBInstance.status == expected)
+            .values(status=new)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        if result.rowcount != 1:
+            raise Conflict(f"The instance is being changed by another request (it is no longer {expected}).")
+        db.session.refresh(row)
 
     def _reserve(self, request: CreateInstanceRequest, backend_name: str) -> DBInstance:
         row = DBInstance(

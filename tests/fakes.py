@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 from postgraas_server.backends import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
 from postgraas_server.errors import Conflict, PostgraasError
@@ -17,6 +18,8 @@ class FakeBackend:
         self.sessions: dict[str, int] = {}
         self.fail_create: PostgraasError | None = None
         self.fail_delete: PostgraasError | None = None
+        self.fail_describe: Exception | None = None
+        self.delete_delay = 0.0
         self.deleted: list[tuple[str, bool]] = []
         self._ports = itertools.count(40000)
 
@@ -28,6 +31,7 @@ class FakeBackend:
         return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+        time.sleep(self.delete_delay)
         if self.fail_delete is not None:
             raise self.fail_delete
         if not force and self.sessions.get(ref):
@@ -39,6 +43,8 @@ class FakeBackend:
         return ref in self.objects
 
     def describe(self, ref: str) -> ObjectDescription:
+        if self.fail_describe is not None:
+            raise self.fail_describe
         if ref not in self.objects:
             return ObjectDescription(ObjectState.MISSING)
         return ObjectDescription(ObjectState.RUNNING, "db.example", 40000)

@@ -10,6 +10,7 @@ from .instances import InstanceCollection, InstanceItem
 
 # postgraas_server 2.x clients use the /api/v2 prefix.
 PREFIXES = ("", "/api/v2")
+MAX_ID = 2**63 - 1
 
 
 class PostgraasApi(Api):
@@ -21,7 +22,9 @@ class PostgraasApi(Api):
 def register_routes(app: Flask) -> None:
     api = PostgraasApi(app, catch_all_404s=True)
     api.add_resource(InstanceCollection, *(f"{p}/postgraas_instances" for p in PREFIXES))
-    api.add_resource(InstanceItem, *(f"{p}/postgraas_instances/<int:instance_id>" for p in PREFIXES))
+    # Ids beyond a signed 64-bit integer cannot exist; bounding the route makes them a plain 404.
+    item = f"/postgraas_instances/<int(max={MAX_ID}):instance_id>"
+    api.add_resource(InstanceItem, *(f"{p}{item}" for p in PREFIXES))
     app.register_error_handler(Exception, error_response)
 
     @app.get("/health")

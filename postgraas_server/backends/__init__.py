@@ -35,7 +35,7 @@ class BackendRegistry:
 
     def choose(self, name: str | None) -> tuple[str, Backend]:
         """The backend a request names (400 listing the configured ones if unknown), else the default."""
-        name = name or self.default
+        name = self.default if name is None else name
         if name not in self.backends:
             configured = ", ".join(self.backends)
             raise InvalidRequest(

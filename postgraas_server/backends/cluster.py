@@ -10,7 +10,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..config import ClusterBackendSettings
-from ..errors import BackendTimeout, BackendUnavailable
+from ..errors import BackendError, BackendTimeout, BackendUnavailable
 from .base import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
 from .tenants import adopt_template_objects, create_tenant, database_exists, drop_tenant
@@ -53,7 +53,7 @@ class ClusterBackend:
             wait_for_login(*self._probe, spec.credentials, timeout=self.settings.ready_timeout)
         except BaseException as e:
             with self._admin() as conn:
-                drop_tenant(conn, spec.db_name, spec.db_username, force=True)
+                drop_tenant(conn, spec.db_name, spec.db_username, force=True, connect=self._admin)
             if isinstance(e, NotReady):
                 raise BackendTimeout(
                     f"The new role could not log in to its database within {self.settings.ready_timeout:g} s "
@@ -65,7 +65,7 @@ class ClusterBackend:
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         with self._admin() as conn:
-            drop_tenant(conn, ref, credentials.db_username, force=force)
+            drop_tenant(conn, ref, credentials.db_username, force=force, connect=self._admin)
         log.info("dropped database %s and role %s (force=%s)", ref, credentials.db_username, force)
 
     def exists(self, ref: str) -> bool:
@@ -93,4 +93,9 @@ class ClusterBackend:
                 f"({str(e).strip()})."
             ) from e
         with conn:
-            yield conn
+            try:
+                yield conn
+            except psycopg.OperationalError as e:
+                raise BackendUnavailable(f"The connection to the PostgreSQL cluster failed: {str(e).strip()}") from e
+            except psycopg.Error as e:
+                raise BackendError(f"The PostgreSQL cluster refused: {str(e).strip()}") from e

@@ -22,6 +22,7 @@ import random
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +50,20 @@ class _RunAs:
     uid: int
     gid: int
     home: str
+    groups: frozenset[int]
+
+
+def default_data_root() -> str:
+    return "/var/lib/postgraas" if os.geteuid() == 0 else "postgraas-data"
+
+
+def _traversable(directory: Path, user: _RunAs) -> bool:
+    st = directory.stat()
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid in user.groups:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
 
 
 class LocalBackend:
@@ -57,7 +72,7 @@ class LocalBackend:
 
     def __init__(self, settings: LocalBackendSettings) -> None:
         self.settings = settings
-        self.data_root = Path(settings.data_root).resolve()
+        self.data_root = Path(settings.data_root or default_data_root()).resolve()
         self._bin_dir: Path | None = None
 
     # -- the Backend contract ------------------------------------------------------------
@@ -86,7 +101,8 @@ class LocalBackend:
             self._write_meta(home, {"instance_id": spec.instance_id, "name": spec.instance_name,
                                     "db_name": spec.db_name, "db_username": spec.db_username, "port": port})
             with self._superuser(home, port) as conn:
-                create_tenant(conn, spec)
+                # The cluster is the tenant's alone: asking for "postgres" gets that database.
+                create_tenant(conn, spec, take_existing_database=spec.db_name == "postgres")
             wait_for_login(self._probe_host, port, spec.credentials, timeout=self.settings.ready_timeout)
         except BaseException as e:
             self._destroy(home, run_as)
@@ -101,19 +117,18 @@ class LocalBackend:
         if not home.exists():
             return
         run_as = self._run_as()
-        meta = self._read_meta(home)
-        if self._running(home, run_as):
-            if not force and meta:
-                try:
-                    with self._superuser(home, meta["port"]) as conn:
-                        sessions = count_sessions(conn, credentials.db_name)
-                except psycopg.OperationalError:
-                    sessions = 0  # it stopped meanwhile
-                if sessions:
-                    raise Conflict(
-                        f"The instance has {sessions} open session(s); close them or delete with "
-                        '"force": true to terminate them.'
-                    )
+        if not force and self._running(home, run_as):
+            port = self._port(home)
+            try:
+                with self._superuser(home, port) as conn:
+                    sessions = count_sessions(conn, credentials.db_name)
+            except BackendError:
+                sessions = 0  # it stopped meanwhile
+            if sessions:
+                raise Conflict(
+                    f"The instance has {sessions} open session(s); close them or delete with "
+                    '"force": true to terminate them.'
+                )
         self._destroy(home, run_as)
         log.info("removed local cluster %s (force=%s)", ref, force)
 
@@ -124,8 +139,7 @@ class LocalBackend:
         home = self._home(ref)
         if not home.is_dir():
             return ObjectDescription(ObjectState.MISSING)
-        meta = self._read_meta(home)
-        port = meta.get("port") if meta else None
+        port = self._port(home)
         state = ObjectState.RUNNING if self._running(home, self._run_as()) else ObjectState.STOPPED
         return ObjectDescription(state, self.settings.advertised_host, port)
 
@@ -156,7 +170,8 @@ class LocalBackend:
             raise BackendUnavailable(
                 f"The OS user {self.settings.run_as_user!r} (run_as_user) does not exist; postgres cannot run as root."
             ) from None
-        return _RunAs(entry.pw_uid, entry.pw_gid, entry.pw_dir)
+        groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        return _RunAs(entry.pw_uid, entry.pw_gid, entry.pw_dir, groups)
 
     def _ensure_data_root(self, run_as: _RunAs | None) -> None:
         if len(str(self.data_root).encode()) + len("/12345678901-abcdef01/run") > MAX_SOCKET_DIR_BYTES:
@@ -167,6 +182,14 @@ class LocalBackend:
                 os.chown(self.data_root, run_as.uid, run_as.gid)
         except OSError as e:
             raise BackendUnavailable(f"data_root {self.data_root} cannot be prepared: {e.strerror}.") from e
+        if run_as:
+            for parent in self.data_root.parents:
+                if not _traversable(parent, run_as):
+                    raise BackendUnavailable(
+                        f"data_root {self.data_root} is not reachable by the OS user "
+                        f"{self.settings.run_as_user!r}: {parent} does not let it in. Choose a data_root "
+                        "outside private directories (e.g. /var/lib/postgraas)."
+                    )
 
     def _home(self, ref: str) -> Path:
         home = (self.data_root / ref).resolve()
@@ -177,6 +200,14 @@ class LocalBackend:
     @staticmethod
     def _write_meta(home: Path, meta: dict) -> None:
         (home / "instance.json").write_text(json.dumps(meta))
+
+    def _port(self, home: Path) -> int | None:
+        """The port from instance.json, else from the running server's postmaster.pid (line 4)."""
+        port = self._read_meta(home).get("port")
+        if port is None:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                port = int((home / "data" / "postmaster.pid").read_text().splitlines()[3])
+        return port
 
     @staticmethod
     def _read_meta(home: Path) -> dict:
@@ -267,14 +298,15 @@ class LocalBackend:
             log.error("could not remove %s", home)
 
     @contextlib.contextmanager
-    def _superuser(self, home: Path, port: int) -> Iterator[psycopg.Connection]:
+    def _superuser(self, home: Path, port: int | None) -> Iterator[psycopg.Connection]:
+        """The superuser through the private socket; psycopg errors become BackendError."""
         try:
             conn = psycopg.connect(host=str(home / "run"), port=port, user=SUPERUSER, dbname="postgres",
                                    autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as e:
-            raise BackendError(f"Cannot reach the local cluster as its superuser: {str(e).strip()}") from e
-        with conn:
-            yield conn
+            with conn:
+                yield conn
+        except psycopg.Error as e:
+            raise BackendError(f"The local cluster {home.name} failed: {str(e).strip()}") from e
 
 
 def find_bin_dir(configured: str | None) -> Path:

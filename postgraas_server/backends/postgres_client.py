@@ -58,6 +58,12 @@ def wait_for_login(
         time.sleep(interval)
 
 
+def login_works(host: str, port: int, credentials: Credentials) -> None:
+    """Log in once; raises psycopg.OperationalError saying why not."""
+    with _connect(host, port, credentials) as conn:
+        conn.execute("select 1")
+
+
 def count_other_sessions(host: str, port: int, credentials: Credentials) -> int:
     """Client sessions on the server other than the one asking. Raises psycopg.Error."""
     with _connect(host, port, credentials) as conn:

@@ -7,6 +7,9 @@ Identifiers are composed with ``sql.Identifier``, never with string formatting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import psycopg
 from psycopg import sql
 
@@ -22,23 +25,33 @@ def database_exists(conn: psycopg.Connection, db_name: str) -> bool:
     return conn.execute("select 1 from pg_database where datname = %s", (db_name,)).fetchone() is not None
 
 
-def create_tenant(conn: psycopg.Connection, spec: DatabaseSpec) -> None:
-    """Create role and database; on any failure drop what this call created, then raise."""
+def create_tenant(conn: psycopg.Connection, spec: DatabaseSpec, *, take_existing_database: bool = False) -> None:
+    """Create role and database; on any failure drop what this call created, then raise.
+
+    ``take_existing_database``: a database of that name that already exists (the ``postgres``
+    database of a fresh cluster of the tenant's own) is handed to the role instead."""
     role, db_name = sql.Identifier(spec.db_username), sql.Identifier(spec.db_name)
     if role_exists(conn, spec.db_username):
         raise Conflict(
             f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
         )
-    if database_exists(conn, spec.db_name):
+    existing = database_exists(conn, spec.db_name)
+    if existing and not take_existing_database:
         raise Conflict(
             f"A database named {spec.db_name!r} already exists in the cluster.", {"db_name": "already exists"}
         )
-    if spec.template is not None and not database_exists(conn, spec.template):
-        raise InvalidRequest(f"There is no template database {spec.template!r}.", {"template": "does not exist"})
+    if spec.template is not None and not is_template(conn, spec.template):
+        # Only databases the cluster's admin marked as templates: copying any other database
+        # (another tenant's, the admin's) would hand its contents to the requester.
+        raise InvalidRequest(
+            f"There is no template database {spec.template!r} (the cluster's admin marks templates with "
+            "ALTER DATABASE ... IS_TEMPLATE true).",
+            {"template": "is not a template database of the cluster"},
+        )
 
     # The server only ever sees a SCRAM verifier, so the password cannot reach its log.
     verifier = conn.pgconn.encrypt_password(spec.db_pwd.encode(), spec.db_username.encode(), b"scram-sha-256")
-    _translate(
+    _run(
         conn,
         sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole noreplication password {}").format(
             role, sql.Literal(verifier.decode())
@@ -47,19 +60,23 @@ def create_tenant(conn: psycopg.Connection, spec: DatabaseSpec) -> None:
     try:
         if not _is_superuser(conn):
             # A non-superuser admin may only give a database to a role it is a member of.
-            conn.execute(sql.SQL("grant {} to current_user").format(role))
-        create = sql.SQL("create database {} owner {}").format(db_name, role)
-        if spec.template is not None:
-            create += sql.SQL(" template {}").format(sql.Identifier(spec.template))
-        _translate(conn, create)
+            _run(conn, sql.SQL("grant {} to current_user").format(role))
+        # template0 by default: template1 is open to every role of the cluster, so anything a
+        # tenant left there (large objects, say) must not be copied into other tenants' databases.
+        template = sql.Identifier(spec.template or "template0")
+        if existing:
+            _run(conn, sql.SQL("alter database {} owner to {}").format(db_name, role))
+        else:
+            _run(conn, sql.SQL("create database {} owner {} template {}").format(db_name, role, template))
         try:
             # Other tenants cannot even connect; the owner keeps its implicit right to.
-            conn.execute(sql.SQL("revoke connect, temporary on database {} from public").format(db_name))
+            _run(conn, sql.SQL("revoke connect, temporary on database {} from public").format(db_name))
         except BaseException:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(db_name))
+            if not existing:
+                _run(conn, sql.SQL("drop database if exists {} with (force)").format(db_name))
             raise
     except BaseException:
-        conn.execute(sql.SQL("drop role if exists {}").format(role))
+        _run(conn, sql.SQL("drop role if exists {}").format(role))
         raise
 
 
@@ -70,8 +87,17 @@ def count_sessions(conn: psycopg.Connection, db_name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def drop_tenant(conn: psycopg.Connection, db_name: str, role: str, *, force: bool) -> None:
-    """Drop the database (refusing while sessions are open, unless force) and then the role."""
+def drop_tenant(
+    conn: psycopg.Connection,
+    db_name: str,
+    role: str,
+    *,
+    force: bool,
+    connect: Callable[[str], AbstractContextManager[psycopg.Connection]],
+) -> None:
+    """Drop the database (refusing while sessions are open, unless force), whatever the role
+    owns elsewhere in the cluster, then the role. ``connect(dbname)`` gives an admin
+    connection to another database of the cluster."""
     if database_exists(conn, db_name):
         sessions = count_sessions(conn, db_name)
         if sessions and not force:
@@ -80,8 +106,24 @@ def drop_tenant(conn: psycopg.Connection, db_name: str, role: str, *, force: boo
                 '"force": true to terminate them.'
             )
         drop = sql.SQL("drop database if exists {}").format(sql.Identifier(db_name))
-        _translate(conn, (drop + sql.SQL(" with (force)")) if force else drop)
-    conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+        _run(conn, (drop + sql.SQL(" with (force)")) if force else drop)
+    if not role_exists(conn, role):
+        return
+    # A role can own objects in every database it may connect to (a large object in
+    # "postgres", say); DROP ROLE fails until they are gone, so drop them first.
+    reachable = conn.execute(
+        "select datname from pg_database where datallowconn and has_database_privilege(%s, datname, 'CONNECT')",
+        (role,),
+    ).fetchall()
+    for (other_db,) in reachable:
+        with connect(other_db) as other:
+            _run(other, sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+    _run(conn, sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
+def is_template(conn: psycopg.Connection, db_name: str) -> bool:
+    row = conn.execute("select datistemplate from pg_database where datname = %s", (db_name,)).fetchone()
+    return bool(row and row[0])
 
 
 def _is_superuser(conn: psycopg.Connection) -> bool:
@@ -89,7 +131,7 @@ def _is_superuser(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def _translate(conn: psycopg.Connection, statement: sql.Composable) -> None:
+def _run(conn: psycopg.Connection, statement: sql.Composable) -> None:
     """Run DDL; a name taken or an object in use meanwhile is a 409, anything else a 502."""
     try:
         conn.execute(statement)
@@ -144,4 +186,4 @@ def adopt_template_objects(conn: psycopg.Connection, role: str) -> None:
     # The query runs without parameters, so its LIKE patterns keep their % signs.
     prefixes = [row[0] for row in conn.execute(_ADOPTABLE)]
     for prefix in prefixes:
-        _translate(conn, sql.SQL(prefix + " ") + sql.Identifier(role))
+        _run(conn, sql.SQL(prefix + " ") + sql.Identifier(role))

@@ -17,13 +17,17 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(url: str) -> None:
-    """Bring the meta db at ``url`` to the newest schema. Safe to run again."""
+def upgrade(url: str, legacy_backend: str = "docker") -> None:
+    """Bring the meta db at ``url`` to the newest schema. Safe to run again.
+
+    ``legacy_backend``: the backend name given to instances found in a postgraas_server 2.x meta db.
+    """
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
+            config.attributes["legacy_backend"] = legacy_backend
             command.upgrade(config, "head")
     finally:
         engine.dispose()

@@ -152,6 +152,10 @@ class Server:
     process: subprocess.Popen
     log_path: Path
 
+    @property
+    def meta_db(self) -> Path:
+        return self.log_path.parent / "meta.sqlite"
+
     def post(self, body: dict, **kwargs) -> requests.Response:
         return requests.post(f"{self.url}/postgraas_instances", json=body, timeout=120, **kwargs)
 

@@ -114,7 +114,8 @@ def test_create_use_delete_gone(backend, create):
             db.spec.db_username, db.spec.db_name)
     assert backend.exists(db.ref)
     description = backend.describe(db.ref)
-    assert (description.state, description.port) == (ObjectState.RUNNING, db.port)
+    assert (description.state, description.host, description.port) == (ObjectState.RUNNING, db.host, db.port)
+    backend.health()
 
     backend.delete(db.ref, db.spec.credentials)
     assert not backend.exists(db.ref)
@@ -179,7 +180,7 @@ def test_failure_half_way_leaves_nothing(backend_name, request):
         # The role is created, then CREATE DATABASE fails: its template is in use.
         server = request.getfixturevalue("pg_server")
         with server.admin() as admin:
-            admin.execute(f"create database busy_{tag}")
+            admin.execute(f"create database busy_{tag} is_template true")
         try:
             with server.admin(f"busy_{tag}"):
                 with pytest.raises(Conflict, match="being accessed by other users"):
@@ -189,6 +190,7 @@ def test_failure_half_way_leaves_nothing(backend_name, request):
             assert spec.db_name not in server.databases()
         finally:
             with server.admin() as admin:
+                admin.execute(f"alter database busy_{tag} is_template false")
                 admin.execute(f"drop database busy_{tag} with (force)")
     else:
         # initdb runs, then no port of the (one-port) range can be bound.
@@ -235,7 +237,7 @@ def test_cluster_creates_from_a_template(creator_for, pg_server):
     create = creator_for("cluster")
     template = f"tmpl_{uuid.uuid4().hex[:8]}"
     with pg_server.admin() as admin:
-        admin.execute(f"create database {template}")
+        admin.execute(f"create database {template} is_template true")
     try:
         with pg_server.admin(template) as conn:
             conn.execute("create schema app")
@@ -255,6 +257,7 @@ def test_cluster_creates_from_a_template(creator_for, pg_server):
             assert conn.execute("select count(*) from app.seeded").fetchone() == (2,)
     finally:
         with pg_server.admin() as admin:
+            admin.execute(f"alter database {template} is_template false")
             admin.execute(f"drop database {template} with (force)")
 
 
@@ -288,3 +291,37 @@ def test_local_cluster_runs_unprivileged_and_private(creator_for, local_data_roo
     for path in (home, home / "data", home / "run"):
         assert path.stat().st_mode & 0o777 == 0o700, path
         assert path.stat().st_uid == owner
+
+
+def test_cluster_refuses_to_copy_a_database_that_is_no_template(creator_for, pg_server):
+    create = creator_for("cluster")
+    victim = create()
+    with victim.connect() as conn:
+        conn.execute("create table secrets (v text)")
+        conn.execute("insert into secrets values ('top secret')")
+        conn.commit()
+    for source in (victim.spec.db_name, "postgres"):
+        with pytest.raises(PostgraasError) as refused:
+            create(template=source)
+        assert refused.value.code == 400
+        assert refused.value.errors == {"template": "is not a template database of the cluster"}
+
+
+def test_cluster_delete_removes_what_the_tenant_left_elsewhere(creator_for, pg_server):
+    create = creator_for("cluster")
+    db = create()
+    # Any role may connect to "postgres" and own a large object there; DROP ROLE would fail on it.
+    with psycopg.connect(host=db.host, port=db.port, user=db.spec.db_username, password=db.spec.db_pwd,
+                         dbname="postgres", autocommit=True) as conn:
+        conn.execute("select lo_create(0)")
+    create.backend.delete(db.ref, db.spec.credentials, force=True)
+    assert db.spec.db_username not in pg_server.roles()
+    with pg_server.admin() as admin:
+        assert admin.execute("select count(*) from pg_largeobject_metadata").fetchone() == (0,)
+
+
+def test_local_accepts_the_postgres_database_name(creator_for):
+    db = creator_for("local")(db_name="postgres")
+    with db.connect() as conn:
+        conn.execute("create table mine (v int)")
+        conn.commit()

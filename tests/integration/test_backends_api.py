@@ -109,7 +109,7 @@ def test_template_only_where_supported(server):
     assert "template" in response.json()["errors"]
     response = server.post(body(backend="cluster", template="no_such_template"))
     assert response.status_code == 400
-    assert response.json()["errors"] == {"template": "does not exist"}
+    assert response.json()["errors"] == {"template": "is not a template database of the cluster"}
     assert server.get().json() == []
 
 

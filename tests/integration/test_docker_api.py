@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import threading
 import uuid
+from urllib.parse import quote
 
 import docker.errors
 import psycopg
 import pytest
+import requests
 
 from .conftest import RUN_ID, RUN_LABEL, start_server, stop_server
 
 PASSWORD = "p@ss:w/rd %?#é"
+
+
+def assert_never_logged(log: str, secret: str) -> None:
+    """The secret in none of the forms a log line could carry it."""
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+             quote(secret, safe=""), quote(secret), repr(secret)[1:-1]}
+    for form in forms:
+        assert form not in log, f"password found in the log as {form!r}"
 
 
 def new_body(**overrides) -> dict:
@@ -79,7 +91,7 @@ def test_lifecycle_create_use_list_get_delete(server, docker_client):
     assert server.get(f"/{instance_id}").status_code == 404
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(created["connection_uri"], connect_timeout=3)
-    assert PASSWORD not in server.log()
+    assert_never_logged(server.log(), PASSWORD)
 
 
 def test_duplicate_name_is_409_and_one_container(server, docker_client):
@@ -201,3 +213,24 @@ def test_unreachable_engine_is_503_and_leaves_no_row(docker_client, tmp_path):
         assert listed.status_code == 200 and listed.json() == []
     finally:
         stop_server(server)
+
+
+def test_oversized_chunked_body_is_413(server):
+    def chunks():
+        for _ in range(100):
+            yield b"x" * 1024
+
+    # A generator body goes out chunked: no Content-Length for the server to check up front.
+    response = requests.post(f"{server.url}/postgraas_instances", data=chunks(), timeout=30)
+    assert response.status_code == 413
+    assert response.json()["msg"] == "The request body is larger than the limit of 65536 bytes."
+
+
+def test_row_from_a_2x_meta_db_without_password_is_checked_by_login(server):
+    created = server.post(new_body()).json()
+    instance_id = created["postgraas_instance_id"]
+    # 2.x kept no password (later versions) or plain text (earlier ones); init-db leaves no hash then.
+    with sqlite3.connect(server.meta_db) as meta:
+        meta.execute("update db_instance set password_hash = null where id = ?", (instance_id,))
+    assert server.delete(instance_id, {"db_pwd": "wrong"}).status_code == 401
+    assert server.delete(instance_id, {"db_pwd": PASSWORD}).status_code == 200

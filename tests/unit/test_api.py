@@ -151,15 +151,34 @@ def test_meta_db_failure_after_create_removes_the_backend_object(app, client, fa
 @pytest.mark.parametrize(
     ("kwargs", "status", "msg"),
     [
-        ({"data": "not json"}, 400, "The request body must be a JSON object."),
+        ({"data": "not json"}, 400, "The request body is not valid JSON: Expecting value: line 1 column 1 (char 0)."),
         ({"data": "[1, 2]"}, 400, "The request body must be a JSON object."),
+        ({"data": ""}, 400, "The request body must be a JSON object."),
+        ({"data": "[" * 30000 + "]" * 30000}, 400, "The request body is not valid JSON: nested too deeply."),
+        ({"data": b'{"db_name": "\xff"}'}, 400, None),
         ({"data": "x" * 70000}, 413, "The request body is larger than the limit of 65536 bytes."),
     ],
 )
 def test_bad_bodies(client, kwargs, status, msg):
     response = client.post("/postgraas_instances", content_type="application/json", **kwargs)
     assert response.status_code == status
-    assert response.get_json() == {"status": "failed", "msg": msg}
+    assert response.get_json()["status"] == "failed"
+    if msg is not None:
+        assert response.get_json() == {"status": "failed", "msg": msg}
+
+
+@pytest.mark.parametrize("instance_id", ["99999999999999999999", str(2**63), "-1", "abc"])
+def test_impossible_ids_are_404(client, instance_id):
+    for method in (client.get, client.delete):
+        response = method(f"/postgraas_instances/{instance_id}", json={"db_pwd": "x"})
+        assert response.status_code == 404
+        assert response.get_json()["status"] == "failed"
+
+
+def test_largest_possible_id_is_a_plain_404(client):
+    response = client.get(f"/postgraas_instances/{2**63 - 1}")
+    assert response.status_code == 404
+    assert response.get_json()["msg"] == f"There is no instance with id {2**63 - 1}."
 
 
 def test_unknown_route_and_method_answer_json(client):
@@ -191,3 +210,57 @@ def test_concurrent_creates_of_one_name_have_one_winner(app, fake_backend):
     assert sorted(results) == [201] + [409] * 7
     assert len(fake_backend.objects) == 1
     assert len(rows(app)) == 1
+
+
+def test_concurrent_deletes_of_one_instance_have_one_winner(app, fake_backend):
+    with app.test_client() as c:
+        instance_id = create(c).get_json()["postgraas_instance_id"]
+    fake_backend.delete_delay = 0.2
+    results = []
+    barrier = threading.Barrier(3)
+
+    def delete():
+        with app.test_client() as c:
+            barrier.wait()
+            results.append(c.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code)
+
+    threads = [threading.Thread(target=delete) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200, 409, 409]
+    assert len(fake_backend.deleted) == 1
+    assert rows(app) == []
+
+
+def test_delete_while_creating_is_409(app, client):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    with app.app_context():
+        db.session.get(DBInstance, instance_id).status = "creating"
+        db.session.commit()
+    response = client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]})
+    assert response.status_code == 409
+    assert "still being created" in response.get_json()["msg"]
+
+
+def test_failed_backend_delete_restores_the_status(app, client, fake_backend):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    fake_backend.fail_delete = BackendError("The cluster refused.")
+    assert client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code == 502
+    assert client.get(f"/postgraas_instances/{instance_id}").get_json()["status"] == "ready"
+
+
+def test_item_get_survives_a_failing_backend(client, fake_backend):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    fake_backend.fail_describe = RuntimeError("engine exploded")
+    response = client.get(f"/postgraas_instances/{instance_id}")
+    assert response.status_code == 200
+    assert response.get_json()["backend_state"] == "unknown"
+
+
+@pytest.mark.parametrize("backend", ["", "kubernetes", 5])
+def test_unknown_or_empty_backend_is_400(client, backend):
+    response = create(client, backend=backend)
+    assert response.status_code == 400
+    assert "backend" in response.get_json()["errors"]

@@ -1,0 +1,70 @@
+"""init-db: creates the schema, is safe to run twice, and upgrades a postgraas_server 2.x meta db."""
+
+import pytest
+import sqlalchemy as sa
+
+from postgraas_server.migrations import upgrade
+from postgraas_server.passwords import password_matches
+
+LEGACY_2X = """
+create table db_instance (
+    id integer primary key,
+    postgraas_instance_name varchar(100),
+    creation_timestamp datetime,
+    db_name varchar(100),
+    username varchar(500),
+    password varchar(100),
+    hostname varchar(500),
+    port integer,
+    container_id varchar(100)
+)
+"""
+
+
+def columns(url):
+    return {c["name"] for c in sa.inspect(sa.create_engine(url)).get_columns("db_instance")}
+
+
+def test_fresh_schema_twice(tmp_path):
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    upgrade(url)
+    upgrade(url)
+    assert {"password_hash", "status", "backend"} <= columns(url)
+
+
+def test_upgrade_from_2x_keeps_rows_and_hashes_passwords(tmp_path):
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(LEGACY_2X))
+        conn.execute(sa.text(
+            "insert into db_instance values (1, 'old', '2019-01-01 10:00:00', 'db', 'u', 'plain-pw', 'h', 5432, 'c1'),"
+            " (2, 'newer', '2020-01-01 10:00:00', 'db2', 'u2', '', 'h', 5433, 'c2')"
+        ))
+    upgrade(url, legacy_backend="docker")
+    upgrade(url, legacy_backend="docker")
+    assert "password" not in columns(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "select id, postgraas_instance_name, password_hash, backend, status, port, container_id from db_instance"
+            " order by id")).fetchall()
+    assert [(r.id, r.postgraas_instance_name, r.backend, r.status, r.port, r.container_id) for r in rows] == [
+        (1, "old", "docker", "ready", 5432, "c1"),
+        (2, "newer", "docker", "ready", 5433, "c2"),
+    ]
+    assert password_matches(rows[0].password_hash, "plain-pw")
+    assert rows[1].password_hash is None
+    # The name is unique from now on.
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text(
+            "insert into db_instance (postgraas_instance_name, db_name, username, backend, status, creation_timestamp)"
+            " values ('old', 'x', 'y', 'docker', 'ready', '2020-01-01')"))
+
+
+def test_2x_duplicate_names_stop_the_upgrade_with_a_clear_message(tmp_path):
+    url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+    with sa.create_engine(url).begin() as conn:
+        conn.execute(sa.text(LEGACY_2X))
+        conn.execute(sa.text("insert into db_instance (id, postgraas_instance_name) values (1, 'twin'), (2, 'twin')"))
+    with pytest.raises(RuntimeError, match="several instances named 'twin'"):
+        upgrade(url)
