@@ -6,13 +6,14 @@ import logging
 from dataclasses import dataclass
 
 from flask import Flask
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from .api import register_routes
 from .backends import BackendRegistry
-from .config import Settings, load_settings
-from .models import db
+from .config import ConfigError, Settings, load_settings
+from .models import Deployment, db
 from .service import InstanceService
 
 # SQLite waits this long for a competing writer before "database is locked".
@@ -22,6 +23,8 @@ SQLITE_BUSY_TIMEOUT_S = 30
 @dataclass
 class PostgraasState:
     settings: Settings
+    # Stamped on every backend object of this meta db (see migrations 0002).
+    deployment: str
     backends: BackendRegistry
     service: InstanceService
 
@@ -43,10 +46,28 @@ def create_app(settings: Settings | None = None, *, backends: BackendRegistry | 
     db.init_app(app)
     with app.app_context():
         _tune_sqlite(db.engine)
-    backends = backends or BackendRegistry.from_settings(settings)
-    app.extensions["postgraas"] = PostgraasState(settings, backends, InstanceService(backends))
+    with app.app_context():
+        deployment = _deployment_id()
+    backends = backends or BackendRegistry.from_settings(settings, deployment)
+    app.extensions["postgraas"] = PostgraasState(
+        settings, deployment, backends, InstanceService(backends, settings.lifecycle)
+    )
     register_routes(app)
     return app
+
+
+def _deployment_id() -> str:
+    try:
+        deployment = db.session.execute(select(Deployment.id)).scalar_one_or_none()
+    except SQLAlchemyError as e:
+        raise ConfigError(
+            f"the meta db cannot be read or its schema is not up to date; run `postgraas-server init-db` ({e})"
+        ) from None
+    finally:
+        db.session.remove()
+    if deployment is None:
+        raise ConfigError("the meta db has no deployment id; run `postgraas-server init-db`")
+    return deployment
 
 
 def _engine_options(url: str) -> dict[str, object]:

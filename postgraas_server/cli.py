@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import migrations
 from .app import configure_logging, create_app
 from .config import ConfigError, Settings, load_settings
+from .reaper import Reaper
 
 
 @click.group()
@@ -70,9 +71,44 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
             self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            return create_app(settings)
+            # Runs in each worker after the fork: every worker has a reaper, the lease picks one.
+            app = create_app(settings)
+            if settings.lifecycle.reaper_interval > 0:
+                state = app.extensions["postgraas"]
+                Reaper(state.backends, settings.lifecycle).start(app)
+            return app
 
     Server().run()
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run one pass and exit (for cron); else loop at lifecycle.reaper_interval.")
+@click.pass_obj
+def reap(settings: Settings, once: bool) -> None:
+    """Reconcile the meta db with the backends: expire, clean up, mark lost. Prints what it did."""
+    try:
+        app = create_app(settings)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    state = app.extensions["postgraas"]
+    reaper = Reaper(state.backends, settings.lifecycle)
+    with app.app_context():
+        if not once:
+            if settings.lifecycle.reaper_interval <= 0:
+                raise click.UsageError("lifecycle.reaper_interval is 0; use --once")
+            reaper.run_forever(app)
+            return
+        if not reaper.acquire(seconds=300):
+            holder, until = reaper.lease_holder()
+            click.echo(f"another reaper ({holder}) holds the lease until {until:%Y-%m-%d %H:%M:%S} UTC; nothing done")
+            return
+        try:
+            report = reaper.run_pass()
+        finally:
+            reaper.release()
+    for action in report.actions:
+        click.echo(action)
+    click.echo(f"{len(report.actions)} action(s)")
 
 
 def _upgrade(settings: Settings) -> None:

@@ -18,7 +18,9 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .durations import parse_duration
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "POSTGRAAS_"
 CONFIG_PATH_ENV = "POSTGRAAS_CONFIG"
@@ -160,6 +162,37 @@ class ApplicationSettings(_Section):
     default_backend: str | None = None
 
 
+def _duration(value: object) -> object:
+    return None if value is None else parse_duration(value)
+
+
+Duration = Annotated[int | None, BeforeValidator(_duration)]
+
+
+class LifecycleSettings(_Section):
+    """Time to live and the reaper that cleans up after everyone."""
+
+    # Instances without a ttl of their own expire after this; None: never.
+    default_ttl: Duration = None
+    # No ttl (asked for, or extended to) may exceed this; None: no limit.
+    max_ttl: Duration = None
+    # Seconds between reaper passes in each server process; 0 turns the loop off (use `reap --once`).
+    reaper_interval: float = Field(default=30.0, ge=0)
+    # A backend object of ours without a meta row is removed once it is this old.
+    orphan_grace: Duration = 60
+    # A creation whose server stopped sending heartbeats for this long has died with it.
+    heartbeat_timeout: Duration = 20
+    # How long rows of lost and failed instances stay visible before the reaper removes them.
+    lost_retention: Duration = 86400
+    failed_retention: Duration = 86400
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> LifecycleSettings:
+        if self.default_ttl and self.max_ttl and self.default_ttl > self.max_ttl:
+            raise ValueError("default_ttl must not exceed max_ttl")
+        return self
+
+
 class Settings(_Section):
     metadb: MetaDbSettings = Field(default_factory=MetaDbSettings)
     # The single backend section of postgraas_server 2.x; it is named after its type.
@@ -167,6 +200,7 @@ class Settings(_Section):
     # Several backends by name (lower-case letters and digits).
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     application: ApplicationSettings = Field(default_factory=ApplicationSettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     @model_validator(mode="after")
     def _named_backends(self) -> Settings:

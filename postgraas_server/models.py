@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Index, String
+from sqlalchemy import DateTime, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 class Base(DeclarativeBase):
@@ -19,11 +20,31 @@ db = SQLAlchemy(model_class=Base)
 class InstanceStatus:
     CREATING = "creating"
     READY = "ready"
+    FAILED = "failed"
     DELETING = "deleting"
+    # Its backend object vanished behind our back.
+    LOST = "lost"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, also on SQLite (which keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class DBInstance(db.Model):  # type: ignore[name-defined,misc]
@@ -45,15 +66,39 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
     # None only for rows from a 2.x meta db that kept no password.
     password_hash: Mapped[str | None] = mapped_column(String(255))
     backend: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default=InstanceStatus.CREATING)
+    status: Mapped[str] = mapped_column(String(16), default=InstanceStatus.CREATING, index=True)
     hostname: Mapped[str | None] = mapped_column(String(255))
     port: Mapped[int | None]
     # The backend's reference to its object; for docker, the container id.
     container_id: Mapped[str | None] = mapped_column(String(255))
-    creation_timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    creation_timestamp: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Why the status is what it is (the error of a failed creation, what vanished).
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
+    # Renewed by the process creating the instance; a stale one means that process died.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
-    @property
-    def created_at_utc(self) -> datetime:
-        # SQLite hands back naive datetimes; every value stored is UTC.
-        ts = self.creation_timestamp
-        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    def set_status(self, status: str, detail: str | None = None) -> None:
+        self.status = status
+        self.status_detail = detail
+        self.status_changed_at = utcnow()
+
+
+class Deployment(db.Model):  # type: ignore[name-defined,misc]
+    """One row: the id this meta db stamps on every backend object it makes."""
+
+    __tablename__ = "postgraas_deployment"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Lease(db.Model):  # type: ignore[name-defined,misc]
+    """A named lease in the meta db: whoever holds it unexpired may act (one reaper at a time)."""
+
+    __tablename__ = "postgraas_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

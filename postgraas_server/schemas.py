@@ -14,11 +14,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
 )
 from pydantic_core import PydanticCustomError
 
+from .durations import parse_duration
 from .errors import InvalidRequest, Unprocessable
 from .models import DBInstance
 
@@ -77,6 +79,13 @@ def _password(value: str) -> str:
     return value
 
 
+def _ttl(value: int | str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise PydanticCustomError("invalid", str(e)) from None
+
+
 def _backend_name(value: str) -> str:
     if len(value) > 32:
         raise PydanticCustomError("invalid", "must be at most 32 characters")
@@ -84,6 +93,8 @@ def _backend_name(value: str) -> str:
 
 
 BackendName = Annotated[StrictStr, AfterValidator(_backend_name)]
+# Seconds, or a string such as "30m", "2h", "7d".
+Ttl = Annotated[StrictInt | StrictStr, AfterValidator(_ttl)]
 InstanceName = Annotated[StrictStr, AfterValidator(_instance_name)]
 Identifier = Annotated[StrictStr, AfterValidator(_identifier)]
 DbName = Annotated[StrictStr, AfterValidator(_db_name)]
@@ -107,11 +118,20 @@ class CreateInstanceRequest(_Request):
     backend: BackendName | None = None
     # cluster backends: copy this existing database.
     template: Identifier | None = None
+    ttl: Ttl | None = None
+    # False: answer 202 at once and create in the background.
+    wait: StrictBool = True
 
 
 class DeleteInstanceRequest(_Request):
     db_pwd: StrictStr
     force: StrictBool = False
+
+
+class ExtendInstanceRequest(_Request):
+    db_pwd: StrictStr
+    # From now; null: no expiry (only where no max_ttl is configured).
+    ttl: Ttl | None
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -120,6 +140,7 @@ _TYPE_MESSAGES = {
     "missing": "is required",
     "string_type": "must be a string",
     "bool_type": "must be true or false",
+    "int_type": "must be a number of seconds or a string like '30m', '2h', '7d'",
 }
 
 
@@ -161,6 +182,8 @@ class InstanceOut(BaseModel):
     container_id: str | None
     backend: str
     status: str
+    status_detail: str | None
+    expires_at: datetime | None
     # Item GET only: what the backend reports now (running, stopped, missing, unknown).
     backend_state: str | None = None
     connection_uri: str | None
@@ -184,12 +207,14 @@ class InstanceOut(BaseModel):
             container_id=row.container_id,
             backend=row.backend,
             status=row.status,
+            status_detail=row.status_detail,
+            expires_at=row.expires_at,
             connection_uri=(
                 connection_uri(row.username, None, row.hostname, row.port, row.db_name)
                 if row.hostname and row.port
                 else None
             ),
-            creation_timestamp=row.created_at_utc,
+            creation_timestamp=row.creation_timestamp,
             id=row.id,
             username=row.username,
             hostname=row.hostname,
@@ -203,8 +228,10 @@ class CreatedInstanceOut(InstanceOut):
 
     @classmethod
     def from_created(cls, row: DBInstance, db_pwd: str) -> CreatedInstanceOut:
-        out = InstanceOut.from_row(row, backend_state="running").model_dump()
-        out["connection_uri"] = connection_uri(row.username, db_pwd, row.hostname or "", row.port or 0, row.db_name)
+        state = "running" if row.status == "ready" else None
+        out = InstanceOut.from_row(row, backend_state=state).model_dump()
+        if row.hostname and row.port:
+            out["connection_uri"] = connection_uri(row.username, db_pwd, row.hostname, row.port, row.db_name)
         return cls(**out, db_pwd=db_pwd)
 
 

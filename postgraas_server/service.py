@@ -1,26 +1,45 @@
-"""What the service does with instances: meta-db transactions around backend calls. No HTTP here."""
+"""What the service does with instances: meta-db transactions around backend calls. No HTTP here.
+
+An instance moves creating -> ready, or creating -> failed; deleting while it is removed; lost
+when its backend object vanished. Status changes that can race (two deletes, a delete during a
+create) are conditional UPDATEs: exactly one request wins, the others see a 409.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import psycopg
-from sqlalchemy import select, update
+from flask import Flask
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .backends import BackendRegistry, Credentials, DatabaseSpec, ObjectState
+from .backends import Backend, BackendRegistry, Credentials, DatabaseSpec, ObjectState, ProvisionedDatabase
 from .backends.postgres_client import login_works
-from .errors import BackendUnavailable, Conflict, InvalidRequest, NotFound, WrongPassword
-from .models import DBInstance, InstanceStatus, db
+from .config import LifecycleSettings
+from .durations import format_duration
+from .errors import BackendUnavailable, Conflict, InvalidRequest, NotFound, PostgraasError, WrongPassword
+from .models import DBInstance, InstanceStatus, db, utcnow
 from .passwords import hash_password, password_matches
-from .schemas import CreateInstanceRequest, DeleteInstanceRequest
+from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
 
 log = logging.getLogger(__name__)
 
+# Statuses a delete may start from; "creating" is a cancellation, handled apart.
+DELETABLE = (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST)
+
 
 class InstanceService:
-    def __init__(self, backends: BackendRegistry) -> None:
+    def __init__(self, backends: BackendRegistry, lifecycle: LifecycleSettings) -> None:
         self.backends = backends
+        self.lifecycle = lifecycle
+
+    # -- reading -----------------------------------------------------------------------------
 
     def list(self) -> list[DBInstance]:
         return list(db.session.execute(select(DBInstance).order_by(DBInstance.id)).scalars())
@@ -31,69 +50,15 @@ class InstanceService:
             raise NotFound(f"There is no instance with id {instance_id}.")
         return row
 
-    def create(self, request: CreateInstanceRequest) -> DBInstance:
-        """Reserve the name in the meta db, create the database, then mark the row ready.
-
-        Any failure undoes the earlier steps: no orphan backend object, no orphan row.
-        """
-        backend_name, backend = self.backends.choose(request.backend)
-        if request.template is not None and not backend.supports_template:
-            raise InvalidRequest(
-                f"Backend {backend_name!r} cannot create a database from a template.",
-                {"template": f"not supported by the {backend.type_name} backend"},
-            )
-        row = self._reserve(request, backend_name)
-        spec = DatabaseSpec(
-            instance_id=row.id,
-            instance_name=row.postgraas_instance_name,
-            db_name=request.db_name,
-            db_username=request.db_username,
-            db_pwd=request.db_pwd,
-            template=request.template,
-        )
-        try:
-            provisioned = backend.create(spec)
-        except BaseException:
-            self._release(row.id)
-            raise
-        try:
-            row.hostname = provisioned.host
-            row.port = provisioned.port
-            row.container_id = provisioned.ref
-            row.status = InstanceStatus.READY
-            db.session.commit()
-        except BaseException:
-            db.session.rollback()
-            log.warning("meta db update failed for %s; removing what was created", spec.instance_name)
-            try:
-                backend.delete(provisioned.ref, spec.credentials, force=True)
-            except Exception:
-                log.exception("could not remove %s object %s", backend_name, provisioned.ref)
-            self._release(spec.instance_id)
-            raise
-        log.info("instance %s (id %s) is ready in backend %s", row.postgraas_instance_name, row.id, backend_name)
-        return row
-
-    def delete(self, instance_id: int, request: DeleteInstanceRequest) -> DBInstance:
-        row = self.get(instance_id)
-        if not self._password_matches(row, request.db_pwd):
-            raise WrongPassword("The password does not match this instance's db_pwd.", {"db_pwd": "does not match"})
-        if row.status == InstanceStatus.CREATING:
-            raise Conflict("The instance is still being created; delete it once it is ready.")
-        previous = row.status
-        self._claim(row, previous, InstanceStatus.DELETING)
-        try:
-            if row.container_id:
-                credentials = Credentials(row.db_name, row.username, request.db_pwd)
-                self.backends.holding(row.backend).delete(row.container_id, credentials, force=request.force)
-        except BaseException:
-            db.session.rollback()
-            self._claim(row, InstanceStatus.DELETING, previous)
-            raise
-        db.session.delete(row)
-        db.session.commit()
-        log.info("instance %s (id %s) deleted (force=%s)", row.postgraas_instance_name, row.id, request.force)
-        return row
+    def wait_until_settled(self, instance_id: int, timeout: float) -> DBInstance:
+        """The instance once it is no longer creating, or as it is when ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            db.session.expire_all()
+            row = self.get(instance_id)
+            if row.status != InstanceStatus.CREATING or time.monotonic() >= deadline:
+                return row
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def backend_state(self, row: DBInstance) -> str:
         """What the backend says of the instance's object now: running, stopped, missing or unknown."""
@@ -105,6 +70,217 @@ class InstanceService:
             # A read must not fail because the backend does; say so instead.
             log.warning("could not describe %s in backend %s", row.container_id, row.backend, exc_info=True)
             return "unknown"
+
+    # -- creating ----------------------------------------------------------------------------
+
+    def create(self, request: CreateInstanceRequest, app: Flask) -> DBInstance:
+        """Reserve the name, create the database, mark the row ready.
+
+        With ``request.wait`` (the default) this returns once the database is ready, and any
+        failure removes the row again. Otherwise it returns the row still creating and goes on
+        in a thread of ``app``; a failure then leaves the row as ``failed``, saying why.
+        No failure leaves a backend object behind.
+        """
+        backend_name, backend = self.backends.choose(request.backend)
+        if request.template is not None and not backend.supports_template:
+            raise InvalidRequest(
+                f"Backend {backend_name!r} cannot create a database from a template.",
+                {"template": f"not supported by the {backend.type_name} backend"},
+            )
+        expires_at = self._expiry(request.ttl, default=self.lifecycle.default_ttl)
+        row = self._reserve(request, backend_name, expires_at)
+        spec = DatabaseSpec(
+            instance_id=row.id,
+            instance_name=row.postgraas_instance_name,
+            db_name=request.db_name,
+            db_username=request.db_username,
+            db_pwd=request.db_pwd,
+            template=request.template,
+        )
+        if not request.wait:
+            threading.Thread(
+                target=self._provision_in_background, args=(app, backend_name, spec), daemon=True,
+                name=f"create-{row.id}",
+            ).start()
+            return row
+        try:
+            self._provision(backend_name, backend, spec)
+        except Conflict as e:
+            if e.errors.get("postgraas_instance_name") != "deleted while being created":
+                self._release(row.id)
+            raise
+        except BaseException:
+            self._release(row.id)
+            raise
+        db.session.refresh(row)
+        return row
+
+    def _provision_in_background(self, app: Flask, backend_name: str, spec: DatabaseSpec) -> None:
+        with app.app_context():
+            try:
+                self._provision(backend_name, self.backends.holding(backend_name), spec)
+            except PostgraasError as e:
+                self._fail(spec.instance_id, e.msg)
+            except Exception as e:
+                log.exception("creating instance %s failed", spec.instance_name)
+                self._fail(spec.instance_id, f"Internal error: {type(e).__name__}")
+            finally:
+                db.session.remove()
+
+    def _provision(self, backend_name: str, backend: Backend, spec: DatabaseSpec) -> None:
+        """Create in the backend, then claim the row ready; a row cancelled meanwhile gets
+        its object removed (and the row with it) instead."""
+        with self._heartbeat(spec.instance_id):
+            provisioned = backend.create(spec)
+        try:
+            claimed = self._mark_ready(spec.instance_id, provisioned)
+        except BaseException:
+            db.session.rollback()
+            log.warning("meta db update failed for %s; removing what was created", spec.instance_name)
+            self._remove_quietly(backend, provisioned.ref, spec.credentials)
+            raise
+        if not claimed:
+            log.info("instance %s was deleted while being created; removing it", spec.instance_name)
+            self._remove_quietly(backend, provisioned.ref, spec.credentials)
+            self._forget(spec.instance_id)
+            raise Conflict(
+                f"The instance {spec.instance_name!r} was deleted while it was being created.",
+                {"postgraas_instance_name": "deleted while being created"},
+            )
+        log.info("instance %s (id %s) is ready in backend %s", spec.instance_name, spec.instance_id, backend_name)
+
+    def _mark_ready(self, instance_id: int, provisioned: ProvisionedDatabase) -> bool:
+        result = db.session.execute(
+            update(DBInstance)
+            .where(DBInstance.id == instance_id, DBInstance.status == InstanceStatus.CREATING)
+            .values(
+                status=InstanceStatus.READY,
+                status_detail=None,
+                status_changed_at=utcnow(),
+                heartbeat_at=None,
+                hostname=provisioned.host,
+                port=provisioned.port,
+                container_id=provisioned.ref,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        return result.rowcount == 1
+
+    @contextmanager
+    def _heartbeat(self, instance_id: int) -> Iterator[None]:
+        """Renew heartbeat_at while the block runs, so the reaper can tell a live creation
+        from one whose server died. Uses its own connection: sessions are not thread-safe."""
+        engine: Engine = db.engine
+        stop = threading.Event()
+        every = max(0.5, self.lifecycle.heartbeat_timeout / 4)
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(
+                            update(DBInstance)
+                            .where(DBInstance.id == instance_id, DBInstance.status == InstanceStatus.CREATING)
+                            .values(heartbeat_at=utcnow())
+                        )
+                except Exception:
+                    log.warning("heartbeat of instance %s failed", instance_id, exc_info=True)
+
+        thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{instance_id}")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _fail(self, instance_id: int, detail: str) -> None:
+        db.session.rollback()
+        result = db.session.execute(
+            update(DBInstance)
+            .where(DBInstance.id == instance_id, DBInstance.status == InstanceStatus.CREATING)
+            .values(status=InstanceStatus.FAILED, status_detail=detail, status_changed_at=utcnow(), heartbeat_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        if result.rowcount == 0:
+            # Cancelled while it failed: nothing was left in the backend, so the row can go.
+            self._forget(instance_id)
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    def delete(self, instance_id: int, request: DeleteInstanceRequest) -> str:
+        """Remove the instance; returns a sentence saying what happened."""
+        row = self.get(instance_id)
+        self._check_password(row, request.db_pwd)
+        name = row.postgraas_instance_name
+        if row.status == InstanceStatus.CREATING:
+            self._claim(row, (InstanceStatus.CREATING,), InstanceStatus.DELETING, "creation cancelled")
+            return f"Cancelled the creation of instance {name!r} (id {instance_id}); what was made is removed."
+        previous = row.status
+        self._claim(row, DELETABLE, InstanceStatus.DELETING)
+        backend = self.backends.holding(row.backend)
+        try:
+            if row.container_id:
+                credentials = Credentials(row.db_name, row.username, request.db_pwd)
+                backend.delete(row.container_id, credentials, force=request.force)
+        except Conflict:
+            # In use: the instance stays as it was.
+            self._set_status(instance_id, InstanceStatus.DELETING, previous)
+            raise
+        except PostgraasError as e:
+            # The user asked for it to go: keep it "deleting" and let the reaper retry.
+            self._set_status(instance_id, InstanceStatus.DELETING, InstanceStatus.DELETING,
+                             f"delete failed, will be retried: {e.msg}")
+            raise
+        self._forget(instance_id)
+        log.info("instance %s (id %s) deleted (force=%s)", name, instance_id, request.force)
+        return f"Deleted instance {name!r} (id {instance_id})."
+
+    # -- time to live ------------------------------------------------------------------------
+
+    def extend(self, instance_id: int, request: ExtendInstanceRequest) -> DBInstance:
+        """Set a new expiry, ``ttl`` from now (None: never, where no maximum is configured)."""
+        row = self.get(instance_id)
+        self._check_password(row, request.db_pwd)
+        if row.status == InstanceStatus.DELETING:
+            raise Conflict("The instance is being deleted.")
+        expires_at = self._expiry(request.ttl, default=None)
+        result = db.session.execute(
+            update(DBInstance)
+            .where(DBInstance.id == instance_id, DBInstance.status != InstanceStatus.DELETING)
+            .values(expires_at=expires_at)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        if result.rowcount != 1:
+            raise Conflict("The instance is being deleted.")
+        db.session.refresh(row)
+        log.info("instance %s (id %s) now expires at %s", row.postgraas_instance_name, row.id, expires_at)
+        return row
+
+    def _expiry(self, ttl: int | None, default: int | None) -> datetime | None:
+        ttl = ttl if ttl is not None else default
+        maximum = self.lifecycle.max_ttl
+        if ttl is None:
+            if maximum is not None:
+                raise InvalidRequest(
+                    f"A ttl is required: instances live at most {format_duration(maximum)} here.",
+                    {"ttl": f"required, at most {format_duration(maximum)}"},
+                )
+            return None
+        if maximum is not None and ttl > maximum:
+            raise InvalidRequest(
+                f"The ttl may be at most {format_duration(maximum)}.", {"ttl": f"at most {format_duration(maximum)}"}
+            )
+        return utcnow() + timedelta(seconds=ttl)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _check_password(self, row: DBInstance, password: str) -> None:
+        if not self._password_matches(row, password):
+            raise WrongPassword("The password does not match this instance's db_pwd.", {"db_pwd": "does not match"})
 
     def _password_matches(self, row: DBInstance, password: str) -> bool:
         if row.password_hash is not None:
@@ -123,21 +299,33 @@ class InstanceService:
         db.session.commit()
         return True
 
-    def _claim(self, row: DBInstance, expected: str, new: str) -> None:
-        """Move the row from ``expected`` to ``new`` status, or raise Conflict if another
+    def _claim(self, row: DBInstance, expected: tuple[str, ...], new: str, detail: str | None = None) -> None:
+        """Move the row from one of ``expected`` to ``new``, or raise Conflict if another
         request moved it first: a conditional UPDATE, so exactly one request wins."""
         result = db.session.execute(
             update(DBInstance)
-            .where(DBInstance.id == row.id, DBInstance.status == expected)
-            .values(status=new)
+            .where(DBInstance.id == row.id, DBInstance.status.in_(expected))
+            .values(status=new, status_detail=detail, status_changed_at=utcnow())
             .execution_options(synchronize_session=False)
         )
         db.session.commit()
         if result.rowcount != 1:
-            raise Conflict(f"The instance is being changed by another request (it is no longer {expected}).")
+            db.session.refresh(row)
+            raise Conflict(f"The instance is {row.status} and cannot be changed by this request now.")
         db.session.refresh(row)
 
-    def _reserve(self, request: CreateInstanceRequest, backend_name: str) -> DBInstance:
+    def _set_status(self, instance_id: int, expected: str, new: str, detail: str | None = None) -> None:
+        db.session.rollback()
+        db.session.execute(
+            update(DBInstance)
+            .where(DBInstance.id == instance_id, DBInstance.status == expected)
+            .values(status=new, status_detail=detail, status_changed_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+
+    def _reserve(self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None) -> DBInstance:
+        now = utcnow()
         row = DBInstance(
             postgraas_instance_name=request.postgraas_instance_name,
             db_name=request.db_name,
@@ -145,6 +333,10 @@ class InstanceService:
             password_hash=hash_password(request.db_pwd),
             backend=backend_name,
             status=InstanceStatus.CREATING,
+            status_changed_at=now,
+            heartbeat_at=now,
+            creation_timestamp=now,
+            expires_at=expires_at,
         )
         db.session.add(row)
         try:
@@ -161,11 +353,21 @@ class InstanceService:
         """Drop a reserved row after a failed create. Its own failure must not hide the first one."""
         try:
             db.session.rollback()
-            row = db.session.get(DBInstance, instance_id)
-            if row is not None:
-                db.session.delete(row)
-                db.session.commit()
+            self._forget(instance_id)
         except Exception:
             db.session.rollback()
             log.exception("could not remove the meta row of failed instance id %s", instance_id)
 
+    def _forget(self, instance_id: int) -> None:
+        row = db.session.get(DBInstance, instance_id)
+        if row is not None:
+            db.session.delete(row)
+            db.session.commit()
+
+    @staticmethod
+    def _remove_quietly(backend: Backend, ref: str, credentials: Credentials) -> None:
+        try:
+            backend.delete(ref, credentials, force=True)
+        except Exception:
+            # The reaper finds it again by its deployment and instance id.
+            log.exception("could not remove %s object %s", backend.type_name, ref)

@@ -26,7 +26,7 @@ def require(component: str, why: str) -> None:
 
 
 def make_app(tmp_path, backend: Backend, **sections: dict) -> Flask:
-    raw = {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, **sections}
+    raw = {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}, **sections}
     settings = settings_from_dict(raw)
     upgrade(settings.metadb.sqlalchemy_url())
     app = create_app(settings, backends=BackendRegistry({"fake": backend}, "fake"))

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 import time
 
-from postgraas_server.backends import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
+from postgraas_server.backends import (
+    Credentials,
+    DatabaseSpec,
+    ManagedObject,
+    ObjectDescription,
+    ObjectState,
+    ProvisionedDatabase,
+)
 from postgraas_server.errors import Conflict, PostgraasError
 
 
@@ -20,10 +28,13 @@ class FakeBackend:
         self.fail_delete: PostgraasError | None = None
         self.fail_describe: Exception | None = None
         self.delete_delay = 0.0
+        self.create_delay = 0.0
+        self.created_at: dict[str, datetime] = {}
         self.deleted: list[tuple[str, bool]] = []
         self._ports = itertools.count(40000)
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        time.sleep(self.create_delay)
         if self.fail_create is not None:
             raise self.fail_create
         ref = f"fake-{spec.instance_id}"
@@ -51,3 +62,9 @@ class FakeBackend:
 
     def health(self) -> None:
         pass
+
+    def list_objects(self) -> list[ManagedObject]:
+        return [
+            ManagedObject(ref, spec.instance_id, self.created_at.get(ref, datetime.now(UTC)), Credentials("", "", ""))
+            for ref, spec in self.objects.items()
+        ]

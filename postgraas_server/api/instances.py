@@ -14,11 +14,16 @@ from ..schemas import (
     CreatedInstanceOut,
     CreateInstanceRequest,
     DeleteInstanceRequest,
+    ExtendInstanceRequest,
     InstanceOut,
     parse_request,
     render,
 )
 from ..service import InstanceService
+
+# A GET ?wait=ready blocks at most this long (and no longer than the client's timeout).
+MAX_WAIT_SECONDS = 300.0
+DEFAULT_WAIT_SECONDS = 30.0
 
 
 def _service() -> InstanceService:
@@ -42,24 +47,51 @@ def _json_body() -> Any:
         raise InvalidRequest(f"The request body is not valid JSON: {reason}.") from None
 
 
+def _wait_timeout() -> float | None:
+    """None without ?wait; else the seconds to wait for, from ?timeout."""
+    wait = request.args.get("wait")
+    if wait is None:
+        return None
+    if wait != "ready":
+        raise InvalidRequest("The only wait there is is wait=ready.", {"wait": "must be 'ready'"})
+    raw = request.args.get("timeout", str(DEFAULT_WAIT_SECONDS))
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = -1.0
+    if not 0 <= timeout <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(
+            f"timeout must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}.",
+            {"timeout": f"must be from 0 to {MAX_WAIT_SECONDS:g}"},
+        )
+    return timeout
+
+
 class InstanceCollection(Resource):
     def get(self) -> list[dict[str, Any]]:
         # backend_state would cost a backend call per instance; the item GET has it.
         return [render(InstanceOut.from_row(row), exclude={"backend_state"}) for row in _service().list()]
 
-    def post(self) -> tuple[dict[str, Any], int]:
+    def post(self) -> tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]:
         create = parse_request(CreateInstanceRequest, _json_body())
-        row = _service().create(create)
-        return render(CreatedInstanceOut.from_created(row, create.db_pwd)), 201
+        row = _service().create(create, current_app._get_current_object())  # type: ignore[attr-defined]
+        body = render(CreatedInstanceOut.from_created(row, create.db_pwd))
+        if create.wait:
+            return body, 201
+        return body, 202, {"Location": f"{request.path.rstrip('/')}/{row.id}"}
 
 
 class InstanceItem(Resource):
     def get(self, instance_id: int) -> dict[str, Any]:
         service = _service()
-        row = service.get(instance_id)
+        timeout = _wait_timeout()
+        row = service.get(instance_id) if timeout is None else service.wait_until_settled(instance_id, timeout)
         return render(InstanceOut.from_row(row, backend_state=service.backend_state(row)))
+
+    def patch(self, instance_id: int) -> dict[str, Any]:
+        extend = parse_request(ExtendInstanceRequest, _json_body())
+        return render(InstanceOut.from_row(_service().extend(instance_id, extend)))
 
     def delete(self, instance_id: int) -> dict[str, Any]:
         delete = parse_request(DeleteInstanceRequest, _json_body())
-        row = _service().delete(instance_id, delete)
-        return {"status": "success", "msg": f"Deleted instance {row.postgraas_instance_name!r} (id {row.id})."}
+        return {"status": "success", "msg": _service().delete(instance_id, delete)}

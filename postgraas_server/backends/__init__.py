@@ -6,21 +6,29 @@ from dataclasses import dataclass
 
 from ..config import BackendSettings, Settings
 from ..errors import BackendUnavailable, InvalidRequest
-from .base import Backend, Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
+from .base import (
+    Backend,
+    Credentials,
+    DatabaseSpec,
+    ManagedObject,
+    ObjectDescription,
+    ObjectState,
+    ProvisionedDatabase,
+)
 
 
-def build_backend(settings: BackendSettings) -> Backend:
+def build_backend(settings: BackendSettings, deployment: str) -> Backend:
     if settings.type == "docker":
         from .docker import DockerBackend
 
-        return DockerBackend(settings)
+        return DockerBackend(settings, deployment)
     if settings.type == "cluster":
         from .cluster import ClusterBackend
 
-        return ClusterBackend(settings)
+        return ClusterBackend(settings, deployment)
     from .local import LocalBackend
 
-    return LocalBackend(settings)
+    return LocalBackend(settings, deployment)
 
 
 @dataclass
@@ -29,8 +37,8 @@ class BackendRegistry:
     default: str
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BackendRegistry:
-        backends = {name: build_backend(backend) for name, backend in settings.backends.items()}
+    def from_settings(cls, settings: Settings, deployment: str) -> BackendRegistry:
+        backends = {name: build_backend(backend, deployment) for name, backend in settings.backends.items()}
         return cls(backends, settings.application.default_backend or next(iter(backends)))
 
     def choose(self, name: str | None) -> tuple[str, Backend]:
@@ -59,6 +67,7 @@ __all__ = [
     "BackendRegistry",
     "Credentials",
     "DatabaseSpec",
+    "ManagedObject",
     "ObjectDescription",
     "ObjectState",
     "ProvisionedDatabase",

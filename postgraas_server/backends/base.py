@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
@@ -54,6 +55,17 @@ class ObjectDescription:
 
 
 @dataclass(frozen=True)
+class ManagedObject:
+    """A backend object this deployment made, as the backend lists it (for the reaper)."""
+
+    ref: str
+    instance_id: int
+    created_at: datetime
+    # What delete(force=True) needs besides ref: for a cluster, the role to drop.
+    credentials: Credentials
+
+
+@dataclass(frozen=True)
 class ProvisionedDatabase:
     """Where a created database can be reached. ``ref`` names the backend object (a container id)."""
 
@@ -66,6 +78,8 @@ class Backend(Protocol):
     """Creates and removes PostgreSQL databases.
 
     Backends never touch the meta db or HTTP; they raise errors from ``postgraas_server.errors``.
+    Each is built with the deployment id of its meta db and marks every object it makes with
+    it and with the instance id, before anything else can fail, so ``list_objects`` finds it.
     """
 
     type_name: str
@@ -102,4 +116,10 @@ class Backend(Protocol):
 
     def health(self) -> None:
         """Return when the backend can create databases; raise ``BackendUnavailable`` saying why not."""
+        ...
+
+    def list_objects(self) -> list[ManagedObject]:
+        """Every object this deployment made in the backend, finished or not (a creation cut
+        short by a crash included), each with the instance id it was made for.
+        Raises ``BackendUnavailable``."""
         ...

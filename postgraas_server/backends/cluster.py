@@ -5,15 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..config import ClusterBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
-from .base import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
+from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
-from .tenants import adopt_template_objects, create_tenant, database_exists, drop_tenant
+from .tenants import (
+    adopt_template_objects,
+    create_tenant,
+    database_exists,
+    drop_tenant,
+    list_tenants,
+    tenant_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +30,9 @@ class ClusterBackend:
     type_name = "cluster"
     supports_template = True
 
-    def __init__(self, settings: ClusterBackendSettings) -> None:
+    def __init__(self, settings: ClusterBackendSettings, deployment: str) -> None:
         self.settings = settings
+        self.deployment = deployment
         if settings.dsn is not None:
             self._conninfo = make_conninfo(settings.dsn, connect_timeout=CONNECT_TIMEOUT_S)
         else:
@@ -44,8 +53,9 @@ class ClusterBackend:
         self._probe = (settings.probe_host or self.host, self.port)
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn:
-            create_tenant(conn, spec)
+            create_tenant(conn, spec, marker=marker)
         try:
             if spec.template is not None:
                 with self._admin(spec.db_name) as conn:
@@ -76,6 +86,10 @@ class ClusterBackend:
         if not self.exists(ref):
             return ObjectDescription(ObjectState.MISSING)
         return ObjectDescription(ObjectState.RUNNING, self.host, self.port)
+
+    def list_objects(self) -> list[ManagedObject]:
+        with self._admin() as conn:
+            return list_tenants(conn, self.deployment)
 
     def health(self) -> None:
         with self._admin() as conn:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import docker
@@ -16,7 +18,7 @@ import requests
 
 from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
-from .base import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
+from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import NotReady, count_other_sessions, wait_for_login
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ POSTGRES_PORT = "5432/tcp"
 MANAGED_LABEL = "postgraas.managed"
 NAME_LABEL = "postgraas.name"
 INSTANCE_ID_LABEL = "postgraas.instance_id"
+DEPLOYMENT_LABEL = "postgraas.deployment"
 LOG_TAIL_LINES = 20
 
 
@@ -50,9 +53,11 @@ class DockerBackend:
     def __init__(
         self,
         settings: DockerBackendSettings,
+        deployment: str,
         client_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.settings = settings
+        self.deployment = deployment
         self._client_factory = client_factory or _default_client_factory(settings)
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -131,6 +136,21 @@ class DockerBackend:
         with self._engine("reach the engine"):
             self.client.ping()
 
+    def list_objects(self) -> list[ManagedObject]:
+        with self._engine("list the containers"):
+            containers = self.client.containers.list(
+                all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment}"}
+            )
+        objects = []
+        for container in containers:
+            try:
+                instance_id = int(container.labels[INSTANCE_ID_LABEL])
+            except (KeyError, ValueError):
+                continue
+            created = _parse_docker_time(container.attrs.get("Created", ""))
+            objects.append(ManagedObject(container.id, instance_id, created, Credentials("", "", "")))
+        return objects
+
     # -- helpers ---------------------------------------------------------------------------
 
     @property
@@ -176,6 +196,7 @@ class DockerBackend:
             labels={
                 **self.settings.labels,
                 MANAGED_LABEL: "true",
+                DEPLOYMENT_LABEL: self.deployment,
                 NAME_LABEL: spec.instance_name,
                 INSTANCE_ID_LABEL: str(spec.instance_id),
             },
@@ -244,3 +265,13 @@ class DockerBackend:
             pass
         except (docker.errors.DockerException, requests.RequestException):
             log.exception("could not remove container %s after a failed create", container.name)
+
+
+def _parse_docker_time(value: str) -> datetime:
+    """Docker's RFC 3339 times carry nanoseconds, which datetime does not take."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", value)
+    if not match:
+        return datetime.now(UTC)
+    fraction = (match.group(2) or ".0")[:7]
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    return datetime.fromisoformat(f"{match.group(1)}{fraction}{zone}")

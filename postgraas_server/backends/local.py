@@ -26,13 +26,14 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
 from ..config import LocalBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
-from .base import Credentials, DatabaseSpec, ObjectDescription, ObjectState, ProvisionedDatabase
+from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import NotReady, wait_for_login
 from .tenants import count_sessions, create_tenant
 
@@ -70,8 +71,9 @@ class LocalBackend:
     type_name = "local"
     supports_template = False
 
-    def __init__(self, settings: LocalBackendSettings) -> None:
+    def __init__(self, settings: LocalBackendSettings, deployment: str) -> None:
         self.settings = settings
+        self.deployment = deployment
         self.data_root = Path(settings.data_root or default_data_root()).resolve()
         self._bin_dir: Path | None = None
 
@@ -85,7 +87,12 @@ class LocalBackend:
         ref = f"{spec.instance_id}-{secrets.token_hex(4)}"
         home = self.data_root / ref
         home.mkdir(mode=0o700)
+        meta = {"deployment": self.deployment, "instance_id": spec.instance_id, "name": spec.instance_name,
+                "db_name": spec.db_name, "db_username": spec.db_username, "port": None,
+                "created_at": datetime.now(UTC).isoformat()}
         try:
+            # First of all, so that list_objects finds even a creation cut short.
+            self._write_meta(home, meta)
             (home / "run").mkdir(mode=0o700)
             if run_as:
                 for path in (home, home / "run"):
@@ -98,8 +105,7 @@ class LocalBackend:
             )
             self._configure(home)
             port = self._start(home, run_as)
-            self._write_meta(home, {"instance_id": spec.instance_id, "name": spec.instance_name,
-                                    "db_name": spec.db_name, "db_username": spec.db_username, "port": port})
+            self._write_meta(home, {**meta, "port": port})
             with self._superuser(home, port) as conn:
                 # The cluster is the tenant's alone: asking for "postgres" gets that database.
                 create_tenant(conn, spec, take_existing_database=spec.db_name == "postgres")
@@ -142,6 +148,21 @@ class LocalBackend:
         port = self._port(home)
         state = ObjectState.RUNNING if self._running(home, self._run_as()) else ObjectState.STOPPED
         return ObjectDescription(state, self.settings.advertised_host, port)
+
+    def list_objects(self) -> list[ManagedObject]:
+        objects = []
+        with contextlib.suppress(FileNotFoundError):
+            for home in self.data_root.iterdir():
+                meta = self._read_meta(home)
+                if meta.get("deployment") != self.deployment:
+                    continue
+                try:
+                    created = datetime.fromisoformat(meta["created_at"])
+                    credentials = Credentials(meta["db_name"], meta["db_username"], "")
+                    objects.append(ManagedObject(home.name, int(meta["instance_id"]), created, credentials))
+                except (KeyError, ValueError, TypeError):
+                    log.warning("unreadable %s/instance.json; leaving it alone", home)
+        return objects
 
     def health(self) -> None:
         self.bin_dir  # noqa: B018 - raises when the binaries are missing
@@ -199,7 +220,10 @@ class LocalBackend:
 
     @staticmethod
     def _write_meta(home: Path, meta: dict) -> None:
-        (home / "instance.json").write_text(json.dumps(meta))
+        # Write then rename: a crash never leaves half a file for list_objects to trip on.
+        partial = home / "instance.json.partial"
+        partial.write_text(json.dumps(meta))
+        partial.replace(home / "instance.json")
 
     def _port(self, home: Path) -> int | None:
         """The port from instance.json, else from the running server's postmaster.pid (line 4)."""

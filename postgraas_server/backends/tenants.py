@@ -7,14 +7,16 @@ Identifiers are composed with ``sql.Identifier``, never with string formatting.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
 from ..errors import BackendError, Conflict, InvalidRequest
-from .base import DatabaseSpec
+from .base import Credentials, DatabaseSpec, ManagedObject
 
 
 def role_exists(conn: psycopg.Connection, role: str) -> bool:
@@ -25,11 +27,18 @@ def database_exists(conn: psycopg.Connection, db_name: str) -> bool:
     return conn.execute("select 1 from pg_database where datname = %s", (db_name,)).fetchone() is not None
 
 
-def create_tenant(conn: psycopg.Connection, spec: DatabaseSpec, *, take_existing_database: bool = False) -> None:
+def create_tenant(
+    conn: psycopg.Connection,
+    spec: DatabaseSpec,
+    *,
+    take_existing_database: bool = False,
+    marker: str | None = None,
+) -> None:
     """Create role and database; on any failure drop what this call created, then raise.
 
     ``take_existing_database``: a database of that name that already exists (the ``postgres``
-    database of a fresh cluster of the tenant's own) is handed to the role instead."""
+    database of a fresh cluster of the tenant's own) is handed to the role instead.
+    ``marker``: a comment put on the role at once, by which list_tenants finds it again."""
     role, db_name = sql.Identifier(spec.db_username), sql.Identifier(spec.db_name)
     if role_exists(conn, spec.db_username):
         raise Conflict(
@@ -58,6 +67,8 @@ def create_tenant(conn: psycopg.Connection, spec: DatabaseSpec, *, take_existing
         ),
     )
     try:
+        if marker is not None:
+            _run(conn, sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
         if not _is_superuser(conn):
             # A non-superuser admin may only give a database to a role it is a member of.
             _run(conn, sql.SQL("grant {} to current_user").format(role))
@@ -78,6 +89,33 @@ def create_tenant(conn: psycopg.Connection, spec: DatabaseSpec, *, take_existing
     except BaseException:
         _run(conn, sql.SQL("drop role if exists {}").format(role))
         raise
+
+
+def tenant_marker(deployment: str, spec: DatabaseSpec, created_at: datetime) -> str:
+    return (
+        f"postgraas deployment={deployment} instance={spec.instance_id} db={spec.db_name} "
+        f"created={created_at.isoformat()}"
+    )
+
+
+_MARKER_RE = re.compile(r"postgraas deployment=(\S+) instance=(\d+) db=(\S+) created=(\S+)")
+
+
+def list_tenants(conn: psycopg.Connection, deployment: str) -> list[ManagedObject]:
+    """The roles this deployment made (each names its database), from their markers."""
+    rows = conn.execute(
+        "select rolname, shobj_description(oid, 'pg_authid') from pg_roles"
+        " where shobj_description(oid, 'pg_authid') like %s",
+        (f"postgraas deployment={deployment} %",),
+    ).fetchall()
+    tenants = []
+    for role, comment in rows:
+        match = _MARKER_RE.fullmatch(comment or "")
+        if not match or match.group(1) != deployment:
+            continue
+        created = datetime.fromisoformat(match.group(4))
+        tenants.append(ManagedObject(match.group(3), int(match.group(2)), created, Credentials(match.group(3), role, "")))
+    return tenants
 
 
 def count_sessions(conn: psycopg.Connection, db_name: str) -> int:

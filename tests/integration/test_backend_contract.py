@@ -20,6 +20,7 @@ from postgraas_server.errors import Conflict, PostgraasError
 from .conftest import RUN_ID, RUN_LABEL, TEST_IMAGE
 
 BACKENDS = ["docker", "cluster", "local"]
+DEPLOYMENT = f"contract-{RUN_ID}"
 
 
 def backend_config(name: str, request: pytest.FixtureRequest, **overrides) -> dict:
@@ -37,7 +38,7 @@ def backend_config(name: str, request: pytest.FixtureRequest, **overrides) -> di
 
 def make_backend(name: str, request: pytest.FixtureRequest, **overrides) -> Backend:
     settings = settings_from_dict({"backends": {name: backend_config(name, request, **overrides)}})
-    return build_backend(settings.backends[name])
+    return build_backend(settings.backends[name], DEPLOYMENT)
 
 
 @pytest.fixture(params=BACKENDS)

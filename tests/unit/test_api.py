@@ -1,6 +1,7 @@
 """The HTTP contract with an in-memory backend, TESTING=False: status codes, bodies, cleanup."""
 
 import threading
+import time
 
 import pytest
 from sqlalchemy import select
@@ -9,6 +10,13 @@ from postgraas_server.errors import BackendError, BackendTimeout, BackendUnavail
 from postgraas_server.models import DBInstance, db
 
 BODY = {"postgraas_instance_name": "demo", "db_name": "app", "db_username": "alice", "db_pwd": "s3cr@t pw"}
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def rows(app):
@@ -234,21 +242,29 @@ def test_concurrent_deletes_of_one_instance_have_one_winner(app, fake_backend):
     assert rows(app) == []
 
 
-def test_delete_while_creating_is_409(app, client):
-    instance_id = create(client).get_json()["postgraas_instance_id"]
-    with app.app_context():
-        db.session.get(DBInstance, instance_id).status = "creating"
-        db.session.commit()
-    response = client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]})
-    assert response.status_code == 409
-    assert "still being created" in response.get_json()["msg"]
+def test_delete_while_creating_cancels_the_creation(app, client, fake_backend):
+    fake_backend.create_delay = 0.5
+    response = create(client, wait=False)
+    assert response.status_code == 202
+    instance_id = response.get_json()["postgraas_instance_id"]
+    cancel = client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]})
+    assert cancel.status_code == 200
+    assert "Cancelled the creation" in cancel.get_json()["msg"]
+    wait_for(lambda: rows(app) == [])
+    # What the backend made meanwhile was removed, not left behind.
+    assert fake_backend.objects == {}
+    assert fake_backend.deleted and fake_backend.deleted[0][1] is True
 
 
-def test_failed_backend_delete_restores_the_status(app, client, fake_backend):
+def test_failed_backend_delete_is_left_for_the_reaper_to_retry(app, client, fake_backend):
     instance_id = create(client).get_json()["postgraas_instance_id"]
     fake_backend.fail_delete = BackendError("The cluster refused.")
     assert client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code == 502
-    assert client.get(f"/postgraas_instances/{instance_id}").get_json()["status"] == "ready"
+    item = client.get(f"/postgraas_instances/{instance_id}").get_json()
+    assert item["status"] == "deleting"
+    assert item["status_detail"] == "delete failed, will be retried: The cluster refused."
+    # A second delete while it is "deleting" is refused, not run twice.
+    assert client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code == 409
 
 
 def test_item_get_survives_a_failing_backend(client, fake_backend):

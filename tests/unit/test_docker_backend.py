@@ -99,7 +99,7 @@ def logins(monkeypatch):
 
 
 def backend(client, **settings) -> DockerBackend:
-    return DockerBackend(DockerBackendSettings(**settings), client_factory=lambda: client)
+    return DockerBackend(DockerBackendSettings(**settings), "dep-1", client_factory=lambda: client)
 
 
 def test_create_asks_docker_for_a_port_and_labels_the_container(client, logins):
@@ -112,6 +112,7 @@ def test_create_asks_docker_for_a_port_and_labels_the_container(client, logins):
     assert kwargs["labels"] == {
         "env": "ci",
         "postgraas.managed": "true",
+        "postgraas.deployment": "dep-1",
         "postgraas.name": "demo",
         "postgraas.instance_id": "7",
     }
@@ -177,7 +178,7 @@ def test_unreachable_engine_is_503_and_the_client_is_rebuilt(client, logins):
             raise docker.errors.DockerException("Error while fetching server API version")
         return client
 
-    made = DockerBackend(DockerBackendSettings(), client_factory=factory)
+    made = DockerBackend(DockerBackendSettings(), "dep-1", client_factory=factory)
     with pytest.raises(BackendUnavailable, match="cannot be reached"):
         made.create(SPEC)
     # The engine is back: the next call connects again without a restart.

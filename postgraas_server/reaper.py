@@ -1,0 +1,264 @@
+"""The reaper: reconciles the meta db with what the backends hold, so nothing leaks.
+
+One pass deletes expired instances, fails creations whose server died, retries deletes that
+failed, marks instances whose backend object vanished as lost, removes objects of ours that
+have no row (after a grace period) and forgets old failed and lost rows. Only the holder of
+the meta db's "reaper" lease acts, so any number of workers and replicas can run the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import Flask
+from sqlalchemy import delete, or_, select, update
+
+from .backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
+from .config import LifecycleSettings
+from .errors import PostgraasError
+from .models import DBInstance, InstanceStatus, Lease, db, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "reaper"
+
+
+@dataclass
+class PassReport:
+    acted: bool
+    actions: list[str] = field(default_factory=list)
+
+    def add(self, action: str) -> None:
+        log.info("reaper: %s", action)
+        self.actions.append(action)
+
+
+class Reaper:
+    def __init__(self, backends: BackendRegistry, lifecycle: LifecycleSettings) -> None:
+        self.backends = backends
+        self.lifecycle = lifecycle
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+
+    # -- the lease ---------------------------------------------------------------------------
+
+    def acquire(self, seconds: float) -> bool:
+        """Take or renew the lease: one conditional UPDATE, so one holder at a time."""
+        now = utcnow()
+        result = db.session.execute(
+            update(Lease)
+            .where(
+                Lease.name == LEASE_NAME,
+                or_(Lease.holder == self.holder, Lease.expires_at.is_(None), Lease.expires_at < now),
+            )
+            .values(holder=self.holder, expires_at=now + timedelta(seconds=seconds))
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        return result.rowcount == 1
+
+    def release(self) -> None:
+        db.session.execute(
+            update(Lease)
+            .where(Lease.name == LEASE_NAME, Lease.holder == self.holder)
+            .values(holder=None, expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+
+    def lease_holder(self) -> tuple[str | None, datetime | None]:
+        lease = db.session.get(Lease, LEASE_NAME)
+        return (lease.holder, lease.expires_at) if lease else (None, None)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def start(self, app: Flask) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, args=(app,), daemon=True, name="reaper")
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_forever(self, app: Flask) -> None:
+        interval = self.lifecycle.reaper_interval
+        # Long enough to outlast a pass; a holder that died frees it within a few intervals.
+        lease_seconds = max(3 * interval, 10.0)
+        while not self._stop.wait(interval):
+            with app.app_context():
+                try:
+                    if self.acquire(lease_seconds):
+                        self.run_pass()
+                except Exception:
+                    log.exception("reaper pass failed")
+                finally:
+                    db.session.remove()
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    def run_pass(self) -> PassReport:
+        report = PassReport(acted=True)
+        now = utcnow()
+        listed = self._list_objects()
+        self._delete_expired(now, report)
+        self._fail_dead_creations(now, report)
+        self._retry_deletes(now, listed, report)
+        self._remove_stray_objects(now, listed, report)
+        self._mark_lost(listed, report)
+        self._forget_old_rows(now, report)
+        return report
+
+    def _rows(self, *statuses: str) -> list[DBInstance]:
+        db.session.expire_all()
+        query = select(DBInstance).where(DBInstance.status.in_(statuses)).order_by(DBInstance.id)
+        return list(db.session.execute(query).scalars())
+
+    def _list_objects(self) -> dict[str, list[ManagedObject] | None]:
+        listed: dict[str, list[ManagedObject] | None] = {}
+        for name, backend in self.backends.backends.items():
+            try:
+                listed[name] = backend.list_objects()
+            except PostgraasError as e:
+                log.warning("reaper: cannot list backend %s, skipping it this pass: %s", name, e.msg)
+                listed[name] = None
+        return listed
+
+    def _delete_expired(self, now: datetime, report: PassReport) -> None:
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST):
+            if row.expires_at is None or row.expires_at > now:
+                continue
+            if not self._claim(row, row.status, InstanceStatus.DELETING, "expired"):
+                continue
+            if self._remove_object(row, "expired"):
+                self._forget(row)
+                report.add(f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}")
+
+    def _fail_dead_creations(self, now: datetime, report: PassReport) -> None:
+        stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
+        for row in self._rows(InstanceStatus.CREATING):
+            last_sign = row.heartbeat_at or row.status_changed_at or row.creation_timestamp
+            if last_sign > stale:
+                continue
+            detail = "creation interrupted: the server creating it stopped; what it made is removed"
+            if self._claim(row, InstanceStatus.CREATING, InstanceStatus.FAILED, detail):
+                report.add(
+                    f"marked instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend} "
+                    "failed: its creation died with its server"
+                )
+
+    def _retry_deletes(self, now: datetime, listed: dict, report: PassReport) -> None:
+        # Old enough that no request is still working on it.
+        stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
+        for row in self._rows(InstanceStatus.DELETING):
+            if (row.status_changed_at or row.creation_timestamp) > stale:
+                continue
+            removed = self._remove_object(row, "retrying a delete")
+            for obj in self._objects_of(row, listed):
+                removed &= self._remove(row.backend, obj, "retrying a delete")
+            if removed:
+                self._forget(row)
+                report.add(f"finished deleting instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}")
+
+    def _remove_stray_objects(self, now: datetime, listed: dict, report: PassReport) -> None:
+        """Objects of ours with no row (after the grace period), or whose row failed."""
+        rows = {row.id: row for row in self._rows(*_ALL_STATUSES)}
+        grace = now - timedelta(seconds=self.lifecycle.orphan_grace)
+        for backend_name, objects in listed.items():
+            for obj in objects or []:
+                row = rows.get(obj.instance_id)
+                if row is None and obj.created_at < grace:
+                    if self._remove(backend_name, obj, "orphan"):
+                        report.add(f"removed orphan {obj.ref} (instance id {obj.instance_id}) from backend {backend_name}")
+                elif row is not None and row.status == InstanceStatus.FAILED and row.backend == backend_name:
+                    if self._remove(backend_name, obj, "failed creation"):
+                        report.add(
+                            f"removed what the failed creation of {row.postgraas_instance_name} (id {row.id}) "
+                            f"left in backend {backend_name}"
+                        )
+
+    def _mark_lost(self, listed: dict, report: PassReport) -> None:
+        for row in self._rows(InstanceStatus.READY):
+            objects = listed.get(row.backend)
+            if objects is None or not row.container_id or row.container_id in {o.ref for o in objects}:
+                continue
+            backend = self._backend(row.backend)
+            try:
+                if backend is None or backend.describe(row.container_id).state != ObjectState.MISSING:
+                    continue
+            except PostgraasError:
+                continue
+            detail = f"its {backend.type_name} object {row.container_id} vanished"
+            if self._claim(row, InstanceStatus.READY, InstanceStatus.LOST, detail):
+                report.add(f"marked instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend} lost: {detail}")
+
+    def _forget_old_rows(self, now: datetime, report: PassReport) -> None:
+        retention = {
+            InstanceStatus.LOST: self.lifecycle.lost_retention,
+            InstanceStatus.FAILED: self.lifecycle.failed_retention,
+        }
+        for row in self._rows(InstanceStatus.LOST, InstanceStatus.FAILED):
+            changed = row.status_changed_at or row.creation_timestamp
+            if changed > now - timedelta(seconds=retention[row.status]):
+                continue
+            if row.status == InstanceStatus.LOST and not self._remove_object(row, "retention"):
+                continue
+            self._forget(row)
+            report.add(f"forgot {row.status} instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}")
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _backend(self, name: str) -> Backend | None:
+        return self.backends.backends.get(name)
+
+    @staticmethod
+    def _objects_of(row: DBInstance, listed: dict) -> list[ManagedObject]:
+        return [o for o in listed.get(row.backend) or [] if o.instance_id == row.id and o.ref != row.container_id]
+
+    def _remove_object(self, row: DBInstance, why: str) -> bool:
+        if not row.container_id:
+            return True
+        obj = ManagedObject(row.container_id, row.id, row.creation_timestamp, Credentials(row.db_name, row.username, ""))
+        return self._remove(row.backend, obj, why)
+
+    def _remove(self, backend_name: str, obj: ManagedObject, why: str) -> bool:
+        backend = self._backend(backend_name)
+        if backend is None:
+            log.warning("reaper: backend %s is not configured; cannot remove %s", backend_name, obj.ref)
+            return False
+        try:
+            backend.delete(obj.ref, obj.credentials, force=True)
+            return True
+        except PostgraasError as e:
+            log.warning("reaper: could not remove %s from backend %s (%s): %s", obj.ref, backend_name, why, e.msg)
+            return False
+
+    @staticmethod
+    def _claim(row: DBInstance, expected: str, new: str, detail: str) -> bool:
+        result = db.session.execute(
+            update(DBInstance)
+            .where(DBInstance.id == row.id, DBInstance.status == expected)
+            .values(status=new, status_detail=detail, status_changed_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        return result.rowcount == 1
+
+    @staticmethod
+    def _forget(row: DBInstance) -> None:
+        db.session.execute(delete(DBInstance).where(DBInstance.id == row.id))
+        db.session.commit()
+
+
+_ALL_STATUSES = (
+    InstanceStatus.CREATING,
+    InstanceStatus.READY,
+    InstanceStatus.FAILED,
+    InstanceStatus.DELETING,
+    InstanceStatus.LOST,
+)

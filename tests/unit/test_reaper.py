@@ -1,0 +1,129 @@
+"""The reaper's decisions, against the meta db and an in-memory backend."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from postgraas_server.backends import DatabaseSpec
+from postgraas_server.errors import BackendUnavailable
+from postgraas_server.models import DBInstance, db
+from postgraas_server.reaper import Reaper
+
+from .test_api import BODY, create, rows
+
+LONG_AGO = datetime.now(UTC) - timedelta(days=30)
+
+
+@pytest.fixture
+def reaper(app):
+    state = app.extensions["postgraas"]
+    with app.app_context():
+        yield Reaper(state.backends, state.settings.lifecycle)
+
+
+def set_row(instance_id, **values):
+    db.session.execute(update(DBInstance).where(DBInstance.id == instance_id).values(**values))
+    db.session.commit()
+
+
+def test_expired_instances_are_deleted_with_their_objects(app, client, reaper, fake_backend):
+    expired = create(client, ttl=60).get_json()
+    kept = create(client, postgraas_instance_name="kept", ttl=3600).get_json()
+    set_row(expired["postgraas_instance_id"], expires_at=LONG_AGO)
+    report = reaper.run_pass()
+    assert report.actions == [f"deleted expired instance demo (id {expired['postgraas_instance_id']}) in backend fake"]
+    assert [r.id for r in rows(app)] == [kept["postgraas_instance_id"]]
+    assert list(fake_backend.objects) == [kept["container_id"]]
+
+
+def test_a_creation_whose_server_died_fails_and_its_objects_go(app, client, reaper, fake_backend):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    # As a crash mid-create leaves it: the row still creating, no heartbeat, an object made.
+    set_row(instance_id, status="creating", heartbeat_at=LONG_AGO, container_id=None)
+    report = reaper.run_pass()
+    assert report.actions[0].startswith("marked instance demo")
+    assert "left in backend fake" in report.actions[1]
+    assert fake_backend.objects == {}
+    (row,) = rows(app)
+    assert row.status == "failed" and "creation interrupted" in row.status_detail
+
+
+def test_a_live_creation_is_left_alone(app, client, reaper, fake_backend):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    set_row(instance_id, status="creating", heartbeat_at=datetime.now(UTC), container_id=None)
+    assert reaper.run_pass().actions == []
+    assert rows(app)[0].status == "creating" and fake_backend.objects
+
+
+def test_failed_deletes_are_retried(app, client, reaper, fake_backend):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    fake_backend.fail_delete = BackendUnavailable("engine down")
+    assert client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code == 503
+    fake_backend.fail_delete = None
+    assert reaper.run_pass().actions == []  # too fresh: the request might still be at work
+    set_row(instance_id, status_changed_at=LONG_AGO)
+    assert reaper.run_pass().actions == [f"finished deleting instance demo (id {instance_id}) in backend fake"]
+    assert rows(app) == [] and fake_backend.objects == {}
+
+
+def test_orphans_go_after_the_grace_period(app, reaper, fake_backend):
+    spec = DatabaseSpec(4242, "orphan", "d", "u", "p")
+    ref = fake_backend.create(spec).ref
+    assert reaper.run_pass().actions == []  # within orphan_grace: maybe a create in flight
+    fake_backend.created_at[ref] = LONG_AGO
+    assert reaper.run_pass().actions == [f"removed orphan {ref} (instance id 4242) from backend fake"]
+    assert fake_backend.objects == {}
+
+
+def test_vanished_objects_make_the_instance_lost_and_it_can_still_be_deleted(app, client, reaper, fake_backend):
+    body = create(client).get_json()
+    fake_backend.objects.clear()
+    report = reaper.run_pass()
+    assert report.actions == [
+        f"marked instance demo (id {body['postgraas_instance_id']}) in backend fake lost: "
+        f"its fake object {body['container_id']} vanished"
+    ]
+    item = client.get(f"/postgraas_instances/{body['postgraas_instance_id']}").get_json()
+    assert (item["status"], item["backend_state"]) == ("lost", "missing")
+    deleted = client.delete(f"/postgraas_instances/{body['postgraas_instance_id']}", json={"db_pwd": BODY["db_pwd"]})
+    assert deleted.status_code == 200
+
+
+def test_old_lost_and_failed_rows_are_forgotten(app, client, reaper, fake_backend):
+    lost = create(client).get_json()["postgraas_instance_id"]
+    failed = create(client, postgraas_instance_name="failed").get_json()["postgraas_instance_id"]
+    set_row(lost, status="lost", status_changed_at=LONG_AGO)
+    set_row(failed, status="failed", status_changed_at=LONG_AGO)
+    actions = reaper.run_pass().actions
+    assert f"forgot lost instance demo (id {lost}) in backend fake" in actions
+    assert f"forgot failed instance failed (id {failed}) in backend fake" in actions
+    assert rows(app) == []
+
+
+def test_an_unreachable_backend_is_skipped_not_judged(app, client, reaper, fake_backend):
+    create(client)
+    fake_backend.objects.clear()
+    fake_backend.fail_describe = BackendUnavailable("engine down")
+    assert reaper.run_pass().actions == []
+    assert rows(app)[0].status == "ready"
+
+
+def test_one_lease_holder_at_a_time(app, reaper):
+    state = app.extensions["postgraas"]
+    other = Reaper(state.backends, state.settings.lifecycle)
+    assert reaper.acquire(60)
+    assert not other.acquire(60)
+    assert reaper.acquire(60)  # renewing is fine
+    reaper.release()
+    assert other.acquire(60)
+    assert not reaper.acquire(60)
+
+
+def test_an_expired_lease_can_be_taken(app, reaper):
+    state = app.extensions["postgraas"]
+    other = Reaper(state.backends, state.settings.lifecycle)
+    assert reaper.acquire(0.01)
+    time.sleep(0.05)
+    assert other.acquire(60)
