@@ -27,6 +27,7 @@ from postgraas_server.errors import BackendUnavailable
 
 from ..conftest import require
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_IMAGE = os.environ.get("POSTGRAAS_TEST_IMAGE", "postgraas/postgres-test:15")
 RUN_LABEL = "postgraas.test_run"
 RUN_ID = uuid.uuid4().hex[:12]
@@ -77,6 +78,16 @@ class PostgresServer:
     port: int
     username: str
     password: str
+    bin_dir: Path
+    data: Path
+
+    def restart(self) -> None:
+        subprocess.run(
+            # -l again: without it the server would write to (and hold open) our capture pipe.
+            as_postgres_user([self.bin_dir / "pg_ctl", "-D", self.data, "-l", self.data.parent / "log",
+                              "-m", "fast", "-w", "restart"]),
+            check=True, capture_output=True, start_new_session=True,
+        )
 
     def admin(self, dbname: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(
@@ -123,12 +134,13 @@ def pg_server() -> Iterator[PostgresServer]:
     )
     (home / "pw").unlink()
     with (data / "postgresql.conf").open("a") as conf:
-        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n")
+        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n"
+                   "max_connections = 300\n")
     subprocess.run(
         as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-l", home / "log", "-w", "start"]),
         check=True, capture_output=True, start_new_session=True,
     )
-    server = PostgresServer("127.0.0.1", port, "postgres", password)
+    server = PostgresServer("127.0.0.1", port, "postgres", password, bin_dir, data)
     roles, databases = server.roles(), server.databases()
     try:
         yield server

@@ -19,11 +19,13 @@ from .conftest import Server, free_port, stop_server
 from .test_backend_contract import BACKENDS, backend_config
 
 
-def start(tmp_path: Path, backends: dict, default: str = "local") -> Server:
+def start(tmp_path: Path, backends: dict, default: str = "local", lifecycle: dict | None = None,
+          metadb: dict | None = None) -> Server:
     config = {
-        "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
+        "metadb": metadb or {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
         "backends": backends,
         "application": {"default_backend": default, "log_level": "DEBUG"},
+        "lifecycle": lifecycle or {},
     }
     (tmp_path / "application.cfg").write_text(json.dumps(config))
     port = free_port()
