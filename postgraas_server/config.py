@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-import re
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy.engine import make_url
 
 from .durations import parse_duration
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "POSTGRAAS_"
 CONFIG_PATH_ENV = "POSTGRAAS_CONFIG"
@@ -223,8 +223,7 @@ class Settings(_Section):
                 raise ValueError("application.default_backend: required when several backends are configured")
         if default not in self.backends:
             raise ValueError(
-                f"application.default_backend: {default!r} is not a configured backend "
-                f"({', '.join(self.backends)})"
+                f"application.default_backend: {default!r} is not a configured backend ({', '.join(self.backends)})"
             )
         self.application.default_backend = default
         return self

@@ -137,7 +137,9 @@ class Reaper:
                 continue
             if self._remove_object(row, "expired"):
                 self._forget(row)
-                report.add(f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}")
+                report.add(
+                    f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}"
+                )
 
     def _fail_dead_creations(self, now: datetime, report: PassReport) -> None:
         stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
@@ -163,7 +165,9 @@ class Reaper:
                 removed &= self._remove(row.backend, obj, "retrying a delete")
             if removed:
                 self._forget(row)
-                report.add(f"finished deleting instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}")
+                report.add(
+                    f"finished deleting instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}"
+                )
 
     def _remove_stray_objects(self, now: datetime, listed: dict, report: PassReport) -> None:
         """Objects of ours with no row (after the grace period), or whose row failed."""
@@ -174,7 +178,9 @@ class Reaper:
                 row = rows.get(obj.instance_id)
                 if row is None and obj.created_at < grace:
                     if self._remove(backend_name, obj, "orphan"):
-                        report.add(f"removed orphan {obj.ref} (instance id {obj.instance_id}) from backend {backend_name}")
+                        report.add(
+                            f"removed orphan {obj.ref} (instance id {obj.instance_id}) from backend {backend_name}"
+                        )
                 elif row is not None and row.status == InstanceStatus.FAILED and row.backend == backend_name:
                     if self._remove(backend_name, obj, "failed creation"):
                         report.add(
@@ -195,7 +201,8 @@ class Reaper:
                 continue
             detail = f"its {backend.type_name} object {row.container_id} vanished"
             if self._claim(row, InstanceStatus.READY, InstanceStatus.LOST, detail):
-                report.add(f"marked instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend} lost: {detail}")
+                name = row.postgraas_instance_name
+                report.add(f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}")
 
     def _forget_old_rows(self, now: datetime, report: PassReport) -> None:
         retention = {
@@ -209,7 +216,9 @@ class Reaper:
             if row.status == InstanceStatus.LOST and not self._remove_object(row, "retention"):
                 continue
             self._forget(row)
-            report.add(f"forgot {row.status} instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}")
+            report.add(
+                f"forgot {row.status} instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}"
+            )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -223,7 +232,9 @@ class Reaper:
     def _remove_object(self, row: DBInstance, why: str) -> bool:
         if not row.container_id:
             return True
-        obj = ManagedObject(row.container_id, row.id, row.creation_timestamp, Credentials(row.db_name, row.username, ""))
+        obj = ManagedObject(
+            row.container_id, row.id, row.creation_timestamp, Credentials(row.db_name, row.username, "")
+        )
         return self._remove(row.backend, obj, why)
 
     def _remove(self, backend_name: str, obj: ManagedObject, why: str) -> bool:

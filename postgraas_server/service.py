@@ -99,7 +99,9 @@ class InstanceService:
         )
         if not request.wait:
             threading.Thread(
-                target=self._provision_in_background, args=(app, backend_name, spec), daemon=True,
+                target=self._provision_in_background,
+                args=(app, backend_name, spec),
+                daemon=True,
                 name=f"create-{row.id}",
             ).start()
             return row
@@ -231,8 +233,12 @@ class InstanceService:
             raise
         except PostgraasError as e:
             # The user asked for it to go: keep it "deleting" and let the reaper retry.
-            self._set_status(instance_id, InstanceStatus.DELETING, InstanceStatus.DELETING,
-                             f"delete failed, will be retried: {e.msg}")
+            self._set_status(
+                instance_id,
+                InstanceStatus.DELETING,
+                InstanceStatus.DELETING,
+                f"delete failed, will be retried: {e.msg}",
+            )
             raise
         self._forget(instance_id)
         log.info("instance %s (id %s) deleted (force=%s)", name, instance_id, request.force)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
 import time
+from datetime import UTC, datetime
 
 from postgraas_server.backends import (
     Credentials,

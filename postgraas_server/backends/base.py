@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -40,7 +40,7 @@ class Credentials:
         return f"Credentials(db_name={self.db_name!r}, db_username={self.db_username!r})"
 
 
-class ObjectState(str, Enum):
+class ObjectState(StrEnum):
     RUNNING = "running"
     # The object exists but its server does not run (a container exited, a process died).
     STOPPED = "stopped"

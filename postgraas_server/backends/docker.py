@@ -243,7 +243,7 @@ class DockerBackend:
         except psycopg.Error as e:
             raise Conflict(
                 "Could not check the instance for open sessions with its credentials "
-                f"({str(e).strip()}); delete with \"force\": true to remove it anyway."
+                f'({str(e).strip()}); delete with "force": true to remove it anyway.'
             ) from e
         if sessions:
             raise Conflict(

@@ -87,9 +87,15 @@ class LocalBackend:
         ref = f"{spec.instance_id}-{secrets.token_hex(4)}"
         home = self.data_root / ref
         home.mkdir(mode=0o700)
-        meta = {"deployment": self.deployment, "instance_id": spec.instance_id, "name": spec.instance_name,
-                "db_name": spec.db_name, "db_username": spec.db_username, "port": None,
-                "created_at": datetime.now(UTC).isoformat()}
+        meta = {
+            "deployment": self.deployment,
+            "instance_id": spec.instance_id,
+            "name": spec.instance_name,
+            "db_name": spec.db_name,
+            "db_username": spec.db_username,
+            "port": None,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
         try:
             # First of all, so that list_objects finds even a creation cut short.
             self._write_meta(home, meta)
@@ -98,8 +104,18 @@ class LocalBackend:
                 for path in (home, home / "run"):
                     os.chown(path, run_as.uid, run_as.gid)
             self._run(
-                [bin_dir / "initdb", "-D", home / "data", "-U", SUPERUSER, "--auth-local=trust",
-                 "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
+                [
+                    bin_dir / "initdb",
+                    "-D",
+                    home / "data",
+                    "-U",
+                    SUPERUSER,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-instructions",
+                ],
                 run_as,
                 "initdb",
             )
@@ -196,7 +212,9 @@ class LocalBackend:
 
     def _ensure_data_root(self, run_as: _RunAs | None) -> None:
         if len(str(self.data_root).encode()) + len("/12345678901-abcdef01/run") > MAX_SOCKET_DIR_BYTES:
-            raise BackendUnavailable(f"data_root {self.data_root} is too long for unix socket paths; use a shorter one.")
+            raise BackendUnavailable(
+                f"data_root {self.data_root} is too long for unix socket paths; use a shorter one."
+            )
         try:
             self.data_root.mkdir(mode=0o700, parents=True, exist_ok=True)
             if run_as and self.data_root.stat().st_uid != run_as.uid:
@@ -261,9 +279,15 @@ class LocalBackend:
             env["HOME"] = run_as.home
         try:
             result = subprocess.run(
-                [str(a) for a in argv], capture_output=True, text=True, env=env, cwd="/",
+                [str(a) for a in argv],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd="/",
                 # Own session: the postgres it starts must outlive this server's process group.
-                start_new_session=True, timeout=self.settings.ready_timeout + 30, **kwargs,
+                start_new_session=True,
+                timeout=self.settings.ready_timeout + 30,
+                **kwargs,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise BackendError(f"{what} failed: {e}") from e
@@ -280,8 +304,17 @@ class LocalBackend:
             (home / "data" / "postgraas_port.conf").write_text(f"port = {port}\n")
             log_file = home / "postgres.log"
             result = self._run(
-                [self.bin_dir / "pg_ctl", "-D", home / "data", "-l", log_file, "-w",
-                 "-t", str(int(self.settings.ready_timeout)), "start"],
+                [
+                    self.bin_dir / "pg_ctl",
+                    "-D",
+                    home / "data",
+                    "-l",
+                    log_file,
+                    "-w",
+                    "-t",
+                    str(int(self.settings.ready_timeout)),
+                    "start",
+                ],
                 run_as,
                 "pg_ctl start",
                 check=False,
@@ -306,17 +339,27 @@ class LocalBackend:
     def _running(self, home: Path, run_as: _RunAs | None) -> bool:
         if not (home / "data").is_dir():
             return False
-        result = self._run([self.bin_dir / "pg_ctl", "-D", home / "data", "status"], run_as, "pg_ctl status", check=False)
+        result = self._run(
+            [self.bin_dir / "pg_ctl", "-D", home / "data", "status"], run_as, "pg_ctl status", check=False
+        )
         return result.returncode == 0
 
     def _destroy(self, home: Path, run_as: _RunAs | None) -> None:
         """Stop the server (fast: sessions are terminated) and remove everything of the instance."""
         if (home / "data" / "postmaster.pid").exists():
-            self._run([self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "fast", "-w", "stop"], run_as,
-                      "pg_ctl stop", check=False)
+            self._run(
+                [self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "fast", "-w", "stop"],
+                run_as,
+                "pg_ctl stop",
+                check=False,
+            )
             if self._running(home, run_as):
-                self._run([self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "immediate", "-w", "stop"], run_as,
-                          "pg_ctl stop", check=False)
+                self._run(
+                    [self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "immediate", "-w", "stop"],
+                    run_as,
+                    "pg_ctl stop",
+                    check=False,
+                )
         shutil.rmtree(home, ignore_errors=True)
         if home.exists():
             log.error("could not remove %s", home)
@@ -325,8 +368,9 @@ class LocalBackend:
     def _superuser(self, home: Path, port: int | None) -> Iterator[psycopg.Connection]:
         """The superuser through the private socket; psycopg errors become BackendError."""
         try:
-            conn = psycopg.connect(host=str(home / "run"), port=port, user=SUPERUSER, dbname="postgres",
-                                   autocommit=True, connect_timeout=5)
+            conn = psycopg.connect(
+                host=str(home / "run"), port=port, user=SUPERUSER, dbname="postgres", autocommit=True, connect_timeout=5
+            )
             with conn:
                 yield conn
         except psycopg.Error as e:

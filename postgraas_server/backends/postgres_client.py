@@ -68,7 +68,6 @@ def count_other_sessions(host: str, port: int, credentials: Credentials) -> int:
     """Client sessions on the server other than the one asking. Raises psycopg.Error."""
     with _connect(host, port, credentials) as conn:
         row = conn.execute(
-            "select count(*) from pg_stat_activity"
-            " where backend_type = 'client backend' and pid <> pg_backend_pid()"
+            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
         ).fetchone()
     return int(row[0]) if row else 0

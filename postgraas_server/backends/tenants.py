@@ -114,7 +114,9 @@ def list_tenants(conn: psycopg.Connection, deployment: str) -> list[ManagedObjec
         if not match or match.group(1) != deployment:
             continue
         created = datetime.fromisoformat(match.group(4))
-        tenants.append(ManagedObject(match.group(3), int(match.group(2)), created, Credentials(match.group(3), role, "")))
+        tenants.append(
+            ManagedObject(match.group(3), int(match.group(2)), created, Credentials(match.group(3), role, ""))
+        )
     return tenants
 
 
@@ -177,7 +179,7 @@ def _run(conn: psycopg.Connection, statement: sql.Composable) -> None:
         raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
     except psycopg.errors.ObjectInUse as e:
         raise Conflict(
-            f"The cluster refused: {e.diag.message_primary}. Close the sessions or use \"force\": true."
+            f'The cluster refused: {e.diag.message_primary}. Close the sessions or use "force": true.'
         ) from e
     except psycopg.Error as e:
         raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e

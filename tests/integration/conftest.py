@@ -84,9 +84,22 @@ class PostgresServer:
     def restart(self) -> None:
         subprocess.run(
             # -l again: without it the server would write to (and hold open) our capture pipe.
-            as_postgres_user([self.bin_dir / "pg_ctl", "-D", self.data, "-l", self.data.parent / "log",
-                              "-m", "fast", "-w", "restart"]),
-            check=True, capture_output=True, start_new_session=True,
+            as_postgres_user(
+                [
+                    self.bin_dir / "pg_ctl",
+                    "-D",
+                    self.data,
+                    "-l",
+                    self.data.parent / "log",
+                    "-m",
+                    "fast",
+                    "-w",
+                    "restart",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+            start_new_session=True,
         )
 
     def admin(self, dbname: str = "postgres") -> psycopg.Connection:
@@ -128,17 +141,32 @@ def pg_server() -> Iterator[PostgresServer]:
     port = free_port()
     data = home / "data"
     subprocess.run(
-        as_postgres_user([bin_dir / "initdb", "-D", data, "-U", "postgres", f"--pwfile={home / 'pw'}",
-                          "--auth=scram-sha-256", "--no-instructions"]),
-        check=True, capture_output=True,
+        as_postgres_user(
+            [
+                bin_dir / "initdb",
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                f"--pwfile={home / 'pw'}",
+                "--auth=scram-sha-256",
+                "--no-instructions",
+            ]
+        ),
+        check=True,
+        capture_output=True,
     )
     (home / "pw").unlink()
     with (data / "postgresql.conf").open("a") as conf:
-        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n"
-                   "max_connections = 300\n")
+        conf.write(
+            f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n"
+            "max_connections = 300\n"
+        )
     subprocess.run(
         as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-l", home / "log", "-w", "start"]),
-        check=True, capture_output=True, start_new_session=True,
+        check=True,
+        capture_output=True,
+        start_new_session=True,
     )
     server = PostgresServer("127.0.0.1", port, "postgres", password, bin_dir, data)
     roles, databases = server.roles(), server.databases()
@@ -147,7 +175,9 @@ def pg_server() -> Iterator[PostgresServer]:
         assert server.roles() == roles, f"roles left behind: {server.roles() - roles}"
         assert server.databases() == databases, f"databases left behind: {server.databases() - databases}"
     finally:
-        subprocess.run(as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True)
+        subprocess.run(
+            as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"]), capture_output=True
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 

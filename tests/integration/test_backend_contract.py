@@ -4,10 +4,10 @@ local postgres processes. Each test runs once per backend."""
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker.errors
 import psycopg
@@ -26,12 +26,24 @@ DEPLOYMENT = f"contract-{RUN_ID}"
 def backend_config(name: str, request: pytest.FixtureRequest, **overrides) -> dict:
     if name == "docker":
         request.getfixturevalue("docker_client")
-        return {"type": "docker", "image": TEST_IMAGE, "advertised_host": "127.0.0.1", "bind_address": "127.0.0.1",
-                "labels": {RUN_LABEL: RUN_ID}, **overrides}
+        return {
+            "type": "docker",
+            "image": TEST_IMAGE,
+            "advertised_host": "127.0.0.1",
+            "bind_address": "127.0.0.1",
+            "labels": {RUN_LABEL: RUN_ID},
+            **overrides,
+        }
     if name == "cluster":
         server = request.getfixturevalue("pg_server")
-        return {"type": "cluster", "host": server.host, "port": server.port, "username": server.username,
-                "password": server.password, **overrides}
+        return {
+            "type": "cluster",
+            "host": server.host,
+            "port": server.port,
+            "username": server.username,
+            "password": server.password,
+            **overrides,
+        }
     root = request.getfixturevalue("local_data_root")
     return {"type": "local", "data_root": str(root), "advertised_host": "127.0.0.1", **overrides}
 
@@ -54,8 +66,15 @@ class Made:
     port: int
 
     def connect(self, **overrides) -> psycopg.Connection:
-        params = {"host": self.host, "port": self.port, "user": self.spec.db_username,
-                  "password": self.spec.db_pwd, "dbname": self.spec.db_name, "connect_timeout": 5, **overrides}
+        params = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.spec.db_username,
+            "password": self.spec.db_pwd,
+            "dbname": self.spec.db_name,
+            "connect_timeout": 5,
+            **overrides,
+        }
         return psycopg.connect(**params)
 
 
@@ -68,8 +87,14 @@ class Creator:
 
     def __call__(self, **overrides) -> Made:
         tag = uuid.uuid4().hex[:8]
-        fields = {"instance_id": 900000 + len(self.made), "instance_name": f"contract-{tag}",
-                  "db_name": f"db_{tag}", "db_username": f"user_{tag}", "db_pwd": f"pw {tag} ü'\"", **overrides}
+        fields = {
+            "instance_id": 900000 + len(self.made),
+            "instance_name": f"contract-{tag}",
+            "db_name": f"db_{tag}",
+            "db_username": f"user_{tag}",
+            "db_pwd": f"pw {tag} ü'\"",
+            **overrides,
+        }
         spec = DatabaseSpec(**fields)
         provisioned = self.backend.create(spec)
         self.made.append(Made(spec, provisioned.ref, provisioned.host, provisioned.port))
@@ -112,7 +137,9 @@ def test_create_use_delete_gone(backend, create):
     with db.connect() as conn:
         assert conn.execute("select v from t").fetchone() == ("written",)
         assert conn.execute("select current_user, current_database()").fetchone() == (
-            db.spec.db_username, db.spec.db_name)
+            db.spec.db_username,
+            db.spec.db_name,
+        )
     assert backend.exists(db.ref)
     description = backend.describe(db.ref)
     assert (description.state, description.host, description.port) == (ObjectState.RUNNING, db.host, db.port)
@@ -139,8 +166,14 @@ def test_two_instances_cannot_open_each_other(create):
     a, b = create(), create()
     # A's login to B's database, wherever B lives; and B's user with A's password.
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(host=b.host, port=b.port, user=a.spec.db_username, password=a.spec.db_pwd,
-                        dbname=b.spec.db_name, connect_timeout=5)
+        psycopg.connect(
+            host=b.host,
+            port=b.port,
+            user=a.spec.db_username,
+            password=a.spec.db_pwd,
+            dbname=b.spec.db_name,
+            connect_timeout=5,
+        )
     with pytest.raises(psycopg.OperationalError):
         b.connect(password=a.spec.db_pwd)
 
@@ -186,7 +219,8 @@ def test_failure_half_way_leaves_nothing(backend_name, request):
             with server.admin(f"busy_{tag}"):
                 with pytest.raises(Conflict, match="being accessed by other users"):
                     make_backend("cluster", request).create(
-                        DatabaseSpec(**{**spec.__dict__, "template": f"busy_{tag}"}))
+                        DatabaseSpec(**{**spec.__dict__, "template": f"busy_{tag}"})
+                    )
             assert spec.db_username not in server.roles()
             assert spec.db_name not in server.databases()
         finally:
@@ -221,7 +255,8 @@ def test_cluster_tenant_is_confined(creator_for, pg_server):
     db = creator_for("cluster")()
     with db.connect() as conn:
         rights = conn.execute(
-            "select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user").fetchone()
+            "select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user"
+        ).fetchone()
     assert rights == (False, False, False)
     # PUBLIC has no CONNECT on the tenant's database: a role of the cluster cannot open it.
     with pg_server.admin() as admin:
@@ -312,8 +347,14 @@ def test_cluster_delete_removes_what_the_tenant_left_elsewhere(creator_for, pg_s
     create = creator_for("cluster")
     db = create()
     # Any role may connect to "postgres" and own a large object there; DROP ROLE would fail on it.
-    with psycopg.connect(host=db.host, port=db.port, user=db.spec.db_username, password=db.spec.db_pwd,
-                         dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        host=db.host,
+        port=db.port,
+        user=db.spec.db_username,
+        password=db.spec.db_pwd,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
         conn.execute("select lo_create(0)")
     create.backend.delete(db.ref, db.spec.credentials, force=True)
     assert db.spec.db_username not in pg_server.roles()

@@ -19,8 +19,9 @@ from .conftest import Server, free_port, stop_server
 from .test_backend_contract import BACKENDS, backend_config
 
 
-def start(tmp_path: Path, backends: dict, default: str = "local", lifecycle: dict | None = None,
-          metadb: dict | None = None) -> Server:
+def start(
+    tmp_path: Path, backends: dict, default: str = "local", lifecycle: dict | None = None, metadb: dict | None = None
+) -> Server:
     config = {
         "metadb": metadb or {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
         "backends": backends,
@@ -30,8 +31,18 @@ def start(tmp_path: Path, backends: dict, default: str = "local", lifecycle: dic
     (tmp_path / "application.cfg").write_text(json.dumps(config))
     port = free_port()
     log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "postgraas_server.cli", "--config", str(tmp_path / "application.cfg"),
-               "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "postgraas_server.cli",
+        "--config",
+        str(tmp_path / "application.cfg"),
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+    ]
     with log_path.open("a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
@@ -60,8 +71,13 @@ def server(all_backends, tmp_path_factory):
 
 def body(**overrides) -> dict:
     tag = uuid.uuid4().hex[:8]
-    return {"postgraas_instance_name": f"multi-{tag}", "db_name": f"db_{tag}", "db_username": f"user_{tag}",
-            "db_pwd": f"pw-{tag}", **overrides}
+    return {
+        "postgraas_instance_name": f"multi-{tag}",
+        "db_name": f"db_{tag}",
+        "db_username": f"user_{tag}",
+        "db_pwd": f"pw-{tag}",
+        **overrides,
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -20,8 +20,14 @@ PASSWORD = "p@ss:w/rd %?#é"
 
 def assert_never_logged(log: str, secret: str) -> None:
     """The secret in none of the forms a log line could carry it."""
-    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
-             quote(secret, safe=""), quote(secret), repr(secret)[1:-1]}
+    forms = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret),
+        repr(secret)[1:-1],
+    }
     for form in forms:
         assert form not in log, f"password found in the log as {form!r}"
 

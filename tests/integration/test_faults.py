@@ -71,8 +71,9 @@ def kill_server(server: Server) -> None:
 
 
 @pytest.mark.parametrize("backend", ["docker", "local"])
-def test_server_killed_mid_create_leaves_nothing_behind(backend, all_backends, docker_client, local_data_root,
-                                                        tmp_path):
+def test_server_killed_mid_create_leaves_nothing_behind(
+    backend, all_backends, docker_client, local_data_root, tmp_path
+):
     server = start(tmp_path, all_backends, lifecycle=FAST_REAPER)
     request = body(backend=backend)
     name = request["postgraas_instance_name"]
@@ -91,6 +92,7 @@ def test_server_killed_mid_create_leaves_nothing_behind(backend, all_backends, d
 
     server = start(tmp_path, all_backends, lifecycle=FAST_REAPER)
     try:
+
         def cleaned_up() -> bool:
             rows = [r for r in server.get().json() if r["postgraas_instance_name"] == name]
             row_ok = rows == [] or rows[0]["status"] == "failed"
@@ -101,8 +103,11 @@ def test_server_killed_mid_create_leaves_nothing_behind(backend, all_backends, d
             return row_ok and not made[0].exists() and running.strip() == ""
 
         # A dead creation is noticed after heartbeat_timeout; then within two reaper intervals.
-        eventually(cleaned_up, FAST_REAPER["heartbeat_timeout"] + 2 * FAST_REAPER["reaper_interval"] + 10,
-                   "the killed creation is failed and its object removed")
+        eventually(
+            cleaned_up,
+            FAST_REAPER["heartbeat_timeout"] + 2 * FAST_REAPER["reaper_interval"] + 10,
+            "the killed creation is failed and its object removed",
+        )
         rows = [r for r in server.get().json() if r["postgraas_instance_name"] == name]
         if rows:
             assert "creation interrupted" in rows[0]["status_detail"]
@@ -143,7 +148,10 @@ def test_docker_engine_stopped_then_back(all_backends, docker_client, tmp_path):
             local_request = body(backend="local")
             local = server.post(local_request)
             assert local.status_code == 201
-            assert server.delete(local.json()["postgraas_instance_id"], {"db_pwd": local_request["db_pwd"]}).status_code == 200
+            assert (
+                server.delete(local.json()["postgraas_instance_id"], {"db_pwd": local_request["db_pwd"]}).status_code
+                == 200
+            )
             time.sleep(2 * FAST_REAPER["reaper_interval"])  # the reaper must not judge what it cannot see
             assert server.get(f"/{first['postgraas_instance_id']}").json()["status"] == "ready"
         finally:
@@ -222,8 +230,12 @@ def test_twenty_parallel_creates_and_deletes_across_backends(server):
         with psycopg.connect(instance["connection_uri"]) as conn:
             assert conn.execute("select current_database()").fetchone() == (instance["db_name"],)
     with ThreadPoolExecutor(max_workers=20) as pool:
-        deleted = list(pool.map(lambda pair: server.delete(pair[0]["postgraas_instance_id"], {"db_pwd": pair[1]["db_pwd"]}),
-                                zip(instances, requests_)))
+        deleted = list(
+            pool.map(
+                lambda pair: server.delete(pair[0]["postgraas_instance_id"], {"db_pwd": pair[1]["db_pwd"]}),
+                zip(instances, requests_, strict=True),
+            )
+        )
     assert [r.status_code for r in deleted] == [200] * 20
     assert server.get().json() == []
 
@@ -232,8 +244,11 @@ def test_an_instance_with_a_ttl_goes_away_by_itself(server, docker_client):
     request = body(backend="docker", ttl=5)
     created = server.post(request).json()
     path = f"/{created['postgraas_instance_id']}"
-    took = eventually(lambda: server.get(path).status_code == 404, 5 + 2 * FAST_REAPER["reaper_interval"] + 5,
-                      "the expired instance is deleted")
+    took = eventually(
+        lambda: server.get(path).status_code == 404,
+        5 + 2 * FAST_REAPER["reaper_interval"] + 5,
+        "the expired instance is deleted",
+    )
     assert took >= 3  # not before its time
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(created["container_id"])

@@ -39,7 +39,9 @@ def test_several_named_backends_and_env_per_backend(tmp_path):
             "application": {"default_backend": "pg"},
         },
     )
-    settings = load_settings(path, environ={"POSTGRAAS_BACKENDS_LOCAL_DATA_ROOT": "/srv/pg", "POSTGRAAS_BACKENDS_PG_PORT": "6432"})
+    settings = load_settings(
+        path, environ={"POSTGRAAS_BACKENDS_LOCAL_DATA_ROOT": "/srv/pg", "POSTGRAAS_BACKENDS_PG_PORT": "6432"}
+    )
     assert settings.backends["local"].data_root == "/srv/pg"
     assert settings.backends["pg"].port == 6432
     assert settings.application.default_backend == "pg"
@@ -97,7 +99,11 @@ def test_config_path_resolution(monkeypatch):
         ({"backends": {"pg": {"type": "cluster"}}}, {}, "backends.pg: give either 'dsn' or 'host'"),
         ({"backends": {"Bad_Name": {"type": "local"}}}, {}, "backends.Bad_Name: a backend name is"),
         ({"backends": {"a": {"type": "local"}, "b": {"type": "local"}}}, {}, "application.default_backend: required"),
-        ({"backends": {"a": {"type": "local"}}, "application": {"default_backend": "b"}}, {}, "'b' is not a configured"),
+        (
+            {"backends": {"a": {"type": "local"}}, "application": {"default_backend": "b"}},
+            {},
+            "'b' is not a configured",
+        ),
         ({"backends": {"a": {"type": "local", "port_min": 3000, "port_max": 2000}}}, {}, "backends.a: port_min"),
         ({"metadb": {"host": "h"}}, {}, "db_name"),
         ({"backend": {"type": "docker"}}, {"POSTGRAAS_BACKEND_FOO": "1"}, "backend.foo: unknown key"),

@@ -54,7 +54,8 @@ def test_patch_extends_within_the_maximum(limited):
     assert limited.patch(path, json={"db_pwd": "wrong", "ttl": "2h"}).status_code == 401
     assert limited.patch(path, json={"db_pwd": BODY["db_pwd"], "ttl": "3h"}).status_code == 400
     assert limited.patch(path, json={"db_pwd": BODY["db_pwd"], "ttl": None}).get_json()["errors"] == {
-        "ttl": "required, at most 2h"}
+        "ttl": "required, at most 2h"
+    }
     response = limited.patch(path, json={"db_pwd": BODY["db_pwd"], "ttl": "2h"})
     assert response.status_code == 200
     expires = parse(response.get_json()["expires_at"])
@@ -87,7 +88,9 @@ def test_wait_times_out_with_the_current_state(client, fake_backend):
     assert client.get(f"{location}?wait=ready&timeout=10").get_json()["status"] == "ready"
 
 
-@pytest.mark.parametrize("query", ["wait=yes", "wait=ready&timeout=-1", "wait=ready&timeout=301", "wait=ready&timeout=x"])
+@pytest.mark.parametrize(
+    "query", ["wait=yes", "wait=ready&timeout=-1", "wait=ready&timeout=301", "wait=ready&timeout=x"]
+)
 def test_bad_wait_parameters_are_400(client, query):
     instance_id = create(client).get_json()["postgraas_instance_id"]
     assert client.get(f"/postgraas_instances/{instance_id}?{query}").status_code == 400

@@ -37,17 +37,23 @@ def test_upgrade_from_2x_keeps_rows_and_hashes_passwords(tmp_path):
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text(LEGACY_2X))
-        conn.execute(sa.text(
-            "insert into db_instance values (1, 'old', '2019-01-01 10:00:00', 'db', 'u', 'plain-pw', 'h', 5432, 'c1'),"
-            " (2, 'newer', '2020-01-01 10:00:00', 'db2', 'u2', '', 'h', 5433, 'c2')"
-        ))
+        conn.execute(
+            sa.text(
+                "insert into db_instance values"
+                " (1, 'old', '2019-01-01 10:00:00', 'db', 'u', 'plain-pw', 'h', 5432, 'c1'),"
+                " (2, 'newer', '2020-01-01 10:00:00', 'db2', 'u2', '', 'h', 5433, 'c2')"
+            )
+        )
     upgrade(url, legacy_backend="docker")
     upgrade(url, legacy_backend="docker")
     assert "password" not in columns(url)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "select id, postgraas_instance_name, password_hash, backend, status, port, container_id from db_instance"
-            " order by id")).fetchall()
+        rows = conn.execute(
+            sa.text(
+                "select id, postgraas_instance_name, password_hash, backend, status, port, container_id"
+                " from db_instance order by id"
+            )
+        ).fetchall()
     assert [(r.id, r.postgraas_instance_name, r.backend, r.status, r.port, r.container_id) for r in rows] == [
         (1, "old", "docker", "ready", 5432, "c1"),
         (2, "newer", "docker", "ready", 5433, "c2"),
@@ -56,9 +62,13 @@ def test_upgrade_from_2x_keeps_rows_and_hashes_passwords(tmp_path):
     assert rows[1].password_hash is None
     # The name is unique from now on.
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-        conn.execute(sa.text(
-            "insert into db_instance (postgraas_instance_name, db_name, username, backend, status, creation_timestamp)"
-            " values ('old', 'x', 'y', 'docker', 'ready', '2020-01-01')"))
+        conn.execute(
+            sa.text(
+                "insert into db_instance"
+                " (postgraas_instance_name, db_name, username, backend, status, creation_timestamp)"
+                " values ('old', 'x', 'y', 'docker', 'ready', '2020-01-01')"
+            )
+        )
 
 
 def test_2x_duplicate_names_stop_the_upgrade_with_a_clear_message(tmp_path):

@@ -92,7 +92,9 @@ def test_body_must_be_an_object(body):
 
 def test_delete_request_types():
     assert parse_request(DeleteInstanceRequest, {"db_pwd": "x"}).force is False
-    assert errors_of({"db_pwd": "x", "force": "yes"}, DeleteInstanceRequest).errors == {"force": "must be true or false"}
+    assert errors_of({"db_pwd": "x", "force": "yes"}, DeleteInstanceRequest).errors == {
+        "force": "must be true or false"
+    }
     assert errors_of({}, DeleteInstanceRequest).errors == {"db_pwd": "is required"}
 
 

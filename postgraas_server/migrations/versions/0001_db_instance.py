@@ -47,9 +47,7 @@ def _upgrade_from_2x() -> None:
     (delete then checks the password by a login, as 2.x did)."""
     bind = op.get_bind()
     duplicates = bind.execute(
-        sa.text(
-            "select postgraas_instance_name from db_instance group by postgraas_instance_name having count(*) > 1"
-        )
+        sa.text("select postgraas_instance_name from db_instance group by postgraas_instance_name having count(*) > 1")
     ).fetchall()
     if duplicates:
         names = ", ".join(repr(row[0]) for row in duplicates)
