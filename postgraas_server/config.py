@@ -97,6 +97,12 @@ class DockerBackendSettings(_BackendSection):
     api_timeout: float = Field(default=30.0, gt=0)
     # Extra labels put on every container (e.g. to tell environments apart).
     labels: dict[str, str] = Field(default_factory=dict)
+    # Per container: memory (docker units: 512m, 2g), CPUs, processes, /dev/shm (postgres
+    # uses it for parallel queries; Docker's 64m default is too small for them).
+    memory_limit: str = Field(default="1g", pattern=r"^[0-9]+[bkmg]?$")
+    cpu_limit: float = Field(default=1.0, gt=0, le=256)
+    pids_limit: int = Field(default=256, ge=32)
+    shm_size: str = Field(default="256m", pattern=r"^[0-9]+[bkmg]?$")
 
 
 class ClusterBackendSettings(_BackendSection):

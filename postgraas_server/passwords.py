@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from werkzeug.security import check_password_hash, generate_password_hash
 
 
@@ -12,3 +14,8 @@ def hash_password(password: str) -> str:
 
 def password_matches(password_hash: str, password: str) -> bool:
     return check_password_hash(password_hash, password)
+
+
+def generate_password() -> str:
+    # 32 URL-safe characters: 192 bits, and nothing that needs quoting in a URI or a shell.
+    return secrets.token_urlsafe(24)

@@ -113,7 +113,8 @@ class CreateInstanceRequest(_Request):
     )
     db_name: DbName
     db_username: Username
-    db_pwd: Password
+    # Omitted: the server generates a strong one and returns it once.
+    db_pwd: Password | None = None
     # The configured backend to create in; default: application.default_backend.
     backend: BackendName | None = None
     # cluster backends: copy this existing database.

@@ -25,7 +25,7 @@ from .config import LifecycleSettings
 from .durations import format_duration
 from .errors import BackendUnavailable, Conflict, InvalidRequest, NotFound, PostgraasError, WrongPassword
 from .models import DBInstance, InstanceStatus, db, utcnow
-from .passwords import hash_password, password_matches
+from .passwords import generate_password, hash_password, password_matches
 from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ class InstanceService:
                 {"template": f"not supported by the {backend.type_name} backend"},
             )
         expires_at = self._expiry(request.ttl, default=self.lifecycle.default_ttl)
+        if request.db_pwd is None:
+            request.db_pwd = generate_password()
         row = self._reserve(request, backend_name, expires_at)
         spec = DatabaseSpec(
             instance_id=row.id,

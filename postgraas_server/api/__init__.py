@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from flask_restful import Api
 
+from ..errors import InvalidRequest
 from .errors import error_response
 from .instances import InstanceCollection, InstanceItem
 
 # postgraas_server 2.x clients use the /api/v2 prefix.
 PREFIXES = ("", "/api/v2")
 MAX_ID = 2**63 - 1
+
+
+# Query parameters that would carry a secret: URLs end up in access logs and proxies.
+SECRET_PARAMETERS = ("db_pwd", "password", "pwd", "token", "db_password")
+
+
+def _refuse_secrets_in_the_url() -> None:
+    named = sorted(k for k in request.args if k.lower() in SECRET_PARAMETERS)
+    if named:
+        raise InvalidRequest(
+            "Secrets are not accepted in the URL, where logs and proxies keep them; send them in the JSON body.",
+            {name: "not accepted in the query string" for name in named},
+        )
 
 
 class PostgraasApi(Api):
@@ -26,6 +40,7 @@ def register_routes(app: Flask) -> None:
     item = f"/postgraas_instances/<int(max={MAX_ID}):instance_id>"
     api.add_resource(InstanceItem, *(f"{p}{item}" for p in PREFIXES))
     app.register_error_handler(Exception, error_response)
+    app.before_request(_refuse_secrets_in_the_url)
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -20,6 +20,7 @@ from .tenants import (
     database_exists,
     drop_tenant,
     list_tenants,
+    lock_down_public_schema,
     tenant_marker,
 )
 
@@ -57,8 +58,9 @@ class ClusterBackend:
         with self._admin() as conn:
             create_tenant(conn, spec, marker=marker)
         try:
-            if spec.template is not None:
-                with self._admin(spec.db_name) as conn:
+            with self._admin(spec.db_name) as conn:
+                lock_down_public_schema(conn)
+                if spec.template is not None:
                     adopt_template_objects(conn, spec.db_username)
             wait_for_login(*self._probe, spec.credentials, timeout=self.settings.ready_timeout)
         except BaseException as e:

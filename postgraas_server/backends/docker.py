@@ -203,6 +203,12 @@ class DockerBackend:
             # No host port given: Docker picks a free one when it binds, so there is no race.
             ports={POSTGRES_PORT: (self.settings.bind_address, None)},
             detach=True,
+            # One tenant must not starve the host or the others; nothing is mounted from it.
+            mem_limit=self.settings.memory_limit,
+            nano_cpus=int(self.settings.cpu_limit * 1e9),
+            pids_limit=self.settings.pids_limit,
+            shm_size=self.settings.shm_size,
+            security_opt=["no-new-privileges"],
         )
         try:
             return self.client.containers.create(**kwargs)

@@ -219,6 +219,13 @@ where t.typtype in ('e', 'd', 'r')
 """
 
 
+def lock_down_public_schema(conn: psycopg.Connection) -> None:
+    """PUBLIC may not create in the new database's public schema (PostgreSQL 15 does this by
+    default; older servers granted it). ``conn`` is an admin connection to the new database."""
+    if conn.execute("select 1 from pg_namespace where nspname = 'public'").fetchone():
+        _run(conn, sql.SQL("revoke create on schema public from public"))
+
+
 def adopt_template_objects(conn: psycopg.Connection, role: str) -> None:
     """Give the tenant what a template copied in (tables, views, sequences, routines, types),
     so it can use and alter its database like one it built itself. ``conn`` is an admin

@@ -258,6 +258,8 @@ def test_cluster_tenant_is_confined(creator_for, pg_server):
             "select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user"
         ).fetchone()
     assert rights == (False, False, False)
+    with pg_server.admin(db.spec.db_name) as admin:
+        assert admin.execute("select has_schema_privilege('public', 'public', 'CREATE')").fetchone() == (False,)
     # PUBLIC has no CONNECT on the tenant's database: a role of the cluster cannot open it.
     with pg_server.admin() as admin:
         admin.execute("create role outsider login password 'outsider'")

@@ -74,6 +74,11 @@ def test_lifecycle_create_use_list_get_delete(server, docker_client):
     assert (binding["HostIp"], int(binding["HostPort"])) == ("127.0.0.1", created["port"])
     volumes = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
     assert volumes, "the image's data volume should exist while the instance lives"
+    assert all(m["Type"] == "volume" for m in container.attrs["Mounts"]), "nothing is mounted from the host"
+    host_config = container.attrs["HostConfig"]
+    assert host_config["Memory"] == 1024**3 and host_config["PidsLimit"] == 256
+    assert host_config["NanoCpus"] == 1_000_000_000 and host_config["ShmSize"] == 256 * 1024**2
+    assert host_config["SecurityOpt"] == ["no-new-privileges"]
 
     instance_id = created["postgraas_instance_id"]
     listed = server.get().json()

@@ -280,3 +280,26 @@ def test_unknown_or_empty_backend_is_400(client, backend):
     response = create(client, backend=backend)
     assert response.status_code == 400
     assert "backend" in response.get_json()["errors"]
+
+
+@pytest.mark.parametrize("param", ["db_pwd", "password", "Token"])
+def test_secrets_in_the_query_string_are_refused(client, param):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    response = client.delete(f"/postgraas_instances/{instance_id}?{param}=s3cr@t", json={"db_pwd": BODY["db_pwd"]})
+    assert response.status_code == 400
+    assert response.get_json()["errors"] == {param: "not accepted in the query string"}
+    assert "s3cr@t" not in response.get_data(as_text=True)
+    assert client.get(f"/postgraas_instances/{instance_id}").status_code == 200
+
+
+def test_omitted_password_is_generated_and_returned_once(app, client):
+    body = {k: v for k, v in BODY.items() if k != "db_pwd"}
+    created = client.post("/postgraas_instances", json=body).get_json()
+    password = created["db_pwd"]
+    assert len(password) >= 32
+    assert password in created["connection_uri"]
+    assert password not in client.get(f"/postgraas_instances/{created['postgraas_instance_id']}").get_data(as_text=True)
+    other = client.post("/postgraas_instances", json={**body, "postgraas_instance_name": "other"}).get_json()
+    assert other["db_pwd"] != password
+    delete = client.delete(f"/postgraas_instances/{created['postgraas_instance_id']}", json={"db_pwd": password})
+    assert delete.status_code == 200

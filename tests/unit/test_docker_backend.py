@@ -117,6 +117,15 @@ def test_create_asks_docker_for_a_port_and_labels_the_container(client, logins):
         "postgraas.instance_id": "7",
     }
     assert kwargs["name"].startswith("postgraas-demo-")
+    # Hardened by default: limits, no privilege escalation, nothing mounted from the host.
+    assert (kwargs["mem_limit"], kwargs["nano_cpus"], kwargs["pids_limit"], kwargs["shm_size"]) == (
+        "1g",
+        1_000_000_000,
+        256,
+        "256m",
+    )
+    assert kwargs["security_opt"] == ["no-new-privileges"]
+    assert "volumes" not in kwargs and "mounts" not in kwargs
     assert (provisioned.ref, provisioned.host, provisioned.port) == ("c0ffee", "db.example", 49153)
     # Readiness is proven against the advertised host and the published port.
     assert logins == [("db.example", 49153, Credentials("app", "alice", "s3cret"))]

@@ -57,7 +57,7 @@ def test_every_bad_field_is_listed_at_once():
         ("db_username", "al ice"),
         ("db_pwd", "nul\x00byte"),
         ("db_pwd", "x" * 1025),
-        ("db_pwd", None),
+        ("db_pwd", 12345),
         ("db_username", ["alice"]),
     ],
 )
