@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
 from typing import Any
 
 import click
@@ -10,7 +13,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import migrations
 from .app import configure_logging, create_app
 from .config import ConfigError, Settings, load_settings
+from .durations import parse_duration
 from .reaper import Reaper
+from .tokens import issue_token, list_tokens, revoke_token
 
 
 @click.group()
@@ -56,6 +61,12 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
 
     if settings.metadb.auto_migrate:
         _upgrade(settings)
+    if settings.auth.mode == "none" and not _is_loopback(bind):
+        logging.getLogger(__name__).warning(
+            "auth.mode is none and the server listens on %s: anyone who reaches it can list and delete "
+            "every instance; set auth.mode to token",
+            bind,
+        )
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -86,10 +97,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
 @click.pass_obj
 def reap(settings: Settings, once: bool) -> None:
     """Reconcile the meta db with the backends: expire, clean up, mark lost. Prints what it did."""
-    try:
-        app = create_app(settings)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+    app = _app(settings)
     state = app.extensions["postgraas"]
     reaper = Reaper(state.backends, settings.lifecycle)
     with app.app_context():
@@ -109,6 +117,75 @@ def reap(settings: Settings, once: bool) -> None:
     for action in report.actions:
         click.echo(action)
     click.echo(f"{len(report.actions)} action(s)")
+
+
+@main.group()
+def token() -> None:
+    """API tokens for auth.mode token."""
+
+
+@token.command("create")
+@click.option("--owner", required=True, help="Who the token's instances belong to.")
+@click.option("--admin", is_flag=True, help="May see and delete every owner's instances.")
+@click.option("--max-instances", type=click.IntRange(min=0), help="At most this many instances at once.")
+@click.option("--max-ttl", help="Longest ttl its instances may have (seconds, 30m, 2h, 7d).")
+@click.pass_obj
+def token_create(settings: Settings, owner: str, admin: bool, max_instances: int | None, max_ttl: str | None) -> None:
+    """Make a token and print it once; only its hash is kept."""
+    if not OWNER_RE.fullmatch(owner):
+        raise click.BadParameter("1 to 63 letters, digits, '_', '.', '-' or '@'", param_hint="--owner")
+    try:
+        ttl = parse_duration(max_ttl) if max_ttl is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-ttl") from None
+    with _app(settings).app_context():
+        record, secret = issue_token(owner, admin=admin, max_instances=max_instances, max_ttl=ttl)
+    click.echo(secret)
+    click.echo(f"token {record.id} for {owner} created; it is shown only this once", err=True)
+
+
+@token.command("list")
+@click.pass_obj
+def token_list(settings: Settings) -> None:
+    """The tokens, without their secrets."""
+    with _app(settings).app_context():
+        for t in list_tokens():
+            limits = f"max_instances={t.max_instances} max_ttl={t.max_ttl}"
+            state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
+            click.echo(
+                f"{t.id}\t{t.owner}\t{'admin' if t.admin else 'user'}\t{limits}\t{t.created_at:%Y-%m-%d}\t{state}"
+            )
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@click.pass_obj
+def token_revoke(settings: Settings, token_id: int) -> None:
+    """Revoke a token by id: it stops working at once."""
+    with _app(settings).app_context():
+        if revoke_token(token_id) is None:
+            raise click.ClickException(f"there is no token {token_id}")
+    click.echo(f"token {token_id} revoked")
+
+
+OWNER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}")
+
+
+def _is_loopback(bind: str) -> bool:
+    host = bind.rsplit(":", 1)[0].strip("[]") if ":" in bind else bind
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # unix sockets and host names: warn rather than guess
+
+
+def _app(settings: Settings) -> Any:
+    try:
+        return create_app(settings)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _upgrade(settings: Settings) -> None:

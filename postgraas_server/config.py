@@ -80,6 +80,8 @@ def _absolute_sqlite(url: str) -> str:
 class _BackendSection(_Section):
     # Seconds to wait for the first real login to a new database.
     ready_timeout: float = Field(default=60.0, gt=0)
+    # At most this many instances in the backend (all owners); None: no limit. Beyond: 503.
+    max_instances: int | None = Field(default=None, ge=0)
     advertised_host: str = "localhost"
     # Where the server itself connects to prove readiness; defaults to advertised_host.
     probe_host: str | None = None
@@ -199,6 +201,12 @@ class LifecycleSettings(_Section):
         return self
 
 
+class AuthSettings(_Section):
+    # none: anyone may do anything (postgraas_server 2.x); token: Authorization: Bearer tokens
+    # made with `postgraas-server token create`, each instance belonging to its token's owner.
+    mode: Literal["none", "token"] = "none"
+
+
 class Settings(_Section):
     metadb: MetaDbSettings = Field(default_factory=MetaDbSettings)
     # The single backend section of postgraas_server 2.x; it is named after its type.
@@ -207,6 +215,7 @@ class Settings(_Section):
     backends: dict[str, BackendSettings] = Field(default_factory=dict)
     application: ApplicationSettings = Field(default_factory=ApplicationSettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")
     def _named_backends(self) -> Settings:

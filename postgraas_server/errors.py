@@ -14,10 +14,11 @@ class PostgraasError(HTTPException):
 
     code = 500
 
-    def __init__(self, msg: str, errors: dict[str, str] | None = None) -> None:
+    def __init__(self, msg: str, errors: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(description=msg)
         self.msg = msg
         self.errors = errors or {}
+        self.extra_headers = headers or {}
 
 
 class InvalidRequest(PostgraasError):
@@ -28,6 +29,15 @@ class InvalidRequest(PostgraasError):
 
 class WrongPassword(PostgraasError):
     code = 401
+
+
+class Unauthenticated(PostgraasError):
+    """No valid bearer token (auth.mode token)."""
+
+    code = 401
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, headers={"WWW-Authenticate": 'Bearer realm="postgraas"'})
 
 
 class NotFound(PostgraasError):
@@ -46,6 +56,12 @@ class Unprocessable(PostgraasError):
     code = 422
 
 
+class QuotaExceeded(PostgraasError):
+    """The owner's token allows no more (instances, ttl)."""
+
+    code = 429
+
+
 class BackendError(PostgraasError):
     """The backend failed to provide what was asked; it cleaned up after itself."""
 
@@ -56,6 +72,15 @@ class BackendUnavailable(PostgraasError):
     """The backend (e.g. the Docker engine) cannot be reached or lacks something it needs."""
 
     code = 503
+
+
+class CapacityExhausted(PostgraasError):
+    """The backend holds as many instances as it may; try again later."""
+
+    code = 503
+
+    def __init__(self, msg: str, retry_after: int = 60) -> None:
+        super().__init__(msg, headers={"Retry-After": str(retry_after)})
 
 
 class BackendTimeout(PostgraasError):

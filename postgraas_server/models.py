@@ -78,11 +78,30 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
     # Renewed by the process creating the instance; a stale one means that process died.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # The token owner that created it (auth.mode token); None without authentication.
+    owner: Mapped[str | None] = mapped_column(String(63), index=True)
 
     def set_status(self, status: str, detail: str | None = None) -> None:
         self.status = status
         self.status_detail = detail
         self.status_changed_at = utcnow()
+
+
+class Token(db.Model):  # type: ignore[name-defined,misc]
+    """An API token. Only a salted hash of its secret is kept; the secret is shown once."""
+
+    __tablename__ = "postgraas_token"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(63))
+    admin: Mapped[bool] = mapped_column(default=False)
+    max_instances: Mapped[int | None]
+    max_ttl: Mapped[int | None]
+    salt: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Deployment(db.Model):  # type: ignore[name-defined,misc]

@@ -125,12 +125,13 @@ class CreateInstanceRequest(_Request):
 
 
 class DeleteInstanceRequest(_Request):
-    db_pwd: StrictStr
+    # Required without a token (auth.mode none); with one, optional but checked if sent.
+    db_pwd: StrictStr | None = None
     force: StrictBool = False
 
 
 class ExtendInstanceRequest(_Request):
-    db_pwd: StrictStr
+    db_pwd: StrictStr | None = None
     # From now; null: no expiry (only where no max_ttl is configured).
     ttl: Ttl | None
 

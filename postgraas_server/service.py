@@ -13,20 +13,31 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from flask import Flask
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .backends import Backend, BackendRegistry, Credentials, DatabaseSpec, ObjectState, ProvisionedDatabase
 from .backends.postgres_client import login_works
 from .config import LifecycleSettings
 from .durations import format_duration
-from .errors import BackendUnavailable, Conflict, InvalidRequest, NotFound, PostgraasError, WrongPassword
+from .errors import (
+    BackendUnavailable,
+    CapacityExhausted,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PostgraasError,
+    QuotaExceeded,
+    WrongPassword,
+)
 from .models import DBInstance, InstanceStatus, db, utcnow
 from .passwords import generate_password, hash_password, password_matches
 from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
+from .tokens import Principal
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +52,26 @@ class InstanceService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def list(self) -> list[DBInstance]:
-        return list(db.session.execute(select(DBInstance).order_by(DBInstance.id)).scalars())
+    def list(self, principal: Principal | None = None) -> list[DBInstance]:
+        query = select(DBInstance).order_by(DBInstance.id)
+        if principal is not None and not principal.admin:
+            query = query.where(DBInstance.owner == principal.owner)
+        return list(db.session.execute(query).scalars())
 
-    def get(self, instance_id: int) -> DBInstance:
+    def get(self, instance_id: int, principal: Principal | None = None) -> DBInstance:
+        """The instance, if it exists and ``principal`` may see it; another owner's instance is
+        a 404 exactly like a missing one, so ids reveal nothing."""
         row = db.session.get(DBInstance, instance_id)
-        if row is None:
+        if row is None or (principal is not None and not principal.admin and row.owner != principal.owner):
             raise NotFound(f"There is no instance with id {instance_id}.")
         return row
 
-    def wait_until_settled(self, instance_id: int, timeout: float) -> DBInstance:
+    def wait_until_settled(self, instance_id: int, timeout: float, principal: Principal | None = None) -> DBInstance:
         """The instance once it is no longer creating, or as it is when ``timeout`` runs out."""
         deadline = time.monotonic() + timeout
         while True:
             db.session.expire_all()
-            row = self.get(instance_id)
+            row = self.get(instance_id, principal)
             if row.status != InstanceStatus.CREATING or time.monotonic() >= deadline:
                 return row
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -73,7 +89,7 @@ class InstanceService:
 
     # -- creating ----------------------------------------------------------------------------
 
-    def create(self, request: CreateInstanceRequest, app: Flask) -> DBInstance:
+    def create(self, request: CreateInstanceRequest, app: Flask, principal: Principal | None = None) -> DBInstance:
         """Reserve the name, create the database, mark the row ready.
 
         With ``request.wait`` (the default) this returns once the database is ready, and any
@@ -87,10 +103,12 @@ class InstanceService:
                 f"Backend {backend_name!r} cannot create a database from a template.",
                 {"template": f"not supported by the {backend.type_name} backend"},
             )
-        expires_at = self._expiry(request.ttl, default=self.lifecycle.default_ttl)
+        expires_at = self._expiry(request.ttl, default=self.lifecycle.default_ttl, principal=principal)
         if request.db_pwd is None:
+            # The caller returns request.db_pwd once, in the answer to this create.
             request.db_pwd = generate_password()
-        row = self._reserve(request, backend_name, expires_at)
+        row = self._reserve(request, backend_name, expires_at, principal.owner if principal else None)
+        self._enforce_quotas(row, backend_name, principal)
         spec = DatabaseSpec(
             instance_id=row.id,
             instance_name=row.postgraas_instance_name,
@@ -214,10 +232,10 @@ class InstanceService:
 
     # -- deleting ----------------------------------------------------------------------------
 
-    def delete(self, instance_id: int, request: DeleteInstanceRequest) -> str:
+    def delete(self, instance_id: int, request: DeleteInstanceRequest, principal: Principal | None = None) -> str:
         """Remove the instance; returns a sentence saying what happened."""
-        row = self.get(instance_id)
-        self._check_password(row, request.db_pwd)
+        row = self.get(instance_id, principal)
+        self._authorize(row, request.db_pwd, principal)
         name = row.postgraas_instance_name
         if row.status == InstanceStatus.CREATING:
             self._claim(row, (InstanceStatus.CREATING,), InstanceStatus.DELETING, "creation cancelled")
@@ -227,7 +245,7 @@ class InstanceService:
         backend = self.backends.holding(row.backend)
         try:
             if row.container_id:
-                credentials = Credentials(row.db_name, row.username, request.db_pwd)
+                credentials = Credentials(row.db_name, row.username, request.db_pwd or "")
                 backend.delete(row.container_id, credentials, force=request.force)
         except Conflict:
             # In use: the instance stays as it was.
@@ -248,13 +266,15 @@ class InstanceService:
 
     # -- time to live ------------------------------------------------------------------------
 
-    def extend(self, instance_id: int, request: ExtendInstanceRequest) -> DBInstance:
+    def extend(
+        self, instance_id: int, request: ExtendInstanceRequest, principal: Principal | None = None
+    ) -> DBInstance:
         """Set a new expiry, ``ttl`` from now (None: never, where no maximum is configured)."""
-        row = self.get(instance_id)
-        self._check_password(row, request.db_pwd)
+        row = self.get(instance_id, principal)
+        self._authorize(row, request.db_pwd, principal)
         if row.status == InstanceStatus.DELETING:
             raise Conflict("The instance is being deleted.")
-        expires_at = self._expiry(request.ttl, default=None)
+        expires_at = self._expiry(request.ttl, default=None, principal=principal)
         result = db.session.execute(
             update(DBInstance)
             .where(DBInstance.id == instance_id, DBInstance.status != InstanceStatus.DELETING)
@@ -268,7 +288,16 @@ class InstanceService:
         log.info("instance %s (id %s) now expires at %s", row.postgraas_instance_name, row.id, expires_at)
         return row
 
-    def _expiry(self, ttl: int | None, default: int | None) -> datetime | None:
+    def _expiry(self, ttl: int | None, default: int | None, principal: Principal | None = None) -> datetime | None:
+        token_max = principal.max_ttl if principal is not None else None
+        if token_max is not None:
+            if ttl is not None and ttl > token_max:
+                raise QuotaExceeded(
+                    f"Your token allows a ttl of at most {format_duration(token_max)} (its max_ttl).",
+                    {"ttl": f"at most {format_duration(token_max)} for this token"},
+                )
+            # Without a ttl of its own, an instance of a limited token lives as long as allowed.
+            default = min(default, token_max) if default is not None else token_max
         ttl = ttl if ttl is not None else default
         maximum = self.lifecycle.max_ttl
         if ttl is None:
@@ -285,6 +314,40 @@ class InstanceService:
         return utcnow() + timedelta(seconds=ttl)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _authorize(self, row: DBInstance, password: str | None, principal: Principal | None) -> None:
+        """With a token, seeing the instance is enough (its owner or an admin); a db_pwd, if
+        sent, must still match. Without one, the db_pwd is the proof (postgraas_server 2.x)."""
+        if password is None:
+            if principal is None:
+                raise InvalidRequest("The request has invalid fields: db_pwd is required.", {"db_pwd": "is required"})
+            return
+        self._check_password(row, password)
+
+    def _enforce_quotas(self, row: DBInstance, backend_name: str, principal: Principal | None) -> None:
+        """Counted after the row is reserved, so concurrent creates can only undershoot a limit."""
+        owner_limit = principal.max_instances if principal is not None else None
+        if owner_limit is not None:
+            owned = self._count(DBInstance.owner == row.owner)
+            if owned > owner_limit:
+                self._release(row.id)
+                raise QuotaExceeded(
+                    f"Owner {row.owner!r} already has {owned - 1} instance(s), the most its token allows "
+                    f"(max_instances {owner_limit}).",
+                    {"postgraas_instance_name": "over the max_instances of your token"},
+                )
+        backend_limit = self.backends.limits.get(backend_name)
+        if backend_limit is not None:
+            held = self._count(DBInstance.backend == backend_name)
+            if held > backend_limit:
+                self._release(row.id)
+                raise CapacityExhausted(
+                    f"Backend {backend_name!r} is at its capacity of {backend_limit} instances; try again later."
+                )
+
+    @staticmethod
+    def _count(condition: Any) -> int:
+        return db.session.execute(select(func.count()).select_from(DBInstance).where(condition)).scalar_one()
 
     def _check_password(self, row: DBInstance, password: str) -> None:
         if not self._password_matches(row, password):
@@ -332,7 +395,9 @@ class InstanceService:
         )
         db.session.commit()
 
-    def _reserve(self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None) -> DBInstance:
+    def _reserve(
+        self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str | None
+    ) -> DBInstance:
         now = utcnow()
         row = DBInstance(
             postgraas_instance_name=request.postgraas_instance_name,
@@ -345,6 +410,7 @@ class InstanceService:
             heartbeat_at=now,
             creation_timestamp=now,
             expires_at=expires_at,
+            owner=owner,
         )
         db.session.add(row)
         try:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, g, request
 from flask_restful import Api
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, Unauthenticated
+from ..tokens import authenticate
 from .errors import error_response
 from .instances import InstanceCollection, InstanceItem
 
@@ -27,6 +28,24 @@ def _refuse_secrets_in_the_url() -> None:
         )
 
 
+# Open without a token: liveness and the API's description.
+PUBLIC_ENDPOINTS = ("health", "openapi")
+
+
+def _authenticate() -> None:
+    """auth.mode token: every other request needs a valid bearer token; g.principal is its owner."""
+    g.principal = None
+    if current_app.extensions["postgraas"].settings.auth.mode != "token" or request.endpoint in PUBLIC_ENDPOINTS:
+        return
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthenticated("This server needs a token: send Authorization: Bearer <token>.")
+    principal = authenticate(presented.strip())
+    if principal is None:
+        raise Unauthenticated("The token is not valid (unknown, malformed or revoked).")
+    g.principal = principal
+
+
 class PostgraasApi(Api):
     def handle_error(self, e: Exception) -> Response:
         # flask-restful answers resource errors itself, bypassing Flask's handlers.
@@ -41,6 +60,7 @@ def register_routes(app: Flask) -> None:
     api.add_resource(InstanceItem, *(f"{p}{item}" for p in PREFIXES))
     app.register_error_handler(Exception, error_response)
     app.before_request(_refuse_secrets_in_the_url)
+    app.before_request(_authenticate)
 
     @app.get("/health")
     def health() -> dict[str, str]:

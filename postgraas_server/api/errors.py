@@ -31,6 +31,8 @@ def error_response(e: BaseException) -> Response:
         status = 500
     response = jsonify(body)
     response.status_code = status
+    if isinstance(e, PostgraasError):
+        response.headers.update(e.extra_headers)
     if isinstance(e, HTTPException) and not isinstance(e, PostgraasError):
         # Keep headers such as Allow on 405.
         for name, value in e.get_headers():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app, g, request
 from flask_restful import Resource
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -70,11 +70,13 @@ def _wait_timeout() -> float | None:
 class InstanceCollection(Resource):
     def get(self) -> list[dict[str, Any]]:
         # backend_state would cost a backend call per instance; the item GET has it.
-        return [render(InstanceOut.from_row(row), exclude={"backend_state"}) for row in _service().list()]
+        rows = _service().list(g.principal)
+        return [render(InstanceOut.from_row(row), exclude={"backend_state"}) for row in rows]
 
     def post(self) -> tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]:
         create = parse_request(CreateInstanceRequest, _json_body())
-        row = _service().create(create, current_app._get_current_object())  # type: ignore[attr-defined]
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        row = _service().create(create, app, g.principal)
         body = render(CreatedInstanceOut.from_created(row, create.db_pwd))
         if create.wait:
             return body, 201
@@ -85,13 +87,16 @@ class InstanceItem(Resource):
     def get(self, instance_id: int) -> dict[str, Any]:
         service = _service()
         timeout = _wait_timeout()
-        row = service.get(instance_id) if timeout is None else service.wait_until_settled(instance_id, timeout)
+        if timeout is None:
+            row = service.get(instance_id, g.principal)
+        else:
+            row = service.wait_until_settled(instance_id, timeout, g.principal)
         return render(InstanceOut.from_row(row, backend_state=service.backend_state(row)))
 
     def patch(self, instance_id: int) -> dict[str, Any]:
         extend = parse_request(ExtendInstanceRequest, _json_body())
-        return render(InstanceOut.from_row(_service().extend(instance_id, extend)))
+        return render(InstanceOut.from_row(_service().extend(instance_id, extend, g.principal)))
 
     def delete(self, instance_id: int) -> dict[str, Any]:
         delete = parse_request(DeleteInstanceRequest, _json_body())
-        return {"status": "success", "msg": _service().delete(instance_id, delete)}
+        return {"status": "success", "msg": _service().delete(instance_id, delete, g.principal)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import BackendSettings, Settings
 from ..errors import BackendUnavailable, InvalidRequest
@@ -35,11 +35,14 @@ def build_backend(settings: BackendSettings, deployment: str) -> Backend:
 class BackendRegistry:
     backends: dict[str, Backend]
     default: str
+    # max_instances per backend name, where one is configured.
+    limits: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, deployment: str) -> BackendRegistry:
         backends = {name: build_backend(backend, deployment) for name, backend in settings.backends.items()}
-        return cls(backends, settings.application.default_backend or next(iter(backends)))
+        limits = {n: b.max_instances for n, b in settings.backends.items() if b.max_instances is not None}
+        return cls(backends, settings.application.default_backend or next(iter(backends)), limits)
 
     def choose(self, name: str | None) -> tuple[str, Backend]:
         """The backend a request names (400 listing the configured ones if unknown), else the default."""

@@ -303,3 +303,10 @@ def test_omitted_password_is_generated_and_returned_once(app, client):
     assert other["db_pwd"] != password
     delete = client.delete(f"/postgraas_instances/{created['postgraas_instance_id']}", json={"db_pwd": password})
     assert delete.status_code == 200
+
+
+def test_delete_without_a_token_needs_the_password(client):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    response = client.delete(f"/postgraas_instances/{instance_id}", json={})
+    assert response.status_code == 400
+    assert response.get_json()["errors"] == {"db_pwd": "is required"}
