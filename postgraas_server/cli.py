@@ -111,7 +111,7 @@ def reap(settings: Settings, once: bool) -> None:
             click.echo(f"another reaper ({holder}) holds the lease until {until:%Y-%m-%d %H:%M:%S} UTC; nothing done")
             return
         try:
-            report = reaper.run_pass()
+            report = reaper.run_pass(lease_seconds=300)
         finally:
             reaper.release()
     for action in report.actions:

@@ -15,6 +15,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import Flask
 from sqlalchemy import delete, or_, select, update
@@ -39,12 +40,17 @@ class PassReport:
         self.actions.append(action)
 
 
+class LeaseLost(Exception):
+    """Another reaper holds the lease now."""
+
+
 class Reaper:
     def __init__(self, backends: BackendRegistry, lifecycle: LifecycleSettings) -> None:
         self.backends = backends
         self.lifecycle = lifecycle
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
+        self._lease_seconds: float | None = None
 
     # -- the lease ---------------------------------------------------------------------------
 
@@ -88,13 +94,16 @@ class Reaper:
 
     def run_forever(self, app: Flask) -> None:
         interval = self.lifecycle.reaper_interval
-        # Long enough to outlast a pass; a holder that died frees it within a few intervals.
-        lease_seconds = max(3 * interval, 10.0)
+        # Renewed before every action, so it only has to outlast one; a holder that died
+        # frees it within two intervals.
+        lease_seconds = 2 * interval
         while not self._stop.wait(interval):
             with app.app_context():
                 try:
                     if self.acquire(lease_seconds):
-                        self.run_pass()
+                        self.run_pass(lease_seconds)
+                except LeaseLost:
+                    log.info("reaper: another reaper took the lease over; pass stopped")
                 except Exception:
                     log.exception("reaper pass failed")
                 finally:
@@ -102,7 +111,15 @@ class Reaper:
 
     # -- one pass ----------------------------------------------------------------------------
 
-    def run_pass(self) -> PassReport:
+    def _keep_lease(self) -> None:
+        """Renew the lease before each action; stop the pass if another reaper has it now."""
+        if self._lease_seconds is not None and not self.acquire(self._lease_seconds):
+            raise LeaseLost()
+
+    def run_pass(self, lease_seconds: float | None = None) -> PassReport:
+        """One pass. With ``lease_seconds``, the lease is renewed for that long before each
+        action, and the pass stops (LeaseLost) if another reaper took it over."""
+        self._lease_seconds = lease_seconds
         report = PassReport(acted=True)
         now = utcnow()
         listed = self._list_objects()
@@ -111,6 +128,7 @@ class Reaper:
         self._retry_deletes(now, listed, report)
         self._remove_stray_objects(now, listed, report)
         self._mark_lost(listed, report)
+        self._follow_ports(listed, report)
         self._forget_old_rows(now, report)
         return report
 
@@ -133,7 +151,9 @@ class Reaper:
         for row in self._rows(InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST):
             if row.expires_at is None or row.expires_at > now:
                 continue
-            if not self._claim(row, row.status, InstanceStatus.DELETING, "expired"):
+            # Still expired at the moment of the claim: a PATCH meanwhile wins.
+            still_expired = DBInstance.expires_at <= now
+            if not self._claim(row, row.status, InstanceStatus.DELETING, "expired", still_expired):
                 continue
             if self._remove_object(row, "expired"):
                 self._forget(row)
@@ -148,7 +168,9 @@ class Reaper:
             if last_sign > stale:
                 continue
             detail = "creation interrupted: the server creating it stopped; what it made is removed"
-            if self._claim(row, InstanceStatus.CREATING, InstanceStatus.FAILED, detail):
+            # Still silent at the moment of the claim: a heartbeat meanwhile wins.
+            still_silent = or_(DBInstance.heartbeat_at.is_(None), DBInstance.heartbeat_at <= stale)
+            if self._claim(row, InstanceStatus.CREATING, InstanceStatus.FAILED, detail, still_silent):
                 report.add(
                     f"marked instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend} "
                     "failed: its creation died with its server"
@@ -204,6 +226,23 @@ class Reaper:
                 name = row.postgraas_instance_name
                 report.add(f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}")
 
+    def _follow_ports(self, listed: dict, report: PassReport) -> None:
+        """A container restarted by its engine gets a new published port: record it."""
+        for row in self._rows(InstanceStatus.READY):
+            obj = next((o for o in listed.get(row.backend) or [] if o.ref == row.container_id), None)
+            if obj is None or obj.port is None or obj.port == row.port:
+                continue
+            self._keep_lease()
+            db.session.execute(
+                update(DBInstance)
+                .where(DBInstance.id == row.id, DBInstance.port == row.port)
+                .values(port=obj.port)
+                .execution_options(synchronize_session=False)
+            )
+            db.session.commit()
+            name = row.postgraas_instance_name
+            report.add(f"instance {name} (id {row.id}) in backend {row.backend} now listens on port {obj.port}")
+
     def _forget_old_rows(self, now: datetime, report: PassReport) -> None:
         retention = {
             InstanceStatus.LOST: self.lifecycle.lost_retention,
@@ -242,6 +281,7 @@ class Reaper:
         if backend is None:
             log.warning("reaper: backend %s is not configured; cannot remove %s", backend_name, obj.ref)
             return False
+        self._keep_lease()
         try:
             backend.delete(obj.ref, obj.credentials, force=True)
             return True
@@ -249,11 +289,11 @@ class Reaper:
             log.warning("reaper: could not remove %s from backend %s (%s): %s", obj.ref, backend_name, why, e.msg)
             return False
 
-    @staticmethod
-    def _claim(row: DBInstance, expected: str, new: str, detail: str) -> bool:
+    def _claim(self, row: DBInstance, expected: str, new: str, detail: str, *conditions: Any) -> bool:
+        self._keep_lease()
         result = db.session.execute(
             update(DBInstance)
-            .where(DBInstance.id == row.id, DBInstance.status == expected)
+            .where(DBInstance.id == row.id, DBInstance.status == expected, *conditions)
             .values(status=new, status_detail=detail, status_changed_at=utcnow())
             .execution_options(synchronize_session=False)
         )

@@ -17,14 +17,16 @@ from typing import Any
 
 import psycopg
 from flask import Flask
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, create_engine, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
 
 from .backends import Backend, BackendRegistry, Credentials, DatabaseSpec, ObjectState, ProvisionedDatabase
 from .backends.postgres_client import login_works
 from .config import LifecycleSettings
 from .durations import format_duration
 from .errors import (
+    BackendError,
     BackendUnavailable,
     CapacityExhausted,
     Conflict,
@@ -49,6 +51,8 @@ class InstanceService:
     def __init__(self, backends: BackendRegistry, lifecycle: LifecycleSettings) -> None:
         self.backends = backends
         self.lifecycle = lifecycle
+        self._beat_engine: Engine | None = None
+        self._engine_lock = threading.Lock()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -74,6 +78,8 @@ class InstanceService:
             row = self.get(instance_id, principal)
             if row.status != InstanceStatus.CREATING or time.monotonic() >= deadline:
                 return row
+            # End the transaction: a waiting request must not hold a pooled connection.
+            db.session.rollback()
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def backend_state(self, row: DBInstance) -> str:
@@ -118,6 +124,12 @@ class InstanceService:
             template=request.template,
         )
         if not request.wait:
+            # Say no now rather than accept a creation that cannot start (an engine that is down).
+            try:
+                backend.health()
+            except BaseException:
+                self._release(row.id)
+                raise
             threading.Thread(
                 target=self._provision_in_background,
                 args=(app, backend_name, spec),
@@ -162,8 +174,12 @@ class InstanceService:
             self._remove_quietly(backend, provisioned.ref, spec.credentials)
             raise
         if not claimed:
-            log.info("instance %s was deleted while being created; removing it", spec.instance_name)
             self._remove_quietly(backend, provisioned.ref, spec.credentials)
+            row = db.session.get(DBInstance, spec.instance_id)
+            if row is not None and row.status == InstanceStatus.FAILED:
+                # The reaper gave the creation up (no heartbeat came through): the row says so.
+                raise BackendError(f"The creation was given up meanwhile: {row.status_detail}")
+            log.info("instance %s was deleted while being created; removed it", spec.instance_name)
             self._forget(spec.instance_id)
             raise Conflict(
                 f"The instance {spec.instance_name!r} was deleted while it was being created.",
@@ -193,7 +209,7 @@ class InstanceService:
     def _heartbeat(self, instance_id: int) -> Iterator[None]:
         """Renew heartbeat_at while the block runs, so the reaper can tell a live creation
         from one whose server died. Uses its own connection: sessions are not thread-safe."""
-        engine: Engine = db.engine
+        engine = self._heartbeat_engine()
         stop = threading.Event()
         every = max(0.5, self.lifecycle.heartbeat_timeout / 4)
 
@@ -216,6 +232,14 @@ class InstanceService:
         finally:
             stop.set()
             thread.join()
+
+    def _heartbeat_engine(self) -> Engine:
+        # Its own unpooled engine: heartbeats must get through when the request pool is busy,
+        # or the reaper would give up creations that are alive.
+        with self._engine_lock:
+            if self._beat_engine is None:
+                self._beat_engine = create_engine(db.engine.url, poolclass=NullPool, hide_parameters=True)
+            return self._beat_engine
 
     def _fail(self, instance_id: int, detail: str) -> None:
         db.session.rollback()

@@ -34,11 +34,7 @@ if ! command -v dockerd >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends docker.io iptables >/dev/null
 fi
 
-# Do not start a second daemon if one is already coming up (e.g. started by
-# a concurrent run of this script); just wait for it below.
-if pgrep -x dockerd >/dev/null 2>&1; then
-    say "dockerd already running (pid $(pgrep -x dockerd | head -n1)); waiting for it"
-else
+start_dockerd() {
     mkdir -p "$(dirname "$log_file")"
     say "starting dockerd (log: $log_file)"
     # Marks where this start begins in a log that keeps growing across runs.
@@ -48,11 +44,23 @@ else
     # step; stdin from /dev/null so it holds no terminal.
     setsid nohup dockerd >>"$log_file" 2>&1 </dev/null &
     started_pid=$!
+}
+
+started_pid=""
+# Do not start a second daemon if one is already running (coming up, e.g.
+# started by a concurrent run of this script, or shutting down); wait for it.
+if pgrep -x dockerd >/dev/null 2>&1; then
+    say "dockerd already running (pid $(pgrep -x dockerd | head -n1)); waiting for it"
+else
+    start_dockerd
 fi
 
 deadline=$((SECONDS + timeout))
-started_pid=${started_pid:-}
 until engine_answers; do
+    # One we did not start went away (it was shutting down): start our own.
+    if [ -z "$started_pid" ] && ! pgrep -x dockerd >/dev/null 2>&1; then
+        start_dockerd
+    fi
     # Fail fast if the daemon we started died (bad config, stale pid file...).
     # pgrep as well: setsid may fork, leaving $! pointing at a finished parent.
     if [ -n "$started_pid" ] && ! kill -0 "$started_pid" 2>/dev/null &&

@@ -27,6 +27,7 @@ class FakeBackend:
         self.fail_create: PostgraasError | None = None
         self.fail_delete: PostgraasError | None = None
         self.fail_describe: Exception | None = None
+        self.fail_list: PostgraasError | None = None
         self.delete_delay = 0.0
         self.create_delay = 0.0
         self.created_at: dict[str, datetime] = {}
@@ -64,6 +65,8 @@ class FakeBackend:
         pass
 
     def list_objects(self) -> list[ManagedObject]:
+        if self.fail_list is not None:
+            raise self.fail_list
         return [
             ManagedObject(ref, spec.instance_id, self.created_at.get(ref, datetime.now(UTC)), Credentials("", "", ""))
             for ref, spec in self.objects.items()

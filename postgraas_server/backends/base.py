@@ -63,6 +63,8 @@ class ManagedObject:
     created_at: datetime
     # What delete(force=True) needs besides ref: for a cluster, the role to drop.
     credentials: Credentials
+    # Where it listens now, where the backend knows (a restarted container may get a new port).
+    port: int | None = None
 
 
 @dataclass(frozen=True)

@@ -138,17 +138,21 @@ class DockerBackend:
 
     def list_objects(self) -> list[ManagedObject]:
         with self._engine("list the containers"):
+            # sparse: the list answer has labels and times; no inspect per container, which
+            # would also fail the whole listing for one container removed meanwhile.
             containers = self.client.containers.list(
-                all=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment}"}
+                all=True, sparse=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment}"}
             )
         objects = []
         for container in containers:
             try:
-                instance_id = int(container.labels[INSTANCE_ID_LABEL])
+                instance_id = int((container.attrs.get("Labels") or {})[INSTANCE_ID_LABEL])
             except (KeyError, ValueError):
                 continue
-            created = _parse_docker_time(container.attrs.get("Created", ""))
-            objects.append(ManagedObject(container.id, instance_id, created, Credentials("", "", "")))
+            created = _created_at(container.attrs.get("Created"))
+            ports = [p.get("PublicPort") for p in container.attrs.get("Ports") or [] if p.get("PrivatePort") == 5432]
+            port = next((int(p) for p in ports if p), None)
+            objects.append(ManagedObject(container.id, instance_id, created, Credentials("", "", ""), port))
         return objects
 
     # -- helpers ---------------------------------------------------------------------------
@@ -209,6 +213,8 @@ class DockerBackend:
             pids_limit=self.settings.pids_limit,
             shm_size=self.settings.shm_size,
             security_opt=["no-new-privileges"],
+            # Back by itself after an engine restart; a stopped database is no database.
+            restart_policy={"Name": "unless-stopped"},
         )
         try:
             return self.client.containers.create(**kwargs)
@@ -271,6 +277,13 @@ class DockerBackend:
             pass
         except (docker.errors.DockerException, requests.RequestException):
             log.exception("could not remove container %s after a failed create", container.name)
+
+
+def _created_at(value: object) -> datetime:
+    # The list answer gives epoch seconds; inspect gives RFC 3339.
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    return _parse_docker_time(str(value or ""))
 
 
 def _parse_docker_time(value: str) -> datetime:

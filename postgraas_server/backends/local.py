@@ -127,7 +127,10 @@ class LocalBackend:
                 create_tenant(conn, spec, take_existing_database=spec.db_name == "postgres")
             wait_for_login(self._probe_host, port, spec.credentials, timeout=self.settings.ready_timeout)
         except BaseException as e:
-            self._destroy(home, run_as)
+            try:
+                self._destroy(home, run_as)
+            except BackendError:
+                log.exception("could not clean up after the failed creation of %s", ref)
             if isinstance(e, NotReady):
                 raise BackendTimeout(f"The new cluster did not accept a login in time ({e}); it was removed.") from e
             raise
@@ -362,7 +365,7 @@ class LocalBackend:
                 )
         shutil.rmtree(home, ignore_errors=True)
         if home.exists():
-            log.error("could not remove %s", home)
+            raise BackendError(f"The local instance directory {home} could not be removed.")
 
     @contextlib.contextmanager
     def _superuser(self, home: Path, port: int | None) -> Iterator[psycopg.Connection]:

@@ -60,15 +60,17 @@ def create_tenant(
 
     # The server only ever sees a SCRAM verifier, so the password cannot reach its log.
     verifier = conn.pgconn.encrypt_password(spec.db_pwd.encode(), spec.db_username.encode(), b"scram-sha-256")
-    _run(
-        conn,
-        sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole noreplication password {}").format(
-            role, sql.Literal(verifier.decode())
-        ),
-    )
-    try:
+    # Role and marker in one transaction: no crash can leave a role list_tenants cannot find.
+    with conn.transaction():
+        _run(
+            conn,
+            sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole noreplication password {}").format(
+                role, sql.Literal(verifier.decode())
+            ),
+        )
         if marker is not None:
             _run(conn, sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
+    try:
         if not _is_superuser(conn):
             # A non-superuser admin may only give a database to a role it is a member of.
             _run(conn, sql.SQL("grant {} to current_user").format(role))
@@ -138,7 +140,10 @@ def drop_tenant(
     """Drop the database (refusing while sessions are open, unless force), whatever the role
     owns elsewhere in the cluster, then the role. ``connect(dbname)`` gives an admin
     connection to another database of the cluster."""
-    if database_exists(conn, db_name):
+    owner = conn.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s", (db_name,)).fetchone()
+    # Only the role's own database: a database of that name owned by another role (another
+    # instance's, made after this one failed) is not ours to drop.
+    if owner is not None and owner[0] == role:
         sessions = count_sessions(conn, db_name)
         if sessions and not force:
             raise Conflict(

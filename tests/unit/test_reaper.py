@@ -105,8 +105,45 @@ def test_old_lost_and_failed_rows_are_forgotten(app, client, reaper, fake_backen
 def test_an_unreachable_backend_is_skipped_not_judged(app, client, reaper, fake_backend):
     create(client)
     fake_backend.objects.clear()
+    fake_backend.fail_list = BackendUnavailable("engine down")
+    assert reaper.run_pass().actions == []
+    assert rows(app)[0].status == "ready"
+    fake_backend.fail_list = None
     fake_backend.fail_describe = BackendUnavailable("engine down")
     assert reaper.run_pass().actions == []
+    assert rows(app)[0].status == "ready"
+
+
+def test_a_patch_between_listing_and_claim_wins_over_expiry(app, client, reaper, fake_backend, monkeypatch):
+    instance_id = create(client, ttl=60).get_json()["postgraas_instance_id"]
+    set_row(instance_id, expires_at=LONG_AGO)
+    stale = reaper._rows("ready")  # what the reaper saw ...
+    set_row(instance_id, expires_at=datetime.now(UTC) + timedelta(hours=1))  # ... then a PATCH
+    monkeypatch.setattr(reaper, "_rows", lambda *statuses: stale if "ready" in statuses else [])
+    assert reaper.run_pass().actions == []
+    assert rows(app)[0].status == "ready" and fake_backend.objects
+
+
+def test_a_heartbeat_between_listing_and_claim_keeps_the_creation(app, client, reaper, monkeypatch):
+    instance_id = create(client).get_json()["postgraas_instance_id"]
+    set_row(instance_id, status="creating", heartbeat_at=LONG_AGO)
+    stale = reaper._rows("creating")
+    set_row(instance_id, heartbeat_at=datetime.now(UTC))
+    monkeypatch.setattr(reaper, "_rows", lambda *statuses: stale if "creating" in statuses else [])
+    assert reaper.run_pass().actions == []
+    assert rows(app)[0].status == "creating"
+
+
+def test_a_pass_stops_when_another_reaper_took_the_lease(app, client, reaper):
+    from postgraas_server.reaper import LeaseLost
+
+    state = app.extensions["postgraas"]
+    instance_id = create(client, ttl=60).get_json()["postgraas_instance_id"]
+    set_row(instance_id, expires_at=LONG_AGO)
+    other = Reaper(state.backends, state.settings.lifecycle)
+    assert other.acquire(60)
+    with pytest.raises(LeaseLost):
+        reaper.run_pass(lease_seconds=60)
     assert rows(app)[0].status == "ready"
 
 
