@@ -201,7 +201,8 @@ class Reaper:
                 if row is None and obj.created_at < grace:
                     if self._remove(backend_name, obj, "orphan"):
                         report.add(
-                            f"removed orphan {obj.ref} (instance id {obj.instance_id}) from backend {backend_name}"
+                            f"removed orphan {obj.ref} of instance {obj.name or '?'} (id {obj.instance_id}) "
+                            f"from backend {backend_name}: it has no meta row"
                         )
                 elif row is not None and row.status == InstanceStatus.FAILED and row.backend == backend_name:
                     if self._remove(backend_name, obj, "failed creation"):

@@ -238,7 +238,12 @@ class InstanceService:
         # or the reaper would give up creations that are alive.
         with self._engine_lock:
             if self._beat_engine is None:
-                self._beat_engine = create_engine(db.engine.url, poolclass=NullPool, hide_parameters=True)
+                url = db.engine.url
+                # SQLite: wait for a competing writer like the main engine does (see app.py).
+                connect_args = {"timeout": 30} if url.get_backend_name() == "sqlite" else {}
+                self._beat_engine = create_engine(
+                    url, poolclass=NullPool, hide_parameters=True, connect_args=connect_args
+                )
             return self._beat_engine
 
     def _fail(self, instance_id: int, detail: str) -> None:

@@ -68,6 +68,12 @@ class FakeBackend:
         if self.fail_list is not None:
             raise self.fail_list
         return [
-            ManagedObject(ref, spec.instance_id, self.created_at.get(ref, datetime.now(UTC)), Credentials("", "", ""))
+            ManagedObject(
+                ref,
+                spec.instance_id,
+                self.created_at.get(ref, datetime.now(UTC)),
+                Credentials("", "", ""),
+                name=spec.instance_name,
+            )
             for ref, spec in self.objects.items()
         ]

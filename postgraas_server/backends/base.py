@@ -65,6 +65,8 @@ class ManagedObject:
     credentials: Credentials
     # Where it listens now, where the backend knows (a restarted container may get a new port).
     port: int | None = None
+    # The instance name it was made for, where the backend keeps it (for the reaper's log).
+    name: str | None = None
 
 
 @dataclass(frozen=True)

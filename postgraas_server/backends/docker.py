@@ -152,7 +152,8 @@ class DockerBackend:
             created = _created_at(container.attrs.get("Created"))
             ports = [p.get("PublicPort") for p in container.attrs.get("Ports") or [] if p.get("PrivatePort") == 5432]
             port = next((int(p) for p in ports if p), None)
-            objects.append(ManagedObject(container.id, instance_id, created, Credentials("", "", ""), port))
+            name = (container.attrs.get("Labels") or {}).get(NAME_LABEL)
+            objects.append(ManagedObject(container.id, instance_id, created, Credentials("", "", ""), port, name))
         return objects
 
     # -- helpers ---------------------------------------------------------------------------

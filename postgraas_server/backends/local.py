@@ -178,7 +178,9 @@ class LocalBackend:
                 try:
                     created = datetime.fromisoformat(meta["created_at"])
                     credentials = Credentials(meta["db_name"], meta["db_username"], "")
-                    objects.append(ManagedObject(home.name, int(meta["instance_id"]), created, credentials))
+                    instance_id = int(meta["instance_id"])
+                    port = meta.get("port")
+                    objects.append(ManagedObject(home.name, instance_id, created, credentials, port, meta.get("name")))
                 except (KeyError, ValueError, TypeError):
                     log.warning("unreadable %s/instance.json; leaving it alone", home)
         return objects

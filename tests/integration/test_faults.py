@@ -27,7 +27,8 @@ from .test_backend_contract import BACKENDS, backend_config
 from .test_backends_api import body, start
 
 # Fast enough for a test run; the defaults are minutes, not seconds.
-FAST_REAPER = {"reaper_interval": 1, "heartbeat_timeout": 3, "orphan_grace": 5}
+# heartbeat_timeout leaves room for heartbeats that wait on SQLite's write lock under load.
+FAST_REAPER = {"reaper_interval": 1, "heartbeat_timeout": 5, "orphan_grace": 5}
 
 
 def eventually(condition: Callable[[], bool], within: float, what: str) -> float:

@@ -73,7 +73,9 @@ def test_orphans_go_after_the_grace_period(app, reaper, fake_backend):
     ref = fake_backend.create(spec).ref
     assert reaper.run_pass().actions == []  # within orphan_grace: maybe a create in flight
     fake_backend.created_at[ref] = LONG_AGO
-    assert reaper.run_pass().actions == [f"removed orphan {ref} (instance id 4242) from backend fake"]
+    assert reaper.run_pass().actions == [
+        f"removed orphan {ref} of instance orphan (id 4242) from backend fake: it has no meta row"
+    ]
     assert fake_backend.objects == {}
 
 
