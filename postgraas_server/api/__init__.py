@@ -6,6 +6,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_restful import Api
 
 from ..errors import InvalidRequest, Unauthenticated
+from ..openapi import build_document
 from ..tokens import authenticate
 from .errors import error_response
 from .instances import InstanceCollection, InstanceItem
@@ -61,6 +62,12 @@ def register_routes(app: Flask) -> None:
     app.register_error_handler(Exception, error_response)
     app.before_request(_refuse_secrets_in_the_url)
     app.before_request(_authenticate)
+
+    document = build_document(token_auth=app.extensions["postgraas"].settings.auth.mode == "token")
+
+    @app.get("/openapi.json")
+    def openapi() -> dict:
+        return document
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -310,3 +310,25 @@ def test_delete_without_a_token_needs_the_password(client):
     response = client.delete(f"/postgraas_instances/{instance_id}", json={})
     assert response.status_code == 400
     assert response.get_json()["errors"] == {"db_pwd": "is required"}
+
+
+def test_openapi_document_covers_every_route(app, client):
+    document = client.get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.1")
+    documented = {
+        (path.replace("{instance_id}", "<instance_id>"), method.upper())
+        for path, item in document["paths"].items()
+        for method in item
+        if method in ("get", "post", "patch", "delete")
+    }
+    served = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in ("static",) or rule.rule == "/openapi.json":
+            continue
+        path = rule.rule.replace(f"<int(max={2**63 - 1}):instance_id>", "<instance_id>")
+        served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert served == documented
+    schemas = document["components"]["schemas"]
+    assert set(schemas["CreateInstanceRequest"]["properties"]) >= {"postgraas_instance_name", "db_name", "ttl", "wait"}
+    assert "db_pwd" in schemas["CreatedInstanceOut"]["properties"]
+    assert "db_pwd" not in schemas["InstanceOut"]["properties"]

@@ -130,3 +130,9 @@ def test_token_cli_prints_the_secret_once_and_lists_no_secret(tmp_path, app):
     assert "dave" in listed.output and secret.split("_", 2)[2] not in listed.output
     bad = runner.invoke(main, ["--config", str(config), "token", "create", "--owner", "x", "--max-ttl", "soon"])
     assert bad.exit_code == 2
+
+
+def test_the_api_description_needs_no_token_and_names_the_scheme(client, tokens):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.get_json()["components"]["securitySchemes"] == {"token": {"type": "http", "scheme": "bearer"}}

@@ -1,0 +1,157 @@
+"""The OpenAPI 3 document, built from the same pydantic models that validate and render."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from . import __version__
+from .schemas import (
+    CreatedInstanceOut,
+    CreateInstanceRequest,
+    DeleteInstanceRequest,
+    ExtendInstanceRequest,
+    InstanceOut,
+)
+
+MAX_ID = 2**63 - 1
+REF = "#/components/schemas/{model}"
+
+
+class ErrorBody(BaseModel):
+    """Every error: a sentence, and for field problems the fields with their reasons."""
+
+    status: str
+    msg: str
+    errors: dict[str, str] | None = None
+
+
+class SuccessBody(BaseModel):
+    status: str
+    msg: str
+
+
+class HealthBody(BaseModel):
+    status: str
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(model: type[BaseModel], required: bool) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    reasons = {
+        400: "Invalid request; `errors` names the fields",
+        401: "Wrong db_pwd, or no valid token",
+        404: "No such instance (or another owner's)",
+        409: "Name taken, instance in use, or being changed",
+        413: "Body too large",
+        422: "Reserved user name",
+        429: "Over a quota of the token",
+        502: "The backend failed",
+        503: "The backend cannot be reached or is full",
+        504: "The database was not ready in time",
+    }
+    return {str(code): _json(_ref(ErrorBody), reasons[code]) for code in codes}
+
+
+def build_document(token_auth: bool) -> dict[str, Any]:
+    _, definitions = models_json_schema(
+        [
+            (CreateInstanceRequest, "validation"),
+            (DeleteInstanceRequest, "validation"),
+            (ExtendInstanceRequest, "validation"),
+            (InstanceOut, "serialization"),
+            (CreatedInstanceOut, "serialization"),
+            (ErrorBody, "serialization"),
+            (SuccessBody, "serialization"),
+            (HealthBody, "serialization"),
+        ],
+        ref_template=REF,
+    )
+    instance_id = {
+        "name": "instance_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+    }
+    collection = {
+        "get": {
+            "summary": "List instances (a token's owner sees its own)",
+            "responses": {"200": _json({"type": "array", "items": _ref(InstanceOut)}, "The instances"), **_errors(401)},
+        },
+        "post": {
+            "summary": "Create an instance",
+            "requestBody": _body(CreateInstanceRequest, required=True),
+            "responses": {
+                "201": _json(_ref(CreatedInstanceOut), "Ready: a login works; the only answer with db_pwd"),
+                "202": _json(_ref(CreatedInstanceOut), "Accepted (wait: false); see the Location header"),
+                **_errors(400, 401, 409, 413, 422, 429, 502, 503, 504),
+            },
+        },
+    }
+    item = {
+        "parameters": [instance_id],
+        "get": {
+            "summary": "One instance; ?wait=ready waits while it is creating",
+            "parameters": [
+                {"name": "wait", "in": "query", "required": False, "schema": {"type": "string", "enum": ["ready"]}},
+                {
+                    "name": "timeout",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "number", "minimum": 0, "maximum": 300},
+                },
+            ],
+            "responses": {"200": _json(_ref(InstanceOut), "The instance"), **_errors(400, 401, 404)},
+        },
+        "patch": {
+            "summary": "Set a new ttl, from now",
+            "requestBody": _body(ExtendInstanceRequest, required=True),
+            "responses": {"200": _json(_ref(InstanceOut), "The instance"), **_errors(400, 401, 404, 409, 413, 429)},
+        },
+        "delete": {
+            "summary": "Delete the instance (or cancel its creation)",
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": _ref(DeleteInstanceRequest)}},
+            },
+            "responses": {
+                "200": _json(_ref(SuccessBody), "Deleted"),
+                **_errors(400, 401, 404, 409, 413, 502, 503),
+            },
+        },
+    }
+    paths: dict[str, Any] = {
+        "/health": {
+            "get": {
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": _json(_ref(HealthBody), "Up")},
+            }
+        }
+    }
+    for prefix in ("", "/api/v2"):
+        paths[f"{prefix}/postgraas_instances"] = collection
+        paths[f"{prefix}/postgraas_instances/{{instance_id}}"] = item
+    document: dict[str, Any] = {
+        # 3.1: its schemas are JSON Schema, as pydantic writes them (null as a type, anyOf).
+        "openapi": "3.1.0",
+        "info": {"title": "Postgraas", "version": __version__},
+        "paths": paths,
+        "components": {"schemas": definitions["$defs"]},
+    }
+    if token_auth:
+        document["components"]["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"token": []}]
+    return document
