@@ -65,7 +65,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _json(_ref(ErrorBody), reasons[code]) for code in codes}
 
 
-def build_document(token_auth: bool) -> dict[str, Any]:
+def build_document(token_auth: bool, backends: list[str], templates: bool) -> dict[str, Any]:
+    """``backends``: the configured names (what "backend" may be); ``templates``: whether any
+    of them takes a template."""
     _, definitions = models_json_schema(
         [
             (CreateInstanceRequest, "validation"),
@@ -151,6 +153,16 @@ def build_document(token_auth: bool) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": definitions["$defs"]},
     }
+    create = definitions["$defs"]["CreateInstanceRequest"]["properties"]
+    create["backend"] = {"anyOf": [{"type": "string", "enum": backends}, {"type": "null"}], "default": None}
+    if not templates:
+        create["template"] = {"type": "null", "default": None}
+    if not token_auth:
+        # Without a token, the password is the only proof: required to delete or extend.
+        for name in ("DeleteInstanceRequest", "ExtendInstanceRequest"):
+            shape = definitions["$defs"][name]
+            shape["properties"]["db_pwd"] = {"type": "string"}
+            shape["required"] = sorted({*shape.get("required", []), "db_pwd"})
     if token_auth:
         document["components"]["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"token": []}]

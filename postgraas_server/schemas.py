@@ -11,12 +11,14 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 
@@ -79,6 +81,13 @@ def _password(value: str) -> str:
     return value
 
 
+def _whole_number(value: Any) -> Any:
+    # JSON does not tell 7200 from 7200.0; both are the same whole number of seconds.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _ttl(value: int | str) -> int:
     try:
         return parse_duration(value)
@@ -93,13 +102,48 @@ def _backend_name(value: str) -> str:
 
 
 BackendName = Annotated[StrictStr, AfterValidator(_backend_name)]
-# Seconds, or a string such as "30m", "2h", "7d".
-Ttl = Annotated[StrictInt | StrictStr, AfterValidator(_ttl)]
-InstanceName = Annotated[StrictStr, AfterValidator(_instance_name)]
-Identifier = Annotated[StrictStr, AfterValidator(_identifier)]
-DbName = Annotated[StrictStr, AfterValidator(_db_name)]
-Username = Annotated[StrictStr, AfterValidator(_username)]
-Password = Annotated[StrictStr, AfterValidator(_password)]
+# Seconds, or a string such as "30m", "2h", "7d" (the document states a safe part of what parses).
+Ttl = Annotated[
+    StrictInt | StrictStr,
+    BeforeValidator(_whole_number),
+    AfterValidator(_ttl),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 315360000},
+                {
+                    "type": "string",
+                    "pattern": "^([1-9][0-9]{0,7}s?|[1-9][0-9]{0,4}m|[1-9][0-9]{0,3}h|[1-9][0-9]{0,2}d)$",
+                },
+            ]
+        }
+    ),
+]
+# The validators give the messages; WithJsonSchema states the same rules in the OpenAPI document.
+_IDENT = "[A-Za-z_][A-Za-z0-9_]{0,62}"
+InstanceName = Annotated[
+    StrictStr,
+    AfterValidator(_instance_name),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"}),
+]
+Identifier = Annotated[
+    StrictStr, AfterValidator(_identifier), WithJsonSchema({"type": "string", "pattern": f"^{_IDENT}$"})
+]
+DbName = Annotated[
+    StrictStr,
+    AfterValidator(_db_name),
+    WithJsonSchema({"type": "string", "pattern": f"^(?![tT][eE][mM][pP][lL][aA][tT][eE][01]$){_IDENT}$"}),
+]
+Username = Annotated[
+    StrictStr,
+    AfterValidator(_username),
+    WithJsonSchema({"type": "string", "pattern": f"^(?![pP][oO][sS][tT][gG][rR][eE][sS]$)(?![pP][gG]_){_IDENT}$"}),
+]
+Password = Annotated[
+    StrictStr,
+    AfterValidator(_password),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": PASSWORD_MAX_CHARS, "pattern": "^[^\\u0000]*$"}),
+]
 
 
 class _Request(BaseModel):

@@ -63,7 +63,12 @@ def register_routes(app: Flask) -> None:
     app.before_request(_refuse_secrets_in_the_url)
     app.before_request(_authenticate)
 
-    document = build_document(token_auth=app.extensions["postgraas"].settings.auth.mode == "token")
+    state = app.extensions["postgraas"]
+    document = build_document(
+        token_auth=state.settings.auth.mode == "token",
+        backends=list(state.backends.backends),
+        templates=any(b.supports_template for b in state.backends.backends.values()),
+    )
 
     @app.get("/openapi.json")
     def openapi() -> dict:

@@ -48,11 +48,9 @@ def _json_body() -> Any:
 
 
 def _wait_timeout() -> float | None:
-    """None without ?wait; else the seconds to wait for, from ?timeout."""
+    """None without ?wait; else the seconds to wait for, from ?timeout (checked either way)."""
     wait = request.args.get("wait")
-    if wait is None:
-        return None
-    if wait != "ready":
+    if wait is not None and wait != "ready":
         raise InvalidRequest("The only wait there is is wait=ready.", {"wait": "must be 'ready'"})
     raw = request.args.get("timeout", str(DEFAULT_WAIT_SECONDS))
     try:
@@ -64,7 +62,7 @@ def _wait_timeout() -> float | None:
             f"timeout must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}.",
             {"timeout": f"must be from 0 to {MAX_WAIT_SECONDS:g}"},
         )
-    return timeout
+    return timeout if wait is not None else None
 
 
 class InstanceCollection(Resource):
@@ -98,5 +96,8 @@ class InstanceItem(Resource):
         return render(InstanceOut.from_row(_service().extend(instance_id, extend, g.principal)))
 
     def delete(self, instance_id: int) -> dict[str, Any]:
-        delete = parse_request(DeleteInstanceRequest, _json_body())
+        # The body is optional (a token needs no db_pwd): no body at all is an empty object
+        # (but a JSON null is no object).
+        body = _json_body() if request.get_data(cache=True).strip() else {}
+        delete = parse_request(DeleteInstanceRequest, body)
         return {"status": "success", "msg": _service().delete(instance_id, delete, g.principal)}

@@ -20,13 +20,19 @@ from .test_backend_contract import BACKENDS, backend_config
 
 
 def start(
-    tmp_path: Path, backends: dict, default: str = "local", lifecycle: dict | None = None, metadb: dict | None = None
+    tmp_path: Path,
+    backends: dict,
+    default: str = "local",
+    lifecycle: dict | None = None,
+    metadb: dict | None = None,
+    auth: dict | None = None,
 ) -> Server:
     config = {
         "metadb": metadb or {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
         "backends": backends,
         "application": {"default_backend": default, "log_level": "DEBUG"},
         "lifecycle": lifecycle or {},
+        "auth": auth or {},
     }
     (tmp_path / "application.cfg").write_text(json.dumps(config))
     port = free_port()

@@ -1,0 +1,77 @@
+"""The API against its own OpenAPI document: schemathesis fuzzes a live server (local backend,
+auth.mode token). No 5xx, every answer conforms, and nothing is left behind afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from .conftest import stop_server
+from .test_backend_contract import backend_config
+from .test_backends_api import start
+
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+def make_token(config: Path, *args: str) -> str:
+    made = subprocess.run(
+        [sys.executable, "-m", "postgraas_server.cli", "--config", str(config), "token", "create", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip()
+
+
+def test_schemathesis_finds_nothing_and_nothing_leaks(request, local_data_root, tmp_path):
+    backends = {"local": backend_config("local", request)}
+    # A default ttl, so that even an instance this test failed to delete goes away by itself.
+    server = start(tmp_path, backends, lifecycle={"default_ttl": "10m", "reaper_interval": 5}, auth={"mode": "token"})
+    config = tmp_path / "application.cfg"
+    try:
+        fuzzer = make_token(config, "--owner", "fuzzer", "--max-instances", "20", "--max-ttl", "1h")
+        admin = make_token(config, "--owner", "ops", "--admin")
+        run = subprocess.run(
+            [
+                str(SCHEMATHESIS),
+                "run",
+                f"{server.url}/openapi.json",
+                "--checks",
+                "all",
+                "--max-examples",
+                "10",
+                "--request-timeout",
+                "60",
+                "-H",
+                f"Authorization: Bearer {fuzzer}",
+                "--seed",
+                "20261125",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        assert "generated" in run.stdout
+        # The server did demand the token it was given (so the fuzzer reached past the 401s).
+        assert requests.get(f"{server.url}/postgraas_instances", timeout=30).status_code == 401
+
+        # Whatever the fuzzer left is removed through the API, backend objects included.
+        headers = {"Authorization": f"Bearer {admin}"}
+        for instance in requests.get(f"{server.url}/postgraas_instances", headers=headers, timeout=30).json():
+            url = f"{server.url}/postgraas_instances/{instance['postgraas_instance_id']}"
+            deleted = requests.delete(url, json={"force": True}, headers=headers, timeout=120)
+            assert deleted.status_code in (200, 404), deleted.text
+        assert requests.get(f"{server.url}/postgraas_instances", headers=headers, timeout=30).json() == []
+        assert list(local_data_root.glob("*")) == [] or all(
+            "fuzzer" not in (home / "instance.json").read_text() for home in local_data_root.glob("*")
+        )
+        # Tokens appear in no log line.
+        log = server.log()
+        for token in (fuzzer, admin):
+            assert token.split("_", 2)[2] not in log
+    finally:
+        stop_server(server)
