@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Index, String, Text
+from sqlalchemy import DateTime, Index, String, Text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -85,6 +86,28 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
         self.status = status
         self.status_detail = detail
         self.status_changed_at = utcnow()
+
+
+def move_status(
+    instance_id: int,
+    expected: str | tuple[str, ...],
+    new: str,
+    detail: str | None = None,
+    *conditions: Any,
+    **values: Any,
+) -> bool:
+    """Move an instance from ``expected`` status(es) to ``new`` in one conditional UPDATE and
+    commit; False when it was not in ``expected`` (or ``conditions`` no longer held): exactly
+    one of several racing requests, or a request and the reaper, wins."""
+    expected = (expected,) if isinstance(expected, str) else expected
+    result = db.session.execute(
+        update(DBInstance)
+        .where(DBInstance.id == instance_id, DBInstance.status.in_(expected), *conditions)
+        .values(status=new, status_detail=detail, status_changed_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return result.rowcount == 1
 
 
 class Token(db.Model):  # type: ignore[name-defined,misc]

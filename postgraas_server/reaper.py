@@ -23,7 +23,7 @@ from sqlalchemy import delete, or_, select, update
 from .backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
 from .config import LifecycleSettings
 from .errors import PostgraasError
-from .models import DBInstance, InstanceStatus, Lease, db, utcnow
+from .models import DBInstance, InstanceStatus, Lease, db, move_status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -292,14 +292,7 @@ class Reaper:
 
     def _claim(self, row: DBInstance, expected: str, new: str, detail: str, *conditions: Any) -> bool:
         self._keep_lease()
-        result = db.session.execute(
-            update(DBInstance)
-            .where(DBInstance.id == row.id, DBInstance.status == expected, *conditions)
-            .values(status=new, status_detail=detail, status_changed_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
-        return result.rowcount == 1
+        return move_status(row.id, expected, new, detail, *conditions)
 
     @staticmethod
     def _forget(row: DBInstance) -> None:

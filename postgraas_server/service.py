@@ -36,7 +36,7 @@ from .errors import (
     QuotaExceeded,
     WrongPassword,
 )
-from .models import DBInstance, InstanceStatus, db, utcnow
+from .models import DBInstance, InstanceStatus, db, move_status, utcnow
 from .passwords import generate_password, hash_password, password_matches
 from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
 from .tokens import Principal
@@ -187,23 +187,17 @@ class InstanceService:
             )
         log.info("instance %s (id %s) is ready in backend %s", spec.instance_name, spec.instance_id, backend_name)
 
-    def _mark_ready(self, instance_id: int, provisioned: ProvisionedDatabase) -> bool:
-        result = db.session.execute(
-            update(DBInstance)
-            .where(DBInstance.id == instance_id, DBInstance.status == InstanceStatus.CREATING)
-            .values(
-                status=InstanceStatus.READY,
-                status_detail=None,
-                status_changed_at=utcnow(),
-                heartbeat_at=None,
-                hostname=provisioned.host,
-                port=provisioned.port,
-                container_id=provisioned.ref,
-            )
-            .execution_options(synchronize_session=False)
+    @staticmethod
+    def _mark_ready(instance_id: int, provisioned: ProvisionedDatabase) -> bool:
+        return move_status(
+            instance_id,
+            InstanceStatus.CREATING,
+            InstanceStatus.READY,
+            heartbeat_at=None,
+            hostname=provisioned.host,
+            port=provisioned.port,
+            container_id=provisioned.ref,
         )
-        db.session.commit()
-        return result.rowcount == 1
 
     @contextmanager
     def _heartbeat(self, instance_id: int) -> Iterator[None]:
@@ -248,14 +242,7 @@ class InstanceService:
 
     def _fail(self, instance_id: int, detail: str) -> None:
         db.session.rollback()
-        result = db.session.execute(
-            update(DBInstance)
-            .where(DBInstance.id == instance_id, DBInstance.status == InstanceStatus.CREATING)
-            .values(status=InstanceStatus.FAILED, status_detail=detail, status_changed_at=utcnow(), heartbeat_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
-        if result.rowcount == 0:
+        if not move_status(instance_id, InstanceStatus.CREATING, InstanceStatus.FAILED, detail, heartbeat_at=None):
             # Cancelled while it failed: nothing was left in the backend, so the row can go.
             self._forget(instance_id)
 
@@ -402,27 +389,15 @@ class InstanceService:
     def _claim(self, row: DBInstance, expected: tuple[str, ...], new: str, detail: str | None = None) -> None:
         """Move the row from one of ``expected`` to ``new``, or raise Conflict if another
         request moved it first: a conditional UPDATE, so exactly one request wins."""
-        result = db.session.execute(
-            update(DBInstance)
-            .where(DBInstance.id == row.id, DBInstance.status.in_(expected))
-            .values(status=new, status_detail=detail, status_changed_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
-        if result.rowcount != 1:
+        if not move_status(row.id, expected, new, detail):
             db.session.refresh(row)
             raise Conflict(f"The instance is {row.status} and cannot be changed by this request now.")
         db.session.refresh(row)
 
-    def _set_status(self, instance_id: int, expected: str, new: str, detail: str | None = None) -> None:
+    @staticmethod
+    def _set_status(instance_id: int, expected: str, new: str, detail: str | None = None) -> None:
         db.session.rollback()
-        db.session.execute(
-            update(DBInstance)
-            .where(DBInstance.id == instance_id, DBInstance.status == expected)
-            .values(status=new, status_detail=detail, status_changed_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
+        move_status(instance_id, expected, new, detail)
 
     def _reserve(
         self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str | None
