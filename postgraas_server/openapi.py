@@ -37,6 +37,12 @@ class HealthBody(BaseModel):
     status: str
 
 
+class ReadyBody(BaseModel):
+    status: str
+    # "ok", or why not, for "metadb" and each configured backend by name.
+    checks: dict[str, str]
+
+
 def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
@@ -78,6 +84,7 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
             (ErrorBody, "serialization"),
             (SuccessBody, "serialization"),
             (HealthBody, "serialization"),
+            (ReadyBody, "serialization"),
         ],
         ref_template=REF,
     )
@@ -90,7 +97,10 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
     collection = {
         "get": {
             "summary": "List instances (a token's owner sees its own)",
-            "responses": {"200": _json({"type": "array", "items": _ref(InstanceOut)}, "The instances"), **_errors(401)},
+            "responses": {
+                "200": _json({"type": "array", "items": _ref(InstanceOut)}, "The instances"),
+                **_errors(400, 401),
+            },
         },
         "post": {
             "summary": "Create an instance",
@@ -120,7 +130,10 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
         "patch": {
             "summary": "Set a new ttl, from now",
             "requestBody": _body(ExtendInstanceRequest, required=True),
-            "responses": {"200": _json(_ref(InstanceOut), "The instance"), **_errors(400, 401, 404, 409, 413, 429)},
+            "responses": {
+                "200": _json(_ref(InstanceOut), "The instance"),
+                **_errors(400, 401, 404, 409, 413, 429, 503),
+            },
         },
         "delete": {
             "summary": "Delete the instance (or cancel its creation)",
@@ -139,9 +152,30 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
             "get": {
                 "summary": "Liveness",
                 "security": [],
-                "responses": {"200": _json(_ref(HealthBody), "Up")},
+                "responses": {"200": _json(_ref(HealthBody), "Up"), **_errors(400)},
             }
-        }
+        },
+        "/ready": {
+            "get": {
+                "summary": "Readiness: the meta db and every backend reachable (checks says which is not)",
+                "security": [],
+                "responses": {
+                    "200": _json(_ref(ReadyBody), "All reachable"),
+                    "503": _json(_ref(ReadyBody), "Something is not"),
+                    **_errors(400),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}},
+                    **_errors(400),
+                },
+            }
+        },
     }
     for prefix in ("", "/api/v2"):
         paths[f"{prefix}/postgraas_instances"] = collection

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from flask import Flask, Response, current_app, g, request
 from flask_restful import Api
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import InvalidRequest, Unauthenticated
+from ..backends import Backend
+from ..errors import InvalidRequest, PostgraasError, Unauthenticated
+from ..models import db
 from ..openapi import build_document
 from ..tokens import authenticate
 from .errors import error_response
@@ -30,7 +34,25 @@ def _refuse_secrets_in_the_url() -> None:
 
 
 # Open without a token: liveness and the API's description.
-PUBLIC_ENDPOINTS = ("health", "openapi")
+PUBLIC_ENDPOINTS = ("health", "ready", "openapi")
+
+
+def _meta_db_check() -> str:
+    try:
+        db.session.execute(text("select 1"))
+        return "ok"
+    except SQLAlchemyError as e:
+        return f"unreachable: {type(e.orig or e).__name__}"
+    finally:
+        db.session.remove()
+
+
+def _backend_check(backend: Backend) -> str:
+    try:
+        backend.health()
+        return "ok"
+    except PostgraasError as e:
+        return e.msg
 
 
 def _authenticate() -> None:
@@ -77,3 +99,13 @@ def register_routes(app: Flask) -> None:
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> tuple[dict[str, object], int]:
+        """The meta db and every backend reachable: 200; else 503 saying which is not."""
+        checks = {
+            "metadb": _meta_db_check(),
+            **{name: _backend_check(b) for name, b in state.backends.backends.items()},
+        }
+        ok = all(result == "ok" for result in checks.values())
+        return {"status": "ok" if ok else "failed", "checks": checks}, 200 if ok else 503

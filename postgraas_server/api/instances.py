@@ -40,7 +40,12 @@ def _json_body() -> Any:
     if not data.strip():
         return None
     try:
-        return json.loads(data)
+        body = json.loads(data)
+        # "\ud800" is valid JSON but no character: nothing downstream could encode it.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return body
+    except UnicodeEncodeError:
+        raise InvalidRequest("The request body is not valid JSON: it has an unpaired surrogate escape.") from None
     except (ValueError, RecursionError) as e:
         # RecursionError: deeply nested arrays; ValueError covers bad JSON and bad UTF-8.
         reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
