@@ -53,8 +53,9 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
 
     __tablename__ = "db_instance"
     __table_args__ = (
-        # One winner per name under concurrent creates: the index decides, not a prior SELECT.
-        Index("ux_db_instance_name", "postgraas_instance_name", unique=True),
+        # One winner per name (and owner) under concurrent creates: the index decides, not a
+        # prior SELECT. Per owner, so that a 409 tells nobody about another owner's names.
+        Index("ux_db_instance_owner_name", "owner", "postgraas_instance_name", unique=True),
         # Never reuse the id of a deleted instance on SQLite: a stale id must not reach a new one.
         {"sqlite_autoincrement": True},
     )
@@ -79,8 +80,8 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
     # Renewed by the process creating the instance; a stale one means that process died.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
-    # The token owner that created it (auth.mode token); None without authentication.
-    owner: Mapped[str | None] = mapped_column(String(63), index=True)
+    # The token owner that created it (auth.mode token); "" without authentication.
+    owner: Mapped[str] = mapped_column(String(63), index=True, default="", server_default="")
 
     def set_status(self, status: str, detail: str | None = None) -> None:
         self.status = status

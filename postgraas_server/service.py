@@ -113,7 +113,7 @@ class InstanceService:
         if request.db_pwd is None:
             # The caller returns request.db_pwd once, in the answer to this create.
             request.db_pwd = generate_password()
-        row = self._reserve(request, backend_name, expires_at, principal.owner if principal else None)
+        row = self._reserve(request, backend_name, expires_at, principal.owner if principal else "")
         self._enforce_quotas(row, backend_name, principal)
         spec = DatabaseSpec(
             instance_id=row.id,
@@ -400,7 +400,7 @@ class InstanceService:
         move_status(instance_id, expected, new, detail)
 
     def _reserve(
-        self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str | None
+        self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str
     ) -> DBInstance:
         now = utcnow()
         row = DBInstance(

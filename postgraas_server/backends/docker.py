@@ -249,6 +249,11 @@ class DockerBackend:
             raise ContainerExited(f"status {container.status}, exit code {code}")
 
     def _refuse_if_in_use(self, container: Any, credentials: Credentials) -> None:
+        if not credentials.db_pwd:
+            # A token's delete brings no password: ask from inside, over the container's own
+            # socket, where the image's contract trusts local connections.
+            self._refuse_if_in_use_inside(container, credentials)
+            return
         container.reload()
         port = self._published_port(container)
         try:
@@ -261,6 +266,25 @@ class DockerBackend:
         if sessions:
             raise Conflict(
                 f"The instance has {sessions} open session(s); close them or delete with "
+                '"force": true to terminate them.'
+            )
+
+    def _refuse_if_in_use_inside(self, container: Any, credentials: Credentials) -> None:
+        query = (
+            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
+        )
+        command = ["psql", "-U", credentials.db_username, "-d", credentials.db_name, "-tAc", query]
+        with self._engine("check the container for sessions"):
+            code, output = container.exec_run(command)
+        text = output.decode("utf-8", "replace").strip()
+        if code != 0 or not text.isdigit():
+            raise Conflict(
+                f'Could not check the instance for open sessions ({text[-200:]}); delete with "force": true '
+                "to remove it anyway."
+            )
+        if int(text):
+            raise Conflict(
+                f"The instance has {int(text)} open session(s); close them or delete with "
                 '"force": true to terminate them.'
             )
 

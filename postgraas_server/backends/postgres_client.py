@@ -13,6 +13,12 @@ from .base import Credentials
 CONNECT_TIMEOUT_S = 2
 
 
+# Client sessions other than the asking one.
+OTHER_SESSIONS_SQL = (
+    "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
+)
+
+
 class NotReady(Exception):
     """No login succeeded before the deadline; the message is the last connection error."""
 
@@ -67,7 +73,5 @@ def login_works(host: str, port: int, credentials: Credentials) -> None:
 def count_other_sessions(host: str, port: int, credentials: Credentials) -> int:
     """Client sessions on the server other than the one asking. Raises psycopg.Error."""
     with _connect(host, port, credentials) as conn:
-        row = conn.execute(
-            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
-        ).fetchone()
+        row = conn.execute(OTHER_SESSIONS_SQL).fetchone()
     return int(row[0]) if row else 0

@@ -184,3 +184,34 @@ def test_local_instances_survive_a_server_restart_and_deaths_are_reported(all_ba
         assert server.get().json() == []
     finally:
         stop_server(server)
+
+
+def test_an_owners_token_deletes_a_docker_instance_without_its_password(all_backends, tmp_path):
+    server = start(tmp_path, {"docker": all_backends["docker"]}, default="docker", auth={"mode": "token"})
+    try:
+        made = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "postgraas_server.cli",
+                "--config",
+                str(tmp_path / "application.cfg"),
+                "token",
+                "create",
+                "--owner",
+                "erin",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        created = requests.post(f"{server.url}/postgraas_instances", json=body(), headers=headers, timeout=120).json()
+        url = f"{server.url}/postgraas_instances/{created['postgraas_instance_id']}"
+        # The open-session check still works without the password: it asks inside the container.
+        with psycopg.connect(created["connection_uri"]):
+            busy = requests.delete(url, json={}, headers=headers, timeout=60)
+            assert busy.status_code == 409 and "1 open session" in busy.json()["msg"]
+        assert requests.delete(url, headers=headers, timeout=60).status_code == 200
+    finally:
+        stop_server(server)

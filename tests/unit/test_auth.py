@@ -136,3 +136,11 @@ def test_the_api_description_needs_no_token_and_names_the_scheme(client, tokens)
     response = client.get("/openapi.json")
     assert response.status_code == 200
     assert response.get_json()["components"]["securitySchemes"] == {"token": {"type": "http", "scheme": "bearer"}}
+
+
+def test_names_are_per_owner_so_a_409_reveals_nothing_of_others(client, tokens):
+    body = {**BODY, "postgraas_instance_name": "shared-name", "ttl": 60}
+    assert client.post("/postgraas_instances", json=body, headers=bearer(tokens["alice"])).status_code == 201
+    assert client.post("/postgraas_instances", json=body, headers=bearer(tokens["bob"])).status_code == 201
+    again = client.post("/postgraas_instances", json=body, headers=bearer(tokens["bob"]))
+    assert again.status_code == 409
