@@ -19,7 +19,7 @@ import requests
 from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
-from .postgres_client import NotReady, count_other_sessions, wait_for_login
+from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,7 @@ class DockerBackend:
             )
 
     def _refuse_if_in_use_inside(self, container: Any, credentials: Credentials) -> None:
-        query = (
-            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()"
-        )
-        command = ["psql", "-U", credentials.db_username, "-d", credentials.db_name, "-tAc", query]
+        command = ["psql", "-U", credentials.db_username, "-d", credentials.db_name, "-tAc", OTHER_SESSIONS_SQL]
         with self._engine("check the container for sessions"):
             code, output = container.exec_run(command)
         text = output.decode("utf-8", "replace").strip()
