@@ -50,6 +50,15 @@ class Conflict(PostgraasError):
     code = 409
 
 
+class InUse(Conflict):
+    """Other sessions are connected and the delete was not forced."""
+
+    def __init__(self, sessions: int) -> None:
+        super().__init__(
+            f'The instance has {sessions} open session(s); close them or delete with "force": true to terminate them.'
+        )
+
+
 class Unprocessable(PostgraasError):
     """Well-formed, but a value the service will not accept (e.g. a reserved user name)."""
 

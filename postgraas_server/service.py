@@ -139,11 +139,8 @@ class InstanceService:
             return row
         try:
             self._provision(backend_name, backend, spec)
-        except Conflict as e:
-            if e.errors.get("postgraas_instance_name") != "deleted while being created":
-                self._release(row.id)
-            raise
         except BaseException:
+            # A no-op where _provision already forgot the row (a creation cancelled meanwhile).
             self._release(row.id)
             raise
         db.session.refresh(row)

@@ -17,7 +17,7 @@ import psycopg
 import requests
 
 from ..config import DockerBackendSettings
-from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 
@@ -249,41 +249,31 @@ class DockerBackend:
             raise ContainerExited(f"status {container.status}, exit code {code}")
 
     def _refuse_if_in_use(self, container: Any, credentials: Credentials) -> None:
-        if not credentials.db_pwd:
-            # A token's delete brings no password: ask from inside, over the container's own
-            # socket, where the image's contract trusts local connections.
-            self._refuse_if_in_use_inside(container, credentials)
-            return
-        container.reload()
-        port = self._published_port(container)
-        try:
-            sessions = count_other_sessions(self._probe_host, port, credentials)
-        except psycopg.Error as e:
-            raise Conflict(
-                "Could not check the instance for open sessions with its credentials "
-                f'({str(e).strip()}); delete with "force": true to remove it anyway.'
-            ) from e
+        sessions = self._count_sessions(container, credentials)
         if sessions:
-            raise Conflict(
-                f"The instance has {sessions} open session(s); close them or delete with "
-                '"force": true to terminate them.'
-            )
+            raise InUse(sessions)
 
-    def _refuse_if_in_use_inside(self, container: Any, credentials: Credentials) -> None:
-        command = ["psql", "-U", credentials.db_username, "-d", credentials.db_name, "-tAc", OTHER_SESSIONS_SQL]
-        with self._engine("check the container for sessions"):
-            code, output = container.exec_run(command)
-        text = output.decode("utf-8", "replace").strip()
-        if code != 0 or not text.isdigit():
-            raise Conflict(
-                f'Could not check the instance for open sessions ({text[-200:]}); delete with "force": true '
-                "to remove it anyway."
-            )
-        if int(text):
-            raise Conflict(
-                f"The instance has {int(text)} open session(s); close them or delete with "
-                '"force": true to terminate them.'
-            )
+    def _count_sessions(self, container: Any, credentials: Credentials) -> int:
+        """Other sessions, counted over TCP with the tenant's password, or, when a token's
+        delete brings none, from inside over the container's own socket, which the image's
+        contract trusts. Raises Conflict when neither can tell."""
+        if credentials.db_pwd:
+            container.reload()
+            try:
+                return count_other_sessions(self._probe_host, self._published_port(container), credentials)
+            except psycopg.Error as e:
+                reason = f"with its credentials ({str(e).strip()})"
+        else:
+            command = ["psql", "-U", credentials.db_username, "-d", credentials.db_name, "-tAc", OTHER_SESSIONS_SQL]
+            with self._engine("check the container for sessions"):
+                code, output = container.exec_run(command)
+            text = output.decode("utf-8", "replace").strip()
+            if code == 0 and text.isdigit():
+                return int(text)
+            reason = f"({text[-200:]})"
+        raise Conflict(
+            f'Could not check the instance for open sessions {reason}; delete with "force": true to remove it anyway.'
+        )
 
     def _last_logs(self, container: Any, secret: str) -> str:
         try:

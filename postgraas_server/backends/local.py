@@ -32,7 +32,7 @@ from pathlib import Path
 import psycopg
 
 from ..config import LocalBackendSettings
-from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import NotReady, wait_for_login
 from .tenants import count_sessions, create_tenant
@@ -150,10 +150,7 @@ class LocalBackend:
             except BackendError:
                 sessions = 0  # it stopped meanwhile
             if sessions:
-                raise Conflict(
-                    f"The instance has {sessions} open session(s); close them or delete with "
-                    '"force": true to terminate them.'
-                )
+                raise InUse(sessions)
         self._destroy(home, run_as)
         log.info("removed local cluster %s (force=%s)", ref, force)
 

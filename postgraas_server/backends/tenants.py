@@ -15,7 +15,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from ..errors import BackendError, Conflict, InvalidRequest
+from ..errors import BackendError, Conflict, InUse, InvalidRequest
 from .base import Credentials, DatabaseSpec, ManagedObject
 
 
@@ -146,10 +146,7 @@ def drop_tenant(
     if owner is not None and owner[0] == role:
         sessions = count_sessions(conn, db_name)
         if sessions and not force:
-            raise Conflict(
-                f"The database has {sessions} open session(s); close them or delete with "
-                '"force": true to terminate them.'
-            )
+            raise InUse(sessions)
         drop = sql.SQL("drop database if exists {}").format(sql.Identifier(db_name))
         _run(conn, (drop + sql.SQL(" with (force)")) if force else drop)
     if not role_exists(conn, role):
