@@ -22,6 +22,15 @@ setup(
         "gunicorn>=25.1",
         "pydantic>=2.7,<3",
         "click>=8.1,<9",
+        "prometheus-client>=0.20,<1",
+        "requests>=2.31,<3",
     ],
-    entry_points={"console_scripts": ["postgraas-server=postgraas_server.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "postgraas-server=postgraas_server.cli:main",
+            "postgraas=postgraas_server.client.cli:main",
+        ],
+        # The postgraas_database fixture, for any project that installs this package.
+        "pytest11": ["postgraas=postgraas_server.pytest_plugin"],
+    },
 )

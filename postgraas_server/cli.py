@@ -1,21 +1,29 @@
-"""The postgraas-server console script: init-db and serve."""
+"""The postgraas-server console script: init-db, serve, reap and token."""
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import logging
+import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import migrations
-from .app import configure_logging, create_app
 from .config import ConfigError, Settings, load_settings
 from .durations import parse_duration
-from .reaper import Reaper
+from .logs import configure_logging
 from .tokens import issue_token, list_tokens, revoke_token
+
+# The app and the reaper are imported inside the commands, not here: they import prometheus_client,
+# which decides once, at import, whether to count per process or in PROMETHEUS_MULTIPROC_DIR, and
+# `serve` sets that variable first (see _prepare_metrics_dir).
 
 
 @click.group()
@@ -32,7 +40,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
         settings = load_settings(config_path)
     except ConfigError as e:
         raise click.ClickException(f"bad configuration: {e}") from None
-    configure_logging(settings.application.log_level)
+    configure_logging(settings.application.log_level, settings.application.log_format)
     ctx.obj = settings
 
 
@@ -61,6 +69,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
 
     if settings.metadb.auto_migrate:
         _upgrade(settings)
+    _prepare_metrics_dir()
     if settings.auth.mode == "none" and not _is_loopback(bind):
         logging.getLogger(__name__).warning(
             "auth.mode is none and the server listens on %s: anyone who reaches it can list and delete "
@@ -83,6 +92,9 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
 
         def load(self) -> Any:
             # Runs in each worker after the fork: every worker has a reaper, the lease picks one.
+            from .app import create_app
+            from .reaper import Reaper
+
             app = create_app(settings)
             if settings.lifecycle.reaper_interval > 0:
                 state = app.extensions["postgraas"]
@@ -97,6 +109,8 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
 @click.pass_obj
 def reap(settings: Settings, once: bool) -> None:
     """Reconcile the meta db with the backends: expire, clean up, mark lost. Prints what it did."""
+    from .reaper import Reaper
+
     app = _app(settings)
     state = app.extensions["postgraas"]
     reaper = Reaper(state.backends, settings.lifecycle)
@@ -182,10 +196,33 @@ def _is_loopback(bind: str) -> bool:
 
 
 def _app(settings: Settings) -> Any:
+    from .app import create_app
+
     try:
         return create_app(settings)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _prepare_metrics_dir() -> None:
+    """Give the workers one empty directory to count in, so /metrics sums over all of them."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        # The operator's directory: counts of an earlier run would be added to ours.
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return
+    path = tempfile.mkdtemp(prefix="postgraas-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    server_pid = os.getpid()
+
+    def remove() -> None:
+        # Workers inherit this handler and run it when they exit; only the server's own exit may remove.
+        if os.getpid() == server_pid:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
 
 
 def _upgrade(settings: Settings) -> None:

@@ -164,6 +164,8 @@ BACKEND_NAME_RE = re.compile(r"[a-z][a-z0-9]{0,31}")
 class ApplicationSettings(_Section):
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json: one JSON object per line, for log shippers.
+    log_format: Literal["text", "json"] = "text"
     # Requests larger than this are refused with 413; a create body is well under 1 KiB.
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     # The backend used when a request names none; default: the only one configured.

@@ -166,6 +166,16 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format), summed over the server's workers",
+                "security": [],
+                "responses": {
+                    "200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    **_errors(400),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",

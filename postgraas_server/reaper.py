@@ -23,6 +23,7 @@ from sqlalchemy import delete, or_, select, update
 from .backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
 from .config import LifecycleSettings
 from .errors import PostgraasError
+from .metrics import REAPER_ACTIONS
 from .models import DBInstance, InstanceStatus, Lease, db, move_status, utcnow
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ class PassReport:
     acted: bool
     actions: list[str] = field(default_factory=list)
 
-    def add(self, action: str) -> None:
+    def add(self, kind: str, backend: str, action: str) -> None:
+        """``kind`` (a fixed word) and ``backend`` label the count in /metrics; ``action`` says it all."""
         log.info("reaper: %s", action)
+        REAPER_ACTIONS.labels(kind, backend).inc()
         self.actions.append(action)
 
 
@@ -158,7 +161,9 @@ class Reaper:
             if self._remove_object(row, "expired"):
                 self._forget(row)
                 report.add(
-                    f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}"
+                    "expired",
+                    row.backend,
+                    f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
                 )
 
     def _fail_dead_creations(self, now: datetime, report: PassReport) -> None:
@@ -172,8 +177,10 @@ class Reaper:
             still_silent = or_(DBInstance.heartbeat_at.is_(None), DBInstance.heartbeat_at <= stale)
             if self._claim(row, InstanceStatus.CREATING, InstanceStatus.FAILED, detail, still_silent):
                 report.add(
+                    "creation_died",
+                    row.backend,
                     f"marked instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend} "
-                    "failed: its creation died with its server"
+                    "failed: its creation died with its server",
                 )
 
     def _retry_deletes(self, now: datetime, listed: dict, report: PassReport) -> None:
@@ -188,7 +195,9 @@ class Reaper:
             if removed:
                 self._forget(row)
                 report.add(
-                    f"finished deleting instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}"
+                    "delete_finished",
+                    row.backend,
+                    f"finished deleting instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
                 )
 
     def _remove_stray_objects(self, now: datetime, listed: dict, report: PassReport) -> None:
@@ -201,14 +210,18 @@ class Reaper:
                 if row is None and obj.created_at < grace:
                     if self._remove(backend_name, obj, "orphan"):
                         report.add(
+                            "orphan_removed",
+                            backend_name,
                             f"removed orphan {obj.ref} of instance {obj.name or '?'} (id {obj.instance_id}) "
-                            f"from backend {backend_name}: it has no meta row"
+                            f"from backend {backend_name}: it has no meta row",
                         )
                 elif row is not None and row.status == InstanceStatus.FAILED and row.backend == backend_name:
                     if self._remove(backend_name, obj, "failed creation"):
                         report.add(
+                            "failed_leftover_removed",
+                            backend_name,
                             f"removed what the failed creation of {row.postgraas_instance_name} (id {row.id}) "
-                            f"left in backend {backend_name}"
+                            f"left in backend {backend_name}",
                         )
 
     def _mark_lost(self, listed: dict, report: PassReport) -> None:
@@ -225,7 +238,9 @@ class Reaper:
             detail = f"its {backend.type_name} object {row.container_id} vanished"
             if self._claim(row, InstanceStatus.READY, InstanceStatus.LOST, detail):
                 name = row.postgraas_instance_name
-                report.add(f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}")
+                report.add(
+                    "lost", row.backend, f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}"
+                )
 
     def _follow_ports(self, listed: dict, report: PassReport) -> None:
         """A container restarted by its engine gets a new published port: record it."""
@@ -242,7 +257,11 @@ class Reaper:
             )
             db.session.commit()
             name = row.postgraas_instance_name
-            report.add(f"instance {name} (id {row.id}) in backend {row.backend} now listens on port {obj.port}")
+            report.add(
+                "port_changed",
+                row.backend,
+                f"instance {name} (id {row.id}) in backend {row.backend} now listens on port {obj.port}",
+            )
 
     def _forget_old_rows(self, now: datetime, report: PassReport) -> None:
         retention = {
@@ -257,7 +276,9 @@ class Reaper:
                 continue
             self._forget(row)
             report.add(
-                f"forgot {row.status} instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}"
+                "forgotten",
+                row.backend,
+                f"forgot {row.status} instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
             )
 
     # -- helpers -----------------------------------------------------------------------------

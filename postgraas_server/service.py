@@ -7,6 +7,7 @@ create) are conditional UPDATEs: exactly one request wins, the others see a 409.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ from .errors import (
     QuotaExceeded,
     WrongPassword,
 )
+from .metrics import CREATE_DURATION, CREATE_FAILURES, failure_reason
 from .models import DBInstance, InstanceStatus, db, move_status, utcnow
 from .passwords import generate_password, hash_password, password_matches
 from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
@@ -104,55 +106,59 @@ class InstanceService:
         No failure leaves a backend object behind.
         """
         backend_name, backend = self.backends.choose(request.backend)
-        if request.template is not None and not backend.supports_template:
-            raise InvalidRequest(
-                f"Backend {backend_name!r} cannot create a database from a template.",
-                {"template": f"not supported by the {backend.type_name} backend"},
+        with _failures_counted(backend_name):
+            if request.template is not None and not backend.supports_template:
+                raise InvalidRequest(
+                    f"Backend {backend_name!r} cannot create a database from a template.",
+                    {"template": f"not supported by the {backend.type_name} backend"},
+                )
+            expires_at = self._expiry(request.ttl, default=self.lifecycle.default_ttl, principal=principal)
+            if request.db_pwd is None:
+                # The caller returns request.db_pwd once, in the answer to this create.
+                request.db_pwd = generate_password()
+            row = self._reserve(request, backend_name, expires_at, principal.owner if principal else "")
+            self._enforce_quotas(row, backend_name, principal)
+            spec = DatabaseSpec(
+                instance_id=row.id,
+                instance_name=row.postgraas_instance_name,
+                db_name=request.db_name,
+                db_username=request.db_username,
+                db_pwd=request.db_pwd,
+                template=request.template,
             )
-        expires_at = self._expiry(request.ttl, default=self.lifecycle.default_ttl, principal=principal)
-        if request.db_pwd is None:
-            # The caller returns request.db_pwd once, in the answer to this create.
-            request.db_pwd = generate_password()
-        row = self._reserve(request, backend_name, expires_at, principal.owner if principal else "")
-        self._enforce_quotas(row, backend_name, principal)
-        spec = DatabaseSpec(
-            instance_id=row.id,
-            instance_name=row.postgraas_instance_name,
-            db_name=request.db_name,
-            db_username=request.db_username,
-            db_pwd=request.db_pwd,
-            template=request.template,
-        )
-        if not request.wait:
-            # Say no now rather than accept a creation that cannot start (an engine that is down).
+            if not request.wait:
+                # Say no now rather than accept a creation that cannot start (an engine that is down).
+                try:
+                    backend.health()
+                except BaseException:
+                    self._release(row.id)
+                    raise
+                # copy_context: the creation logs under the id of the request that started it.
+                threading.Thread(
+                    target=contextvars.copy_context().run,
+                    args=(self._provision_in_background, app, backend_name, spec),
+                    daemon=True,
+                    name=f"create-{row.id}",
+                ).start()
+                return row
             try:
-                backend.health()
+                self._provision(backend_name, backend, spec)
             except BaseException:
+                # A no-op where _provision already forgot the row (a creation cancelled meanwhile).
                 self._release(row.id)
                 raise
-            threading.Thread(
-                target=self._provision_in_background,
-                args=(app, backend_name, spec),
-                daemon=True,
-                name=f"create-{row.id}",
-            ).start()
+            db.session.refresh(row)
             return row
-        try:
-            self._provision(backend_name, backend, spec)
-        except BaseException:
-            # A no-op where _provision already forgot the row (a creation cancelled meanwhile).
-            self._release(row.id)
-            raise
-        db.session.refresh(row)
-        return row
 
     def _provision_in_background(self, app: Flask, backend_name: str, spec: DatabaseSpec) -> None:
         with app.app_context():
             try:
                 self._provision(backend_name, self.backends.holding(backend_name), spec)
             except PostgraasError as e:
+                CREATE_FAILURES.labels(backend_name, failure_reason(e)).inc()
                 self._fail(spec.instance_id, e.msg)
             except Exception as e:
+                CREATE_FAILURES.labels(backend_name, failure_reason(e)).inc()
                 log.exception("creating instance %s failed", spec.instance_name)
                 self._fail(spec.instance_id, f"Internal error: {type(e).__name__}")
             finally:
@@ -161,6 +167,7 @@ class InstanceService:
     def _provision(self, backend_name: str, backend: Backend, spec: DatabaseSpec) -> None:
         """Create in the backend, then claim the row ready; a row cancelled meanwhile gets
         its object removed (and the row with it) instead."""
+        started = time.monotonic()
         with self._heartbeat(spec.instance_id):
             provisioned = backend.create(spec)
         try:
@@ -182,6 +189,7 @@ class InstanceService:
                 f"The instance {spec.instance_name!r} was deleted while it was being created.",
                 {"postgraas_instance_name": "deleted while being created"},
             )
+        CREATE_DURATION.labels(backend_name).observe(time.monotonic() - started)
         log.info("instance %s (id %s) is ready in backend %s", spec.instance_name, spec.instance_id, backend_name)
 
     @staticmethod
@@ -446,3 +454,12 @@ class InstanceService:
         except Exception:
             # The reaper finds it again by its deployment and instance id.
             log.exception("could not remove %s object %s", backend.type_name, ref)
+
+
+@contextmanager
+def _failures_counted(backend_name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        CREATE_FAILURES.labels(backend_name, failure_reason(e)).inc()
+        raise

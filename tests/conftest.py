@@ -16,6 +16,8 @@ from postgraas_server.migrations import upgrade
 
 from .fakes import FakeBackend
 
+pytest_plugins = ("pytester",)
+
 
 def require(component: str, why: str) -> None:
     """Skip locally, fail in CI: a CI run must never pass by skipping the real thing."""

@@ -9,9 +9,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..backends import Backend
 from ..errors import InvalidRequest, PostgraasError, Unauthenticated
+from ..metrics import exposition
 from ..models import db
 from ..openapi import build_document
 from ..tokens import authenticate
+from . import request_log
 from .errors import error_response
 from .instances import InstanceCollection, InstanceItem
 
@@ -33,8 +35,8 @@ def _refuse_secrets_in_the_url() -> None:
         )
 
 
-# Open without a token: liveness and the API's description.
-PUBLIC_ENDPOINTS = ("health", "ready", "openapi")
+# Open without a token: liveness, readiness, metrics (counts, no names) and the API's description.
+PUBLIC_ENDPOINTS = ("health", "ready", "metrics", "openapi")
 
 
 def _meta_db_check() -> str:
@@ -82,6 +84,7 @@ def register_routes(app: Flask) -> None:
     item = f"/postgraas_instances/<int(max={MAX_ID}):instance_id>"
     api.add_resource(InstanceItem, *(f"{p}{item}" for p in PREFIXES))
     app.register_error_handler(Exception, error_response)
+    request_log.install(app)
     app.before_request(_refuse_secrets_in_the_url)
     app.before_request(_authenticate)
 
@@ -109,3 +112,8 @@ def register_routes(app: Flask) -> None:
         }
         ok = all(result == "ok" for result in checks.values())
         return {"status": "ok" if ok else "failed", "checks": checks}, 200 if ok else 503
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = exposition(app)
+        return Response(body, content_type=content_type)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
 import psycopg
@@ -12,6 +12,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..config import ClusterBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable
+from .admin_connections import AdminConnections
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
 from .tenants import (
@@ -52,16 +53,21 @@ class ClusterBackend:
         self.host = settings.advertised_host or admin_host
         self.port = settings.advertised_port or admin_port
         self._probe = (settings.probe_host or self.host, self.port)
+        self._connections = AdminConnections(self._conninfo)
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn:
             create_tenant(conn, spec, marker=marker)
+            # PostgreSQL 15 and later no longer let PUBLIC create in the public schema: a copy of
+            # template0 needs no connection of its own to lock it down.
+            locked_down = spec.template is None and conn.info.server_version >= 150000
         try:
-            with self._admin(spec.db_name) as conn:
-                lock_down_public_schema(conn)
-                if spec.template is not None:
-                    adopt_template_objects(conn, spec.db_username)
+            if not locked_down:
+                with self._admin(spec.db_name) as conn:
+                    lock_down_public_schema(conn)
+                    if spec.template is not None:
+                        adopt_template_objects(conn, spec.db_username)
             wait_for_login(*self._probe, spec.credentials, timeout=self.settings.ready_timeout)
         except BaseException as e:
             with self._admin() as conn:
@@ -99,16 +105,19 @@ class ClusterBackend:
 
     @contextmanager
     def _admin(self, dbname: str | None = None) -> Iterator[psycopg.Connection]:
-        """An autocommit admin connection, to the admin database or to ``dbname``."""
-        conninfo = make_conninfo(self._conninfo, dbname=dbname) if dbname else self._conninfo
-        try:
-            conn = psycopg.connect(conninfo, autocommit=True)
-        except psycopg.OperationalError as e:
-            raise BackendUnavailable(
-                f"The PostgreSQL cluster at {self.host}:{self.port} cannot be reached with the admin login "
-                f"({str(e).strip()})."
-            ) from e
-        with conn:
+        """An autocommit admin connection: a kept one to the admin database, a new one to ``dbname``."""
+        with ExitStack() as stack:
+            try:
+                if dbname:
+                    conninfo = make_conninfo(self._conninfo, dbname=dbname)
+                    conn = stack.enter_context(psycopg.connect(conninfo, autocommit=True))
+                else:
+                    conn = stack.enter_context(self._connections.connection())
+            except psycopg.OperationalError as e:
+                raise BackendUnavailable(
+                    f"The PostgreSQL cluster at {self.host}:{self.port} cannot be reached with the admin login "
+                    f"({str(e).strip()})."
+                ) from e
             try:
                 yield conn
             except psycopg.OperationalError as e:

@@ -31,21 +31,22 @@ def create_tenant(
     conn: psycopg.Connection,
     spec: DatabaseSpec,
     *,
-    take_existing_database: bool = False,
+    existing_database: str | None = None,
     marker: str | None = None,
 ) -> None:
     """Create role and database; on any failure drop what this call created, then raise.
 
-    ``take_existing_database``: a database of that name that already exists (the ``postgres``
-    database of a fresh cluster of the tenant's own) is handed to the role instead.
+    ``existing_database``: in a cluster of the tenant's own, a database made ahead of time (or
+    its ``postgres`` database) that is renamed to ``spec.db_name`` and handed to the role
+    instead: a rename costs nothing, a CREATE DATABASE copies and syncs a whole template.
     ``marker``: a comment put on the role at once, by which list_tenants finds it again."""
     role, db_name = sql.Identifier(spec.db_username), sql.Identifier(spec.db_name)
     if role_exists(conn, spec.db_username):
         raise Conflict(
             f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
         )
-    existing = database_exists(conn, spec.db_name)
-    if existing and not take_existing_database:
+    existing = existing_database is not None
+    if existing_database != spec.db_name and database_exists(conn, spec.db_name):
         raise Conflict(
             f"A database named {spec.db_name!r} already exists in the cluster.", {"db_name": "already exists"}
         )
@@ -78,6 +79,8 @@ def create_tenant(
         # tenant left there (large objects, say) must not be copied into other tenants' databases.
         template = sql.Identifier(spec.template or "template0")
         if existing:
+            if existing_database != spec.db_name:
+                _run(conn, sql.SQL("alter database {} rename to {}").format(sql.Identifier(existing_database), db_name))
             _run(conn, sql.SQL("alter database {} owner to {}").format(db_name, role))
         else:
             _run(conn, sql.SQL("create database {} owner {} template {}").format(db_name, role, template))

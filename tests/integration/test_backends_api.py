@@ -26,6 +26,7 @@ def start(
     lifecycle: dict | None = None,
     metadb: dict | None = None,
     auth: dict | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     config = {
         "metadb": metadb or {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
@@ -50,7 +51,14 @@ def start(
         "2",
     ]
     with log_path.open("a") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:

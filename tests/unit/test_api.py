@@ -6,9 +6,11 @@ import time
 
 import pytest
 from sqlalchemy import select
+from werkzeug.security import generate_password_hash
 
 from postgraas_server.errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
 from postgraas_server.models import DBInstance, db
+from postgraas_server.passwords import password_matches
 
 BODY = {"postgraas_instance_name": "demo", "db_name": "app", "db_username": "alice", "db_pwd": "s3cr@t pw"}
 
@@ -61,8 +63,13 @@ def test_password_is_stored_as_a_salted_hash(app, client):
     create(client)
     create(client, postgraas_instance_name="demo2")
     hashes = [row.password_hash for row in rows(app)]
-    assert all("s3cr" not in h and h.startswith("scrypt:") for h in hashes)
+    assert all("s3cr" not in h and h.startswith("pbkdf2:sha256:4096$") for h in hashes)
     assert hashes[0] != hashes[1]
+
+
+def test_hashes_of_earlier_versions_still_match():
+    earlier = generate_password_hash("s3cr@t pw", method="scrypt")
+    assert password_matches(earlier, "s3cr@t pw") and not password_matches(earlier, "s3cr@t")
 
 
 def test_2x_field_alias_and_path(client):

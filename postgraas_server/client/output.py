@@ -1,0 +1,71 @@
+"""How instances are printed: env lines a shell can eval, the list table, ages and expiries."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+from datetime import datetime
+
+from .instance import Instance
+
+
+def env_pairs(instance: Instance, with_password: bool = True) -> list[tuple[str, str]]:
+    """The libpq variables and DATABASE_URL; what is not known yet (host before ready, a
+    password the server no longer returns) is left out rather than printed empty."""
+    pairs: list[tuple[str, str]] = []
+    uri = instance.uri if with_password else instance.uri_without_password
+    if uri:
+        pairs.append(("DATABASE_URL", uri))
+    if instance.host:
+        pairs.append(("PGHOST", instance.host))
+    if instance.port:
+        pairs.append(("PGPORT", str(instance.port)))
+    pairs.append(("PGUSER", instance.user))
+    if with_password and instance.password is not None:
+        pairs.append(("PGPASSWORD", instance.password))
+    pairs.append(("PGDATABASE", instance.dbname))
+    pairs.append(("POSTGRAAS_INSTANCE_ID", str(instance.id)))
+    return pairs
+
+
+def env_line(key: str, value: str) -> str:
+    # Quoted only when needed: unquoted lines also work in $GITHUB_ENV, which takes values literally.
+    return f"{key}={shlex.quote(value)}"
+
+
+def format_env(instance: Instance, with_password: bool = True) -> str:
+    return "\n".join(env_line(k, v) for k, v in env_pairs(instance, with_password))
+
+
+def format_span(seconds: float) -> str:
+    """45s, 5m, 2h3m, 3d4h: the two largest units, which is all a person reads."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size or parts:
+            parts.append((seconds // size, unit))
+            seconds %= size
+    value, unit = parts[0]
+    text = f"{value}{unit}"
+    if len(parts) > 1 and parts[1][0]:
+        text += f"{parts[1][0]}{parts[1][1]}"
+    return text
+
+
+def format_expires(expires_at: datetime | None, now: datetime) -> str:
+    if expires_at is None:
+        return "-"
+    left = (expires_at - now).total_seconds()
+    return f"in {format_span(left)}" if left > 0 else "expired"
+
+
+def format_table(instances: Iterable[Instance], now: datetime) -> str:
+    rows = [["ID", "NAME", "BACKEND", "STATUS", "HOST:PORT", "AGE", "EXPIRES"]]
+    for i in instances:
+        address = f"{i.host}:{i.port}" if i.host and i.port else "-"
+        age = format_span((now - i.created_at).total_seconds()) if i.created_at else "-"
+        rows.append([str(i.id), i.name, i.backend, i.status, address, age, format_expires(i.expires_at, now)])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
