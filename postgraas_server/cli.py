@@ -66,6 +66,17 @@ def init_db(settings: Settings) -> None:
 def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
     """Serve the API under gunicorn."""
     from gunicorn.app.base import BaseApplication
+    from gunicorn.glogging import Logger
+
+    class ServerLogs(Logger):  # type: ignore[misc]
+        """gunicorn's own lines (listening, workers booting or timing out) go through the root
+        handler, so they share the configured format, JSON included."""
+
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            for handler in list(self.error_log.handlers):
+                self.error_log.removeHandler(handler)
+            self.error_log.propagate = True
 
     if settings.metadb.auto_migrate:
         _upgrade(settings)
@@ -89,6 +100,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
             self.cfg.set("loglevel", settings.application.log_level.lower())
             # One fixed control-socket path per user would be shared by every server on the host.
             self.cfg.set("control_socket_disable", True)
+            self.cfg.set("logger_class", ServerLogs)
 
         def load(self) -> Any:
             # Runs in each worker after the fork: every worker has a reaper, the lease picks one.
@@ -223,6 +235,7 @@ def _prepare_metrics_dir() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
     atexit.register(remove)
+    logging.getLogger(__name__).info("the workers count metrics in %s", path)
 
 
 def _upgrade(settings: Settings) -> None:

@@ -21,9 +21,16 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import PostgraasError
-from .models import DBInstance, db
+from .models import DBInstance, InstanceStatus, db
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STATUSES = (
+    InstanceStatus.CREATING,
+    InstanceStatus.READY,
+    InstanceStatus.FAILED,
+    InstanceStatus.DELETING,
+    InstanceStatus.LOST,
+)
 
 HTTP_REQUESTS = Counter(
     "postgraas_http_requests",
@@ -69,6 +76,15 @@ def failure_reason(error: BaseException) -> str:
     return "internal"
 
 
+# Methods the API answers; anything else (gunicorn accepts any upper-case token) counts as "other",
+# so a client cannot add series to /metrics.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in _METHODS else "other"
+
+
 _CONVERTER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
@@ -89,18 +105,25 @@ class InstancesCollector(Collector):
         gauge = GaugeMetricFamily(
             "postgraas_instances", "Instances in the meta db, by backend and status.", labels=["backend", "status"]
         )
+        # Every configured backend and status, zero when none: an absent series reads as "unknown".
+        counts = {
+            (backend, status): 0
+            for backend in self.app.extensions["postgraas"].backends.backends
+            for status in STATUSES
+        }
         with self.app.app_context():
             try:
                 query = select(DBInstance.backend, DBInstance.status, func.count()).group_by(
                     DBInstance.backend, DBInstance.status
                 )
-                for backend, status, count in db.session.execute(query):
-                    gauge.add_metric([backend, status], count)
+                counts.update({(backend, status): count for backend, status, count in db.session.execute(query)})
             except SQLAlchemyError:
                 # /ready says the meta db is down; the other metrics are still worth serving.
                 return
             finally:
                 db.session.remove()
+        for (backend, status), count in counts.items():
+            gauge.add_metric([backend, status], count)
         yield gauge
 
 

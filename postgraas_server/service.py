@@ -7,7 +7,6 @@ create) are conditional UPDATEs: exactly one request wins, the others see a 409.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -37,6 +36,7 @@ from .errors import (
     QuotaExceeded,
     WrongPassword,
 )
+from .logs import request_id
 from .metrics import CREATE_DURATION, CREATE_FAILURES, failure_reason
 from .models import DBInstance, InstanceStatus, db, move_status, utcnow
 from .passwords import generate_password, hash_password, password_matches
@@ -133,10 +133,10 @@ class InstanceService:
                 except BaseException:
                     self._release(row.id)
                     raise
-                # copy_context: the creation logs under the id of the request that started it.
                 threading.Thread(
-                    target=contextvars.copy_context().run,
-                    args=(self._provision_in_background, app, backend_name, spec),
+                    target=self._provision_in_background,
+                    # The creation logs under the id of the request that started it (and holds nothing else of it).
+                    args=(app, backend_name, spec, request_id.get()),
                     daemon=True,
                     name=f"create-{row.id}",
                 ).start()
@@ -150,7 +150,8 @@ class InstanceService:
             db.session.refresh(row)
             return row
 
-    def _provision_in_background(self, app: Flask, backend_name: str, spec: DatabaseSpec) -> None:
+    def _provision_in_background(self, app: Flask, backend_name: str, spec: DatabaseSpec, started_by: str) -> None:
+        request_id.set(started_by)
         with app.app_context():
             try:
                 self._provision(backend_name, self.backends.holding(backend_name), spec)

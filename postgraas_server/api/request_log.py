@@ -13,7 +13,7 @@ import time
 from flask import Flask, Response, g, request
 
 from ..logs import request_id, request_id_for
-from ..metrics import HTTP_REQUESTS, route_label
+from ..metrics import HTTP_REQUESTS, method_label, route_label
 
 HEADER = "X-Request-ID"
 
@@ -29,7 +29,7 @@ def _finish(response: Response) -> Response:
     response.headers[HEADER] = request_id.get()
     elapsed_ms = round((time.perf_counter() - g.get("request_started", time.perf_counter())) * 1000, 1)
     route = route_label(request.url_rule.rule if request.url_rule else None)
-    HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    HTTP_REQUESTS.labels(method_label(request.method), route, str(response.status_code)).inc()
     # json.dumps escapes control characters: a path cannot forge a second log line.
     path = json.dumps(request.path)[1:-1]
     log.info(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -82,7 +84,9 @@ def test_metrics_are_summed_over_the_workers(server, metrics_dir):
     assert samples(server, "postgraas_instances", backend="local", status="ready") == 0
 
     # One JSON line per request, under the id the answer carried, and never the password.
-    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    # Every line, gunicorn's own included, is one JSON object.
+    entries = [json.loads(line) for line in server.log().splitlines()]
+    assert any(e["logger"] == "gunicorn.error" and "Booting worker" in e["message"] for e in entries)
     access = [e for e in entries if e["logger"] == "postgraas_server.access"]
     (line,) = [e for e in access if e["request_id"] == created.headers["X-Request-ID"]]
     assert (line["method"], line["route"], line["status"]) == ("POST", "/postgraas_instances", 201)
@@ -95,25 +99,32 @@ def test_metrics_survive_a_worker_restart(request, tmp_path):
     # No PROMETHEUS_MULTIPROC_DIR given: the server makes its own and removes it when it stops.
     server = start(tmp_path, {"local": backend_config("local", request)})
     try:
+        (metrics_dir,) = {Path(m) for m in re.findall(r"the workers count metrics in (\S+)", server.log())}
         health = {"method": "GET", "route": "/health", "status": "200"}
-        for _ in range(5):
-            requests.get(f"{server.url}/health", timeout=10)
+        workers = [int(pid) for pid in children(server.process.pid)]
+        assert len(workers) == 2
+        sent = 0
+        # Until the worker to be stopped has counted some.
+        while not (metrics_dir / f"counter_{workers[0]}.db").exists():
+            assert requests.get(f"{server.url}/health", timeout=10).ok
+            sent += 1
+            assert sent < 2000
         counted = samples(server, "postgraas_http_requests_total", **health)
-        assert counted >= 5
-        workers = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True)
-        pids = [int(pid) for pid in workers.stdout.split()]
-        assert len(pids) == 2
-        # A worker that exits (max_requests, a crash) is replaced; what it counted stays counted.
-        os.kill(pids[0], signal.SIGTERM)
+        # A worker that exits (max_requests, a crash) is replaced; what it counted stays counted,
+        # and its exit does not remove the directory the others count in.
+        os.kill(workers[0], signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            now = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True)
-            if len(now.stdout.split()) == 2 and pids[0] not in map(int, now.stdout.split()):
-                break
+        while set(children(server.process.pid)) & {workers[0]} or len(children(server.process.pid)) < 2:
+            assert time.monotonic() < deadline, "the worker was not replaced"
             time.sleep(0.2)
-        else:
-            pytest.fail("the worker was not replaced")
-        assert samples(server, "postgraas_http_requests_total", **health) >= counted
+        assert metrics_dir.is_dir()
+        assert samples(server, "postgraas_http_requests_total", **health) == counted
         assert "Traceback" not in server.log()
     finally:
         stop_server(server)
+    assert not metrics_dir.exists()
+
+
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(child) for child in found]

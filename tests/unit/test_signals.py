@@ -141,4 +141,25 @@ def test_metrics_count_what_the_reaper_did(app, client):
         db.session.commit()
         Reaper(state.backends, state.settings.lifecycle).run_pass()
     assert sample(client, "postgraas_reaper_actions_total", action="expired", backend="fake") == before + 1
-    assert sample(client, "postgraas_instances", backend="fake", status="ready") == 0
+    # Zero is said, not left out: an absent series would read as "unknown".
+    assert 'postgraas_instances{backend="fake",status="ready"} 0.0' in client.get("/metrics").get_data(as_text=True)
+
+
+def test_unknown_methods_do_not_grow_the_label_set(client):
+    before = sample(client, "postgraas_http_requests_total", method="other", route="unmatched", status="405")
+    assert client.open("/health", method="ZZZ123").status_code == 405
+    assert client.open("/health", method="QQX1").status_code == 405
+    assert (
+        sample(client, "postgraas_http_requests_total", method="other", route="unmatched", status="405") == before + 2
+    )
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "ZZZ123" not in text and "QQX1" not in text
+
+
+def test_a_background_creation_logs_under_the_id_of_its_request(client, log_lines):
+    accepted = create(client, wait=False)
+    assert accepted.status_code == 202
+    instance_id = accepted.get_json()["postgraas_instance_id"]
+    assert client.get(f"/postgraas_instances/{instance_id}?wait=ready&timeout=10").get_json()["status"] == "ready"
+    ready = [line for line in log_lines.getvalue().splitlines() if "is ready in backend fake" in line]
+    assert len(ready) == 1 and accepted.headers["X-Request-ID"] in ready[0]
