@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -58,11 +59,14 @@ class InstanceService:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def list(self, principal: Principal | None = None) -> list[DBInstance]:
-        query = select(DBInstance).order_by(DBInstance.id)
+    def list(self, principal: Principal | None = None) -> list[Any]:
+        """Read-only snapshots with the instances' columns as attributes (what InstanceOut.from_row
+        reads). Not ORM objects, nor Rows, whose attribute access is slow: for a list of a thousand,
+        those were two thirds of the time."""
+        query = select(*DBInstance.__table__.columns).order_by(DBInstance.id)
         if principal is not None and not principal.admin:
             query = query.where(DBInstance.owner == principal.owner)
-        return list(db.session.execute(query).scalars())
+        return [SimpleNamespace(**row) for row in db.session.execute(query).mappings()]
 
     def get(self, instance_id: int, principal: Principal | None = None) -> DBInstance:
         """The instance, if it exists and ``principal`` may see it; another owner's instance is
