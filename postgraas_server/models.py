@@ -80,6 +80,8 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
     # Renewed by the process creating the instance; a stale one means that process died.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # "ephemeral": created with fsync, synchronous_commit and full_page_writes off (see Durability).
+    durability: Mapped[str] = mapped_column(String(16), default="durable", server_default="durable")
     # The token owner that created it (auth.mode token); "" without authentication.
     owner: Mapped[str] = mapped_column(String(63), index=True, default="", server_default="")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import (
@@ -166,6 +166,8 @@ class CreateInstanceRequest(_Request):
     ttl: Ttl | None = None
     # False: answer 202 at once and create in the background.
     wait: StrictBool = True
+    # "ephemeral": faster writes for a database that may be lost in a crash (tests, CI).
+    durability: Literal["durable", "ephemeral"] = "durable"
 
 
 class DeleteInstanceRequest(_Request):
@@ -229,6 +231,7 @@ class InstanceOut(BaseModel):
     backend: str
     status: str
     status_detail: str | None
+    durability: str
     expires_at: datetime | None
     # Item GET only: what the backend reports now (running, stopped, missing, unknown).
     backend_state: str | None = None
@@ -254,6 +257,7 @@ class InstanceOut(BaseModel):
             backend=row.backend,
             status=row.status,
             status_detail=row.status_detail,
+            durability=row.durability,
             expires_at=row.expires_at,
             connection_uri=(
                 connection_uri(row.username, None, row.hostname, row.port, row.db_name)

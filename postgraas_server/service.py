@@ -129,6 +129,7 @@ class InstanceService:
                 db_username=request.db_username,
                 db_pwd=request.db_pwd,
                 template=request.template,
+                ephemeral=request.durability == "ephemeral",
             )
             if not request.wait:
                 # Say no now rather than accept a creation that cannot start (an engine that is down).
@@ -425,6 +426,7 @@ class InstanceService:
             creation_timestamp=now,
             expires_at=expires_at,
             owner=owner,
+            durability=request.durability,
         )
         db.session.add(row)
         try:

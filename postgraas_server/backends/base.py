@@ -19,6 +19,10 @@ class DatabaseSpec:
     db_pwd: str
     # Create the database from this existing database (backends with supports_template only).
     template: str | None = None
+    # True: the database may lose its last commits, or all of itself, in a crash; in return it
+    # writes without waiting for the disk (fsync, synchronous_commit, full_page_writes off where
+    # the backend controls them). For throwaway databases of tests.
+    ephemeral: bool = False
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"DatabaseSpec(instance_id={self.instance_id}, instance_name={self.instance_name!r})"

@@ -8,6 +8,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..config import ClusterBackendSettings
@@ -63,6 +64,12 @@ class ClusterBackend:
             # template0 needs no connection of its own to lock it down.
             locked_down = spec.template is None and conn.info.server_version >= 150000
         try:
+            if spec.ephemeral:
+                # fsync and full_page_writes belong to the whole server, which is not ours to weaken.
+                with self._admin() as conn:
+                    conn.execute(
+                        sql.SQL("alter database {} set synchronous_commit = off").format(sql.Identifier(spec.db_name))
+                    )
             if not locked_down:
                 with self._admin(spec.db_name) as conn:
                     lock_down_public_schema(conn)

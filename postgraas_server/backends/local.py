@@ -125,7 +125,7 @@ class LocalBackend:
                     os.chown(path, run_as.uid, run_as.gid)
             # cp -a keeps the owner (the postgres user) and modes; ~60 ms where initdb takes ~600 ms.
             self._run(["cp", "-a", self._template(run_as) / "data", home / "data"], None, "copying the template")
-            self._configure(home)
+            self._configure(home, spec.ephemeral)
             port = self._start(home, run_as)
             self._write_meta(home, {**meta, "port": port})
             with self._superuser(home, port) as conn:
@@ -304,8 +304,11 @@ class LocalBackend:
         except (OSError, ValueError):
             return {}
 
-    def _configure(self, home: Path) -> None:
+    def _configure(self, home: Path, ephemeral: bool) -> None:
         with (home / "data" / "postgresql.conf").open("a") as conf:
+            if ephemeral:
+                # The instance's own server: a crash may lose or corrupt it, and that was asked for.
+                conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
             conf.write(
                 "\n# postgraas local backend\n"
                 f"listen_addresses = '{self.settings.listen_address}'\n"

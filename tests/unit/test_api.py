@@ -362,3 +362,18 @@ def test_unpaired_surrogates_are_400_not_500(client, field):
     response = client.post("/postgraas_instances", data=raw, content_type="application/json")
     assert response.status_code == 400
     assert "unpaired surrogate" in response.get_json()["msg"]
+
+
+def test_durability_is_asked_for_recorded_and_checked(client, fake_backend):
+    ephemeral = create(client, durability="ephemeral").get_json()
+    assert ephemeral["durability"] == "ephemeral"
+    assert fake_backend.objects[ephemeral["container_id"]].ephemeral is True
+    assert (
+        client.get(f"/postgraas_instances/{ephemeral['postgraas_instance_id']}").get_json()["durability"] == "ephemeral"
+    )
+    durable = create(client, postgraas_instance_name="kept").get_json()
+    assert durable["durability"] == "durable"
+    assert fake_backend.objects[durable["container_id"]].ephemeral is False
+    refused = create(client, postgraas_instance_name="odd", durability="fast")
+    assert refused.status_code == 400
+    assert "durability" in refused.get_json()["errors"]
