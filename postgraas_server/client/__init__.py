@@ -7,13 +7,16 @@ from .errors import (
     ApiError,
     AuthenticationError,
     BackendFailedError,
+    ConfigurationError,
     ConflictError,
     InvalidRequestError,
+    Leftover,
     NotFoundError,
     PostgraasClientError,
     QuotaError,
     ServerUnreachable,
     UnavailableError,
+    leftover_of,
 )
 from .instance import Instance
 
@@ -23,13 +26,16 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "BackendFailedError",
+    "ConfigurationError",
     "ConflictError",
     "Instance",
     "InvalidRequestError",
+    "Leftover",
     "NotFoundError",
     "PostgraasClient",
     "PostgraasClientError",
     "QuotaError",
     "ServerUnreachable",
     "UnavailableError",
+    "leftover_of",
 ]

@@ -4,6 +4,7 @@ the CLI and the pytest plugin stay light (no Flask, SQLAlchemy or Docker)."""
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -11,8 +12,19 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 
-from .errors import AmbiguousName, NotFoundError, PostgraasClientError, ServerUnreachable, error_for_status
+from .errors import (
+    AmbiguousName,
+    AuthenticationError,
+    ConfigurationError,
+    Leftover,
+    NotFoundError,
+    PostgraasClientError,
+    ServerUnreachable,
+    attach_leftover,
+    error_for_status,
+)
 from .instance import Instance, default_db_name, default_username
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -20,19 +32,53 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 # with a 60 s idle timeout stay out of the way.
 WAIT_CHUNK_SECONDS = 30.0
 INSTANCES = "/postgraas_instances"
+# After an interrupted create: seconds to wait before each look for the instance, since the
+# server may not have reserved its name yet when the first look arrives.
+CLEANUP_LOOKS = (0.0, 0.5, 1.0)
+# "id:7" and "name:7" say which a reference is; instance names cannot contain ":".
+ID_PREFIX = "id:"
+NAME_PREFIX = "name:"
 
 
 def display_url(url: str) -> str:
-    """The URL without user:password@, fit for messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without user:password@, fit for messages; never raises, whatever the URL."""
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        # Unparseable (a bad port, an unclosed [): drop whatever precedes the last @ of the authority.
+        return re.sub(r"^([^/?#]*//)[^/?#]*@", r"\1", url)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a server's address, or None; in words that never repeat it (it may hold a password)."""
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        return "contains whitespace or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not 0-65535
+    except ValueError:
+        return "cannot be parsed (a bad port or IPv6 address?)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` cannot go into an Authorization header, or None; never repeats it."""
+    # Tokens are printable ASCII; a stray newline (from a file, say) would otherwise surface in requests' error text.
+    if any(not 33 <= ord(c) <= 126 for c in token):
+        return "may hold only printable ASCII characters: no spaces, line breaks or control characters"
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -48,12 +94,34 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _connection_reason(e: requests.ConnectionError) -> str:
-    # requests nests the cause (MaxRetryError -> NewConnectionError); its text names the errno.
-    match = re.search(r"""\[Errno -?\d+\] ([^'")\]]+)""", str(e))
-    if match:
-        return match.group(1).strip().rstrip(".")
+def _causes(e: BaseException) -> list[BaseException]:
+    """The exception and what it wraps: requests nests urllib3's (MaxRetryError -> NewConnectionError
+    -> ConnectionRefusedError) in args, .reason, __cause__ and __context__."""
+    seen: list[BaseException] = []
+    todo: list[object] = [e]
+    while todo and len(seen) < 20:
+        item = todo.pop(0)
+        if not isinstance(item, BaseException) or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        todo += [*item.args, getattr(item, "reason", None), item.__cause__, item.__context__]
+    return seen
+
+
+def _connection_reason(e: requests.RequestException) -> str:
+    # The OS's words for the errno ("Connection refused"), never the exception's text: that can hold
+    # the URL with its password, or a header with the token.
+    for cause in _causes(e):
+        if isinstance(cause, OSError) and isinstance(cause.errno, int) and isinstance(cause.strerror, str):
+            return f"{cause.strerror.strip().rstrip('.')} ({type(e).__name__})"
     return type(e).__name__
+
+
+def _never_connected(e: requests.RequestException) -> bool:
+    """True when no byte of the request can have reached the server: the connection was never made."""
+    if isinstance(e, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    return any(isinstance(cause, urllib3.exceptions.NewConnectionError) for cause in _causes(e))
 
 
 class PostgraasClient:
@@ -71,6 +139,11 @@ class PostgraasClient:
         create_timeout: float = 300.0,
         session: requests.Session | None = None,
     ) -> None:
+        # Checked now, so that requests never gets to quote a bad URL or header (secrets included) in its errors.
+        if problem := url_problem(url):
+            raise ConfigurationError(f"The Postgraas server URL {problem}.")
+        if token and (problem := token_problem(token)):
+            raise ConfigurationError(f"The API token {problem}.")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.create_timeout = create_timeout
@@ -105,24 +178,72 @@ class PostgraasClient:
         backend: str | None = None,
         wait: bool = True,
     ) -> Instance:
-        """Create an instance. Without ``password`` the server generates one; either way the
-        returned Instance carries it (the only answer that does). With ``wait=False`` the answer
-        comes at once, with status ``creating``: see wait()."""
+        """Create an instance. Without ``password`` one is generated here (URL-safe, never needs
+        quoting); either way the returned Instance carries it. With ``wait=False`` the answer comes
+        at once, with status ``creating``: see wait().
+
+        Interrupted before the answer came (KeyboardInterrupt, a timeout, a lost connection), the
+        create is undone when the password was generated: nobody else could ever delete that
+        instance without a token. What could not be undone is attached to the re-raised exception
+        (errors.leftover_of)."""
+        generated = password is None
+        # Ours rather than the server's: an answer that never arrives must not take the password with it.
+        password = secrets.token_urlsafe(24) if password is None else password
         body: dict[str, Any] = {
             "postgraas_instance_name": name,
             "db_name": db_name or default_db_name(name),
             "db_username": db_username or default_username(name),
             "wait": wait,
+            "db_pwd": password,
         }
-        if password is not None:
-            body["db_pwd"] = password
         if ttl is not None:
             body["ttl"] = ttl
         if backend:
             body["backend"] = backend
         timeout = self.create_timeout if wait else self.timeout
-        data = self._request("POST", INSTANCES, json=body, timeout=timeout, secret=password)
+        try:
+            data = self._request("POST", INSTANCES, json=body, timeout=timeout, secret=password)
+        except ServerUnreachable as e:
+            if e.maybe_received:
+                self._undo_create(e, name, password, generated)
+            raise
+        except KeyboardInterrupt as e:
+            self._undo_create(e, name, password, generated)
+            raise
         return Instance.from_json(data, password=data.get("db_pwd") or password)
+
+    def _undo_create(self, error: BaseException, name: str, password: str, generated: bool) -> None:
+        """Delete what an interrupted create may have made; attach to ``error`` what could not be."""
+        if not generated:
+            # A password the caller chose may also be another instance's of that name: leave it to them.
+            reason = "the password was given, so the client does not delete by name"
+            attach_leftover(error, Leftover(name, None, reason, password_given=True))
+            return
+        instance_id: int | None = None
+        try:
+            for delay in CLEANUP_LOOKS:
+                time.sleep(delay)
+                matches = [i for i in self.list() if i.name == name]
+                if matches:
+                    break
+            else:
+                return  # the server never got the create, or refused it
+            instance_id = matches[0].id if len(matches) == 1 else None
+            for instance in matches:
+                try:
+                    # force: a creation still in progress is cancelled; open sessions are ended.
+                    path = f"{INSTANCES}/{instance.id}"
+                    self._request("DELETE", path, json={"force": True, "db_pwd": password}, secret=password)
+                    return
+                except AuthenticationError:
+                    continue  # not ours: the generated password is the proof, and it did not match
+                except NotFoundError:
+                    continue  # gone meanwhile
+            # Only others' instances of that name, or gone: nothing of ours is left.
+        except PostgraasClientError as e:
+            attach_leftover(error, Leftover(name, instance_id, str(e), password_given=False))
+        except KeyboardInterrupt:
+            attach_leftover(error, Leftover(name, instance_id, "interrupted again", password_given=False))
 
     def list(self) -> list[Instance]:
         return [Instance.from_json(item) for item in self._request("GET", INSTANCES)]
@@ -131,18 +252,35 @@ class PostgraasClient:
         return Instance.from_json(self._request("GET", f"{INSTANCES}/{int(instance_id)}"))
 
     def resolve(self, ref: str | int) -> int:
-        """The id of an instance given by id (an int, or a string of digits: no request) or by
-        name, which must be unique among the instances this client sees."""
+        """The id of an instance given by id or by name, which must be unique among the instances
+        this client sees. An int or ``id:7`` is an id (no request); ``name:7`` is a name; a string
+        of digits is an id unless another instance is named so (a name may be all digits), in
+        which case AmbiguousName asks for one of the prefixes."""
         if isinstance(ref, int):
             return ref
-        if ref.isascii() and ref.isdigit():
+        if ref.startswith(ID_PREFIX):
+            digits = ref.removeprefix(ID_PREFIX)
+            if not (digits.isascii() and digits.isdigit()):
+                raise PostgraasClientError(f"{ref!r}: an id: reference needs the instance's id, digits only.")
+            return int(digits)
+        name = ref.removeprefix(NAME_PREFIX)
+        if not name:
+            raise PostgraasClientError(f"{ref!r}: a name: reference needs the instance's name.")
+        matches = [i for i in self.list() if i.name == name]
+        if name == ref and ref.isascii() and ref.isdigit():
+            others = [i for i in matches if i.id != int(ref)]
+            if others:
+                ids = ", ".join(str(i.id) for i in others)
+                raise AmbiguousName(
+                    f"{ref!r} is an id, and also the name of instance(s) {ids}: "
+                    f"say {ID_PREFIX}{ref} or {NAME_PREFIX}{ref}."
+                )
             return int(ref)
-        matches = [i for i in self.list() if i.name == ref]
         if not matches:
-            raise NotFoundError(404, f"There is no instance named {ref!r}.")
+            raise NotFoundError(404, f"There is no instance named {name!r}.")
         if len(matches) > 1:
             ids = ", ".join(str(i.id) for i in matches)
-            raise AmbiguousName(f"Several instances are named {ref!r} (ids {ids}); use an id.")
+            raise AmbiguousName(f"Several instances are named {name!r} (ids {ids}); use {ID_PREFIX}ID.")
         return matches[0].id
 
     def find(self, ref: str | int) -> Instance:
@@ -222,17 +360,22 @@ class PostgraasClient:
             response = self._session.request(
                 method, self.url + path, json=json, params=params, headers=headers, timeout=timeout
             )
-        except requests.Timeout:
+        # Never the exception's text in a message: it can quote the URL with its password, or a header.
+        except requests.Timeout as e:
             raise ServerUnreachable(
-                f"The Postgraas server at {display_url(self.url)} did not answer within {timeout:g} s."
+                f"The Postgraas server at {display_url(self.url)} did not answer within {timeout:g} s.",
+                maybe_received=not _never_connected(e),
             ) from None
         except requests.ConnectionError as e:
             raise ServerUnreachable(
-                f"Cannot reach the Postgraas server at {display_url(self.url)}: {_connection_reason(e)}."
+                f"Cannot reach the Postgraas server at {display_url(self.url)}: {_connection_reason(e)}.",
+                maybe_received=not _never_connected(e),
             ) from None
         except requests.RequestException as e:
-            # InvalidURL, MissingSchema ...: their text is about the URL, which the user gave.
-            raise PostgraasClientError(f"Cannot send a request to {display_url(self.url)}: {e}") from None
+            # InvalidURL, InvalidHeader ...: the constructor's checks should have caught them.
+            raise PostgraasClientError(
+                f"Cannot send a request to {display_url(self.url)}: {type(e).__name__}."
+            ) from None
         try:
             data = response.json()
         except ValueError:

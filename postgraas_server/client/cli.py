@@ -10,30 +10,46 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from .api import DEFAULT_URL, PostgraasClient
-from .errors import ApiError, PostgraasClientError
+from .api import DEFAULT_URL, PostgraasClient, token_problem, url_problem
+from .errors import ApiError, PostgraasClientError, leftover_of
 from .instance import Instance
-from .output import format_env, format_expires, format_table
+from .output import UnsafeEnvValue, format_env, format_expires, format_table, has_control_character
 
 OUTPUTS = ("json", "env", "uri")
 DEFAULT_WAIT_TIMEOUT = 300.0
+# What a shell reports for a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 
 def describe(e: PostgraasClientError) -> str:
-    """The server's message and its field errors, for people."""
-    if not isinstance(e, ApiError):
-        return str(e)
+    """The server's message and its field errors, and what an interrupted create left, for people."""
     lines = [str(e)]
-    lines += [f"  {field}: {reason}" for field, reason in e.errors.items()]
-    if e.retry_after is not None:
-        lines.append(f"  retry after {e.retry_after:.0f} s")
+    if isinstance(e, ApiError):
+        lines += [f"  {field}: {reason}" for field, reason in e.errors.items()]
+        if e.retry_after is not None:
+            lines.append(f"  retry after {e.retry_after:.0f} s")
+    if leftover := leftover_of(e):
+        lines.append(leftover.describe())
     return "\n".join(lines)
+
+
+def _checked(problem: Callable[[str], str | None]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option callback: a usage error (exit 2) that names the option but never echoes the value,
+    which may be a token or a URL with a password."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value and (why := problem(value)):
+            raise click.BadParameter(f"the value {why}.")
+        return value
+
+    return check
 
 
 class _ClientErrors(click.Group):
@@ -136,17 +152,23 @@ def _password(ctx: click.Context, client: PostgraasClient, password: str | None)
     show_envvar=True,
     default=DEFAULT_URL,
     show_default=True,
-    help="The Postgraas server.",
+    callback=_checked(url_problem),
+    help="The Postgraas server (http:// or https://).",
 )
 @click.option(
     "--token",
     envvar="POSTGRAAS_TOKEN",
     show_envvar=True,
+    callback=_checked(token_problem),
     help="API token, for servers in auth.mode token (prefer the env var: arguments show in ps).",
 )
 @click.pass_context
 def main(ctx: click.Context, url: str, token: str | None) -> None:
-    """PostgreSQL databases on demand, from a Postgraas server."""
+    """PostgreSQL databases on demand, from a Postgraas server.
+
+    ID_OR_NAME is an instance's id or its name. A name may be all digits: then `2` is refused
+    when it could mean either, and `id:2` or `name:2` says which.
+    """
     client = PostgraasClient(url, token=token)
     ctx.call_on_close(client.close)
     ctx.obj = client
@@ -156,14 +178,14 @@ def main(ctx: click.Context, url: str, token: str | None) -> None:
 @click.argument("name")
 @click.option("--db", "db_name", help="Database name (default: derived from NAME).")
 @click.option("--user", "db_username", help="User name (default: derived from NAME).")
-@click.option("--password", help="The user's password (default: the server generates one, shown once).")
+@click.option("--password", help="The user's password (default: a generated one, shown once).")
 @click.option("--ttl", help="Lifetime: seconds or 30m, 2h, 7d (default: the server's).")
 @click.option("--backend", help="A backend configured on the server (default: the server's).")
 @click.option("--no-wait", is_flag=True, help="Answer at once; the instance is still being created.")
 @_output_option(OUTPUTS, "json")
-@click.pass_obj
+@click.pass_context
 def create(
-    client: PostgraasClient,
+    ctx: click.Context,
     name: str,
     db_name: str | None,
     db_username: str | None,
@@ -173,20 +195,33 @@ def create(
     no_wait: bool,
     output: str,
 ) -> None:
-    """Create an instance NAME and print how to connect, password included (shown only now)."""
+    """Create an instance NAME and print how to connect, password included (shown only now).
+
+    Interrupted (Ctrl-C, a timeout) before the server answered, the instance is deleted again;
+    what could not be is named on stderr, with how to delete it.
+    """
+    client: PostgraasClient = ctx.obj
     if no_wait and output == "uri":
         # The address comes only once it is ready, and the password would be lost meanwhile.
         raise click.UsageError("--output uri needs the address, which --no-wait does not wait for; use env or json.")
+    if output == "env" and password is not None and has_control_character(password):
+        # Refused before creating: afterwards the instance would exist with nothing printed.
+        raise UnsafeEnvValue("PGPASSWORD")
     kwargs: dict[str, Any] = {"db_name": db_name, "db_username": db_username, "password": password}
     kwargs |= {"ttl": ttl, "backend": backend, "wait": not no_wait}
-    if no_wait:
-        instance = client.create(name, **kwargs)
-    else:
-        with Progress(f"waiting for {name}"):
+    try:
+        if no_wait:
             instance = client.create(name, **kwargs)
+        else:
+            with Progress(f"waiting for {name}"):
+                instance = client.create(name, **kwargs)
+    except KeyboardInterrupt as e:
+        leftover = leftover_of(e)
+        _note(f"Interrupted. {leftover.describe() if leftover else f'Nothing of {name!r} was left on the server.'}")
+        ctx.exit(EXIT_INTERRUPTED)
     _emit(instance, output, with_password=True)
     if not instance.settled:
-        _note(f"{name} (id {instance.id}) is {instance.status}; `postgraas wait {instance.id}` waits for it.")
+        _note(f"{name} (id {instance.id}) is {instance.status}; `postgraas wait id:{instance.id}` waits for it.")
 
 
 @main.command("list")
@@ -206,7 +241,10 @@ def list_(client: PostgraasClient, output: str) -> None:
 @_output_option(OUTPUTS, "json")
 @click.pass_obj
 def show(client: PostgraasClient, ref: str, output: str) -> None:
-    """Show an instance. The password is not included: the server returns it only to the create."""
+    """Show an instance. The password is not included: the server returns it only to the create.
+
+    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
+    """
     instance = client.find(ref)
     _emit(instance, output, with_password=False)
     if output in ("env", "uri"):
@@ -219,7 +257,10 @@ def show(client: PostgraasClient, ref: str, output: str) -> None:
 @_password_option("delete")
 @click.pass_context
 def delete(ctx: click.Context, ref: str, force: bool, password: str | None) -> None:
-    """Delete an instance and its database."""
+    """Delete an instance and its database.
+
+    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
+    """
     client: PostgraasClient = ctx.obj
     click.echo(client.delete(client.resolve(ref), password=_password(ctx, client, password), force=force))
 
@@ -230,7 +271,10 @@ def delete(ctx: click.Context, ref: str, force: bool, password: str | None) -> N
 @_password_option("extend")
 @click.pass_context
 def extend(ctx: click.Context, ref: str, ttl: str, password: str | None) -> None:
-    """Give an instance a new lifetime, counted from now."""
+    """Give an instance a new lifetime, counted from now.
+
+    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
+    """
     client: PostgraasClient = ctx.obj
     instance = client.extend(client.resolve(ref), ttl, password=_password(ctx, client, password))
     when = instance.expires_at.isoformat() if instance.expires_at else "never"
@@ -249,7 +293,10 @@ def extend(ctx: click.Context, ref: str, ttl: str, password: str | None) -> None
 )
 @click.pass_obj
 def wait(client: PostgraasClient, ref: str, timeout: float) -> None:
-    """Wait until an instance is ready: exit 0 when it is, 1 when it failed or is still creating."""
+    """Wait until an instance is ready: exit 0 when it is, 1 when it failed or is still creating.
+
+    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
+    """
     instance = client.find(ref)
     if not instance.settled:
         with Progress(f"waiting for {instance.name}", instance.status) as progress:

@@ -5,13 +5,28 @@ Messages carry what the server said, never a password or a token: they end up in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+LEFTOVER_ATTRIBUTE = "postgraas_leftover"
+
 
 class PostgraasClientError(Exception):
     """Anything the client could not do."""
 
 
+class ConfigurationError(PostgraasClientError, ValueError):
+    """A server URL or token the client cannot use; the message never repeats the value (it may hold a secret)."""
+
+
 class ServerUnreachable(PostgraasClientError):
-    """No answer at all: connection refused, DNS failure, a timeout."""
+    """No answer at all: connection refused, DNS failure, a timeout.
+
+    ``maybe_received``: the request may have reached the server (a timeout or a connection lost
+    while waiting for the answer), as opposed to a connection that was never made."""
+
+    def __init__(self, message: str, maybe_received: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_received = maybe_received
 
 
 class AmbiguousName(PostgraasClientError):
@@ -84,3 +99,44 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 
 def error_for_status(status: int) -> type[ApiError]:
     return _BY_STATUS.get(status, ApiError)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """An instance an interrupted create may have left behind, which the client could not delete."""
+
+    name: str
+    instance_id: int | None
+    reason: str
+    # A password the caller chose can delete it; a generated one was never shown to anybody.
+    password_given: bool
+
+    def describe(self) -> str:
+        what = f"{self.name!r} (id {self.instance_id})" if self.instance_id is not None else repr(self.name)
+        ref = f"id:{self.instance_id}" if self.instance_id is not None else f"name:{self.name}"
+        if self.password_given:
+            how = f"`postgraas delete {ref} --force` with the password you gave (or the token that created it)"
+        else:
+            how = (
+                f"`postgraas delete {ref} --force` with the token that created it; without a token only its "
+                "password deletes it, which was never shown, so the server deletes it when its ttl runs out"
+            )
+        reason = self.reason.rstrip(".")
+        return f"The interrupted creation of {what} was not undone ({reason}); it may remain. Delete it with {how}."
+
+
+def attach_leftover(error: BaseException, leftover: Leftover) -> None:
+    # On the exception itself, so that a KeyboardInterrupt stays one; the note shows in tracebacks.
+    setattr(error, LEFTOVER_ATTRIBUTE, leftover)
+    error.add_note(leftover.describe())
+
+
+def leftover_of(error: BaseException) -> Leftover | None:
+    leftover = getattr(error, LEFTOVER_ATTRIBUTE, None)
+    return leftover if isinstance(leftover, Leftover) else None
+
+
+def explain(error: BaseException) -> str:
+    """The error's message, and what an interrupted create left behind, if anything."""
+    leftover = leftover_of(error)
+    return f"{error}\n{leftover.describe()}" if leftover else str(error)

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import shlex
+import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 
+from .errors import PostgraasClientError
 from .instance import Instance
+
+
+class UnsafeEnvValue(PostgraasClientError):
+    """A value --output env cannot print: it holds a line break or another control character."""
+
+    def __init__(self, key: str) -> None:
+        # The variable's name only: the value is likely a password.
+        super().__init__(
+            f"{key} holds a line break or another control character, which --output env does not print: "
+            "in $GITHUB_ENV (or any KEY=value file) it would start another variable. Use --output json."
+        )
+        self.key = key
+
+
+def has_control_character(value: str) -> bool:
+    # Cc: C0 and C1 controls (newline, CR, ESC, NEL ...); Zl/Zp: Unicode line and paragraph separators.
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
 
 
 def env_pairs(instance: Instance, with_password: bool = True) -> list[tuple[str, str]]:
@@ -29,11 +48,16 @@ def env_pairs(instance: Instance, with_password: bool = True) -> list[tuple[str,
 
 
 def env_line(key: str, value: str) -> str:
-    # Quoted only when needed: unquoted lines also work in $GITHUB_ENV, which takes values literally.
+    """KEY=value for eval. A value that needs quoting gets shell quotes, which $GITHUB_ENV would keep
+    as part of the value; generated passwords and the other values never need any. A control
+    character is refused: a newline would inject a variable into $GITHUB_ENV however it is quoted."""
+    if has_control_character(value):
+        raise UnsafeEnvValue(key)
     return f"{key}={shlex.quote(value)}"
 
 
 def format_env(instance: Instance, with_password: bool = True) -> str:
+    """The env lines; raises UnsafeEnvValue (before anything is printed) for a value with a control character."""
     return "\n".join(env_line(k, v) for k, v in env_pairs(instance, with_password))
 
 

@@ -6,10 +6,14 @@ import json
 import os
 import pwd
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,8 +33,9 @@ POSTGRAAS = Path(sys.executable).with_name("postgraas")
 ENV_LINE = re.compile(r"[A-Z_]+=\S+")
 
 
-def start_local_server(request: pytest.FixtureRequest, tmp_path: Path, **kwargs) -> Server:
-    """A server with only the local backend; a default ttl so that nothing a failed test left outlives it."""
+def start_local_server(request: pytest.FixtureRequest, tmp_path: Path, local: dict | None = None, **kwargs) -> Server:
+    """A server with only the local backend (``local``: settings of it to override); a default
+    ttl so that nothing a failed test left outlives it."""
     try:
         find_bin_dir(None)
         if os.geteuid() == 0:
@@ -39,8 +44,31 @@ def start_local_server(request: pytest.FixtureRequest, tmp_path: Path, **kwargs)
         require("PostgreSQL server binaries", str(e))
     if not POSTGRAAS.exists():
         require("postgraas console script", f"{POSTGRAAS} is missing (pip install -e .)")
-    backends = {"local": backend_config("local", request)}
+    backends = {"local": backend_config("local", request, **(local or {}))}
     return start(tmp_path, backends, lifecycle={"default_ttl": "10m"}, **kwargs)
+
+
+def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within:g} s: {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def slow_start_bin_dir() -> Iterator[Path]:
+    """The PostgreSQL binaries, with a `pg_ctl start` that first sleeps: a create then stays
+    ``creating`` long enough to be interrupted. Outside /tmp/pytest-of-*: postgres must reach it."""
+    real = find_bin_dir(None)
+    path = Path(tempfile.mkdtemp(prefix="postgraas-slow-bin-"))
+    path.chmod(0o755)
+    for tool in ("initdb", "postgres"):
+        (path / tool).symlink_to(real / tool)
+    script = path / "pg_ctl"
+    script.write_text(f'#!/bin/sh\nfor arg; do [ "$arg" = start ] && sleep 4; done\nexec {real / "pg_ctl"} "$@"\n')
+    script.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
 
 
 def make_token(server: Server, owner: str) -> str:
@@ -203,5 +231,36 @@ def test_with_a_token(request, tmp_path, name):
             f"{server.url}/postgraas_instances", headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
         assert admin.json() == []
+    finally:
+        stop_server(server)
+
+
+def test_ctrl_c_during_create_leaves_no_instance(request, tmp_path, name, slow_start_bin_dir):
+    # Without a token only the generated password deletes the instance, and it was never printed:
+    # the CLI must delete it itself (the server cancels a creation still running).
+    server = start_local_server(request, tmp_path, local={"bin_dir": str(slow_start_bin_dir)})
+    try:
+
+        def rows() -> list[dict]:
+            return [r for r in server.get().json() if r["postgraas_instance_name"] == name]
+
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRAAS_", "PG"))}
+        process = subprocess.Popen(
+            [str(POSTGRAAS), "create", name, "--output", "env"],
+            env={**clean, "POSTGRAAS_URL": server.url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            eventually(lambda: [r["status"] for r in rows()] == ["creating"], 30, "the instance is creating")
+            process.send_signal(signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+        eventually(lambda: rows() == [], 30, "the interrupted creation is deleted")
+        assert process.returncode in (130, 1), stderr
+        assert stdout == ""
+        assert "Interrupted." in stderr and "Traceback" not in stderr
     finally:
         stop_server(server)

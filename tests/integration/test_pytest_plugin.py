@@ -3,18 +3,22 @@ without xdist) against a live server (local backend)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 from .conftest import Server, stop_server
-from .test_client_cli import POSTGRAAS, start_local_server
+from .test_client_cli import POSTGRAAS, make_token, start_local_server
 
 # Inner tests record "id name" and the password (the outer test must check it never shows).
 USES_THE_DATABASE = """
@@ -39,6 +43,58 @@ def test_query(postgraas_database, n):
     with psycopg.connect(host=db.host, port=db.port, user=db.user, password=db.password, dbname=db.dbname) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
     assert {fail} is False or n != 0, "the failure this run is about"
+"""
+
+# The only test using the database fails in its teardown, which is reported after the session
+# fixture's own teardown has run.
+TEARDOWN_FAILS = """
+import pytest
+
+
+@pytest.fixture
+def breaks_in_teardown():
+    yield
+    raise RuntimeError("the teardown failure this run is about")
+
+
+def test_last(postgraas_database, breaks_in_teardown):
+    db = postgraas_database
+    with open("used.txt", "a") as f:
+        f.write(f"{db.id} {db.name} {db.password}\\n")
+"""
+
+# The test deletes the database itself, so that the plugin's own delete fails.
+DELETES_IT_ITSELF = """
+import requests
+
+
+def test_deletes_it(postgraas_database, request):
+    db = postgraas_database
+    with open("used.txt", "a") as f:
+        f.write(f"{db.id} {db.name} {db.password}\\n")
+    url = request.config.getoption("postgraas_url")
+    body = {"db_pwd": db.password, "force": True}
+    assert requests.delete(f"{url}/postgraas_instances/{db.id}", json=body, timeout=60).status_code == 200
+"""
+
+# What the server says about the database: its backend and expiry, and when it was asked.
+SETTINGS = """
+import json
+from datetime import UTC, datetime
+
+import requests
+
+
+def test_settings(postgraas_database, request):
+    db = postgraas_database
+    with open("used.txt", "a") as f:
+        f.write(f"{db.id} {db.name} {db.password}\\n")
+    url = request.config.getoption("postgraas_url")
+    item = requests.get(f"{url}/postgraas_instances/{db.id}", timeout=30).json()
+    seen = {"backend": item["backend"], "expires_at": item["expires_at"], "asked_at": datetime.now(UTC).isoformat()}
+    seen["fixture_expires_at"] = db.expires_at.isoformat()
+    with open("settings.json", "w") as f:
+        json.dump(seen, f)
 """
 
 
@@ -96,11 +152,13 @@ def test_one_database_per_xdist_worker(pytester, server):
         assert server.get(f"/{instance_id}").status_code == 404
 
 
-@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
-def test_kept_on_failure_with_a_report_and_no_password(pytester, server, xdist):
+@pytest.mark.parametrize(
+    "args", [[], ["-n", "2"], ["-p", "no:cacheprovider"]], ids=["plain", "xdist", "no-cacheprovider"]
+)
+def test_kept_on_failure_with_a_report_and_no_password(pytester, server, args):
     # Two tests; with -n 2 each worker runs one, so one database is kept and the other deleted.
     pytester.makepyfile(USES_THE_DATABASE.format(count=2, fail=True))
-    result = inner_run(pytester, server, "--postgraas-keep-on-failure", *xdist)
+    result = inner_run(pytester, server, "--postgraas-keep-on-failure", *args)
     seen = used(pytester)
     try:
         result.assert_outcomes(passed=1, failed=1)
@@ -118,6 +176,14 @@ def test_kept_on_failure_with_a_report_and_no_password(pytester, server, xdist):
 
         env_file = Path(re.search(r"\(mode 0600\): (\S+)", output).group(1))
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        if "no:cacheprovider" in args:
+            # A fresh private directory, not a fixed name in /tmp that another user could have made first.
+            kept_dir = env_file.parent
+            assert kept_dir.parent == Path(tempfile.gettempdir()) and kept_dir.name.startswith("postgraas-kept-")
+            assert kept_dir.name != f"postgraas-kept-{os.getuid()}"
+            assert stat.S_IMODE(kept_dir.stat().st_mode) == 0o700 and kept_dir.stat().st_uid == os.getuid()
+        else:
+            assert pytester.path / ".pytest_cache" in env_file.parents
         assert f"PGPASSWORD={password}" in env_file.read_text().splitlines()
         # The delete command the report gives works as printed.
         command = re.search(r"delete:  (\(.*\))", output).group(1)
@@ -130,6 +196,83 @@ def test_kept_on_failure_with_a_report_and_no_password(pytester, server, xdist):
         assert server.get(f"/{kept_id}").status_code == 404
     finally:
         delete_all(server, seen)
+        if "no:cacheprovider" in args and "env_file" in locals():
+            shutil.rmtree(env_file.parent)
+
+
+def test_kept_when_the_last_tests_teardown_fails(pytester, server):
+    pytester.makepyfile(TEARDOWN_FAILS)
+    result = inner_run(pytester, server, "--postgraas-keep-on-failure")
+    seen = used(pytester)
+    try:
+        result.assert_outcomes(passed=1, errors=1)
+        ((kept_id, (name, password)),) = seen.items()
+        output = result.stdout.str() + result.stderr.str()
+        assert f"kept instance {kept_id} {name!r}: postgresql://" in output
+        assert password not in output
+        assert server.get(f"/{kept_id}").json()["status"] == "ready"
+    finally:
+        delete_all(server, seen)
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_a_failed_delete_fails_the_run_without_a_warning(pytester, server, xdist):
+    pytester.makepyfile(DELETES_IT_ITSELF)
+    # -W error (in inner_run): a Python warning would be an error in projects with filterwarnings = error.
+    result = inner_run(pytester, server, *xdist)
+    seen = used(pytester)
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    ((instance_id, (name, password)),) = seen.items()
+    output = result.stdout.str() + result.stderr.str()
+    assert "postgraas: cleaning up failed" in output
+    assert re.search(rf"postgraas_database: deleting {name} \(id {instance_id}\) failed: .*\(HTTP 404\)", output)
+    assert password not in output and "Warning" not in output
+
+
+def test_backend_and_ttl_reach_the_server(pytester, server):
+    pytester.makepyfile(SETTINGS)
+    unknown = inner_run(pytester, server, "--postgraas-backend", "nope")
+    unknown.assert_outcomes(errors=1)
+    unknown.stdout.fnmatch_lines(["*There is no backend named 'nope'*(HTTP 400)*"])
+    # After inner_run's --postgraas-ttl 10m (the server's default too): the last one counts.
+    result = inner_run(pytester, server, "--postgraas-backend", "local", "--postgraas-ttl", "37m")
+    seen = used(pytester)
+    try:
+        result.assert_outcomes(passed=1)
+        settings = json.loads((pytester.path / "settings.json").read_text())
+        assert settings["backend"] == "local"
+        expires_at = datetime.fromisoformat(settings["expires_at"])
+        expires_at = expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)
+        asked_at = datetime.fromisoformat(settings["asked_at"])
+        assert abs(expires_at - asked_at - timedelta(minutes=37)) < timedelta(minutes=1)
+        assert datetime.fromisoformat(settings["fixture_expires_at"]) == expires_at
+    finally:
+        delete_all(server, seen)
+    for instance_id in seen:
+        assert server.get(f"/{instance_id}").status_code == 404
+
+
+def test_with_a_token(pytester, request, tmp_path_factory, monkeypatch):
+    monkeypatch.delenv("POSTGRAAS_TOKEN", raising=False)
+    server = start_local_server(request, tmp_path_factory.mktemp("token-server"), auth={"mode": "token"})
+    try:
+        token = make_token(server, "ci")
+        pytester.makepyfile(USES_THE_DATABASE.format(count=2, fail=False))
+        refused = inner_run(pytester, server)
+        refused.assert_outcomes(errors=2)
+        refused.stdout.fnmatch_lines(["*postgraas_database: creating pytest-main-* failed: *needs a token*(HTTP 401)*"])
+
+        result = inner_run(pytester, server, "--postgraas-token", token)
+        result.assert_outcomes(passed=2)
+        assert len(used(pytester)) == 1
+        assert token not in result.stdout.str() + result.stderr.str()
+        listing = requests.get(
+            f"{server.url}/postgraas_instances", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert listing.json() == []
+    finally:
+        stop_server(server)
 
 
 def test_without_a_url_the_fixture_says_what_to_set_and_other_runs_are_untouched(pytester, monkeypatch):
@@ -148,3 +291,27 @@ def test_without_a_url_the_fixture_says_what_to_set_and_other_runs_are_untouched
     result.stdout.fnmatch_lines(["*postgraas_database needs a Postgraas server: pass --postgraas-url URL or set*"])
     assert "POSTGRAAS_URL" in result.stdout.str()
     assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--postgraas-url", "htp://user:s3cretpw@host"], "URL must start with http:// or https://"),
+        (["--postgraas-url", "http://user:s3cretpw@127.0.0.1:99999"], "URL cannot be parsed"),
+        (["--postgraas-url", "http://127.0.0.1:9", "--postgraas-token", "tok-s3cretpw\n"], "token may hold only"),
+        (
+            ["--postgraas-url", "http://user:s3cretpw@127.0.0.1:9"],
+            "Cannot reach the Postgraas server at http://127.0.0.1:9:",
+        ),
+    ],
+    ids=["scheme", "port", "token", "unreachable"],
+)
+def test_no_secret_in_what_the_fixture_reports(pytester, monkeypatch, args, says):
+    monkeypatch.delenv("POSTGRAAS_URL", raising=False)
+    monkeypatch.delenv("POSTGRAAS_TOKEN", raising=False)
+    pytester.makepyfile("def test_uses(postgraas_database):\n    pass\n")
+    result = pytester.runpytest_subprocess("-W", "error", *args)
+    result.assert_outcomes(errors=1)
+    output = result.stdout.str() + result.stderr.str()
+    assert says in output
+    assert "s3cretpw" not in output and "Traceback" not in output

@@ -4,6 +4,7 @@ output formats, error mapping, exit codes. The live server is in tests/integrati
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from postgraas_server.client import (
@@ -22,6 +24,7 @@ from postgraas_server.client import (
     ApiError,
     AuthenticationError,
     BackendFailedError,
+    ConfigurationError,
     ConflictError,
     Instance,
     InvalidRequestError,
@@ -31,10 +34,13 @@ from postgraas_server.client import (
     QuotaError,
     ServerUnreachable,
     UnavailableError,
+    api,
+    leftover_of,
 )
+from postgraas_server.client.api import display_url
 from postgraas_server.client.cli import main
 from postgraas_server.client.instance import default_db_name, default_username
-from postgraas_server.client.output import format_env, format_expires, format_span, format_table
+from postgraas_server.client.output import UnsafeEnvValue, format_env, format_expires, format_span, format_table
 from postgraas_server.schemas import IDENTIFIER_RE
 
 TOKEN = "pgr_1_s3cr3t-token-value-abcdefghijkl"
@@ -344,6 +350,7 @@ def test_create_sends_what_the_api_expects_and_keeps_the_password(server):
     with server.client(token=TOKEN) as client:
         instance = client.create("my-ci.db", ttl="2h")
     request = server.seen[-1]
+    generated = request.body.pop("db_pwd")
     assert request.body == {
         "postgraas_instance_name": "my-ci.db",
         "db_name": "my_ci_db",
@@ -351,6 +358,8 @@ def test_create_sends_what_the_api_expects_and_keeps_the_password(server):
         "wait": True,
         "ttl": "2h",
     }
+    # Generated here, so that an answer that never comes cannot take it along; URL-safe, no quoting.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", generated)
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert instance.password == "generated-pw"
     assert instance.uri == "postgresql://my_db:generated-pw@127.0.0.1:20001/my_db"
@@ -393,9 +402,12 @@ def test_find_by_id_or_unique_name(server):
     server.on("GET", "/postgraas_instances/42", Reply(200, instance_json(postgraas_instance_id=42)))
     server.on("GET", "/postgraas_instances/7", Reply(200, instance_json(backend_state="running")))
     with server.client() as client:
-        assert client.resolve("42") == client.resolve(42) == 42
+        assert client.resolve(42) == client.resolve("id:42") == 42
         assert server.seen == []  # an id needs no request
+        assert client.resolve("42") == 42  # digits: one list, to see that no instance is named so
+        assert len(server.seen) == 1
         assert client.find("42").id == 42
+        assert client.resolve("name:my-db") == 7
         # By name: the item as its GET shows it, backend_state included.
         assert (client.resolve("my-db"), client.find("my-db").backend_state) == (7, "running")
         with pytest.raises(NotFoundError, match="no instance named 'nope'"):
@@ -463,11 +475,12 @@ def test_cli_no_wait_prints_what_is_known(server):
     result = run(["--url", server.url, "create", "my-db", "--no-wait", "--output", "env"])
     assert result.exit_code == 0
     assert "PGPASSWORD=pw" in result.stdout and "PGHOST" not in result.stdout
-    assert "postgraas wait 7" in result.stderr
+    assert "postgraas wait id:7" in result.stderr
     assert server.seen[-1].body["wait"] is False
 
 
 def test_cli_show_never_has_a_password(server):
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
     server.on("GET", "/postgraas_instances/7", Reply(200, instance_json()))
     result = run(["--url", server.url, "show", "7", "--output", "env"])
     assert result.exit_code == 0
@@ -491,6 +504,7 @@ def test_cli_delete_takes_the_password_from_pgpassword(server):
 
 
 def test_cli_extend(server):
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
     server.on("GET", "/postgraas_instances/7", Reply(200, instance_json()))
     server.on("PATCH", "/postgraas_instances/7", Reply(200, instance_json(expires_at="2999-01-01T00:00:00Z")))
     result = run(["--url", server.url, "extend", "7", "--ttl", "2h"], PGPASSWORD="pw")
@@ -500,6 +514,7 @@ def test_cli_extend(server):
 
 
 def test_cli_wait_exit_codes(server):
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
     path = "/postgraas_instances/7"
     server.on("GET", path, Reply(200, instance_json(status="creating")), Reply(200, instance_json()))
     assert run(["--url", server.url, "wait", "7"]).exit_code == 0
@@ -518,3 +533,304 @@ def test_cli_list_table_and_json(server):
     assert table[0].split() == ["ID", "NAME", "BACKEND", "STATUS", "HOST:PORT", "AGE", "EXPIRES"]
     assert table[1].split()[:5] == ["7", "my-db", "local", "ready", "127.0.0.1:20001"]
     assert json.loads(run(["--url", server.url, "list", "-o", "json"]).stdout)[0]["postgraas_instance_id"] == 7
+
+
+# -- an interrupted create is undone ----------------------------------------------------------
+
+
+class InterruptedAfterPost(requests.Session):
+    """Ctrl-C once the create went out: the server has it, its answer never reaches the caller."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        response = super().request(method, url, *args, **kwargs)
+        if method == "POST":
+            raise KeyboardInterrupt
+        return response
+
+
+def sent_password(server: FakeServer) -> str:
+    return next(s.body["db_pwd"] for s in server.seen if s.method == "POST")
+
+
+@pytest.fixture
+def fast_cleanup(monkeypatch) -> None:
+    monkeypatch.setattr(api, "CLEANUP_LOOKS", (0.0, 0.0, 0.0))
+
+
+def test_a_create_timing_out_is_deleted_with_the_password_sent(server):
+    server.on("POST", "/postgraas_instances", Reply(201, instance_json(), delay=5))
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json(status="creating")]))
+    cancelled = {"status": "success", "msg": "Cancelled the creation of instance 'my-db' (id 7)."}
+    server.on("DELETE", "/postgraas_instances/7", Reply(200, cancelled))
+    with server.client(create_timeout=0.3) as client, pytest.raises(ServerUnreachable) as caught:
+        client.create("my-db")
+    assert leftover_of(caught.value) is None
+    delete = server.seen[-1]
+    assert (delete.method, delete.path) == ("DELETE", "/postgraas_instances/7")
+    assert delete.body == {"force": True, "db_pwd": sent_password(server)}
+
+
+def test_ctrl_c_during_a_create_deletes_it_and_stays_a_keyboard_interrupt(server):
+    server.on("POST", "/postgraas_instances", Reply(201, instance_json()))
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
+    server.on("DELETE", "/postgraas_instances/7", Reply(200, {"status": "success", "msg": "Deleted."}))
+    with (
+        PostgraasClient(server.url, session=InterruptedAfterPost()) as client,
+        pytest.raises(KeyboardInterrupt) as caught,
+    ):
+        client.create("my-db")
+    assert leftover_of(caught.value) is None
+    assert server.seen[-1].body == {"force": True, "db_pwd": sent_password(server)}
+
+
+def test_cleanup_leaves_others_instances_of_that_name_alone(server, fast_cleanup):
+    # An instance of that name that the generated password does not open is someone else's.
+    server.on("POST", "/postgraas_instances", Reply(201, instance_json()))
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
+    wrong = {"status": "failed", "msg": "The password is wrong."}
+    server.on("DELETE", "/postgraas_instances/7", Reply(401, wrong))
+    with (
+        PostgraasClient(server.url, session=InterruptedAfterPost()) as client,
+        pytest.raises(KeyboardInterrupt) as caught,
+    ):
+        client.create("my-db")
+    assert leftover_of(caught.value) is None
+    # Nothing found at all: the server never got it; nothing to delete, nothing to report.
+    server.on("GET", "/postgraas_instances", Reply(200, []))
+    with (
+        PostgraasClient(server.url, session=InterruptedAfterPost()) as client,
+        pytest.raises(KeyboardInterrupt) as caught,
+    ):
+        client.create("my-db")
+    assert leftover_of(caught.value) is None
+    assert [s.method for s in server.seen].count("DELETE") == 1
+
+
+def test_a_failed_cleanup_says_what_remains_and_how_to_delete_it_but_not_the_password(server):
+    server.on("POST", "/postgraas_instances", Reply(201, instance_json()))
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
+    server.on("DELETE", "/postgraas_instances/7", Reply(502, {"status": "failed", "msg": "The backend failed."}))
+    with (
+        PostgraasClient(server.url, session=InterruptedAfterPost()) as client,
+        pytest.raises(KeyboardInterrupt) as caught,
+    ):
+        client.create("my-db")
+    leftover = leftover_of(caught.value)
+    assert leftover is not None and (leftover.name, leftover.instance_id) == ("my-db", 7)
+    text = leftover.describe()
+    assert "'my-db' (id 7)" in text and "postgraas delete id:7 --force" in text and "The backend failed" in text
+    assert sent_password(server) not in text
+    assert text in caught.value.__notes__  # shown in a traceback too
+
+
+def test_cli_ctrl_c_exits_130_and_names_what_it_could_not_delete(server, monkeypatch):
+    server.on("POST", "/postgraas_instances", Reply(201, instance_json(db_pwd="never-shown")))
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
+    server.on("DELETE", "/postgraas_instances/7", Reply(503, {"status": "failed", "msg": "Try later."}))
+    original = requests.Session.request
+
+    def interrupted(self: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        response = original(self, method, url, *args, **kwargs)
+        if method == "POST":
+            raise KeyboardInterrupt
+        return response
+
+    monkeypatch.setattr(requests.Session, "request", interrupted)
+    result = run(["--url", server.url, "create", "my-db", "-o", "env"])
+    assert result.exit_code == 130
+    assert result.stdout == ""
+    assert "Interrupted." in result.stderr and "postgraas delete id:7 --force" in result.stderr
+    assert sent_password(server) not in result.output and "never-shown" not in result.output
+    # Undone: just the note.
+    server.on("DELETE", "/postgraas_instances/7", Reply(200, {"status": "success", "msg": "Deleted."}))
+    result = run(["--url", server.url, "create", "my-db"])
+    assert result.exit_code == 130
+    assert "Nothing of 'my-db' was left on the server." in result.stderr
+
+
+def test_a_given_password_is_not_used_to_delete_by_name(server, monkeypatch):
+    # It may well be another instance's of that name too; the caller knows it and can delete.
+    server.on("POST", "/postgraas_instances", Reply(201, instance_json()))
+    with (
+        PostgraasClient(server.url, session=InterruptedAfterPost()) as client,
+        pytest.raises(KeyboardInterrupt) as caught,
+    ):
+        client.create("my-db", password="mine")
+    assert [s.method for s in server.seen] == ["POST"]
+    leftover = leftover_of(caught.value)
+    assert leftover is not None and leftover.password_given
+    assert "postgraas delete name:my-db --force" in leftover.describe() and "mine" not in leftover.describe()
+
+
+def test_a_create_that_never_connected_has_nothing_to_undo(closed_url):
+    with PostgraasClient(closed_url) as client, pytest.raises(ServerUnreachable) as caught:
+        client.create("my-db")
+    assert not caught.value.maybe_received
+    assert leftover_of(caught.value) is None
+
+
+def test_a_create_losing_its_server_says_it_could_not_undo_it(server, fast_cleanup):
+    # The connection breaks while waiting for the answer, and the server stays away: the instance may remain.
+    server.on("POST", "/postgraas_instances", Reply(201, instance_json(), delay=5))
+
+    class Broken(requests.Session):
+        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+            if method == "POST":
+                super().request(method, url, *args, **{**kwargs, "timeout": 0.2})
+            raise requests.ConnectionError("('Connection aborted.', RemoteDisconnected('closed'))")
+
+    with PostgraasClient(server.url, session=Broken()) as client, pytest.raises(ServerUnreachable) as caught:
+        client.create("my-db")
+    leftover = leftover_of(caught.value)
+    assert leftover is not None and leftover.instance_id is None
+    assert "postgraas delete name:my-db --force" in leftover.describe()
+
+
+# -- no secret in a message -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "htp://user:s3cretpw@host",
+        "http://user:s3cretpw@127.0.0.1:99999",
+        "http://user:s3cretpw@[::1",
+        "http://user:s3cretpw@",
+        "http://user:s3cretpw@ho st",
+        "user:s3cretpw@host:8080",
+    ],
+)
+def test_a_bad_url_is_refused_without_repeating_it(url):
+    with pytest.raises(ConfigurationError) as caught:
+        PostgraasClient(url)
+    assert isinstance(caught.value, ValueError)
+    assert "s3cretpw" not in str(caught.value) and "URL" in str(caught.value)
+    result = run(["--url", url, "list"])
+    assert result.exit_code == 2
+    assert "--url" in result.stderr and "s3cretpw" not in result.output
+    result = run(["list"], POSTGRAAS_URL=url)
+    assert result.exit_code == 2 and "s3cretpw" not in result.output
+
+
+@pytest.mark.parametrize("token", ["tok3n-s3cret\n", "tok3n s3cret", "tok3n-s3cret\x00", "tok3n-s3cret\u00e9"])
+def test_a_bad_token_is_refused_without_repeating_it(server, token):
+    with pytest.raises(ConfigurationError) as caught:
+        PostgraasClient(server.url, token=token)
+    assert "s3cret" not in str(caught.value) and "token" in str(caught.value)
+    if "\x00" not in token:  # the OS refuses NUL in arguments and the environment alike
+        result = run(["--url", server.url, "--token", token, "list"])
+        assert result.exit_code == 2
+        assert "--token" in result.stderr and "s3cret" not in result.output
+        result = run(["--url", server.url, "list"], POSTGRAAS_TOKEN=token)
+        assert result.exit_code == 2 and "s3cret" not in result.output
+    assert server.seen == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://u:s3cretpw@127.0.0.1:99999",
+        "http://u:s3cretpw@[::1",
+        "http://u:s3c@retpw@host/x",
+        "https://u:s3cretpw@h",
+    ],
+)
+def test_display_url_never_raises_and_never_shows_the_password(url):
+    shown = display_url(url)
+    assert "s3c" not in shown and "retpw" not in shown
+    assert shown.startswith(url.split("//")[0] + "//")
+
+
+def test_requests_error_text_never_reaches_a_message(server):
+    # Whatever requests says may quote the URL with its password or a header with the token.
+    class Failing(requests.Session):
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
+        def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+            raise self.error
+
+    errors = [
+        requests.exceptions.InvalidHeader(f"Invalid header value 'Bearer {TOKEN}\\n'"),
+        requests.exceptions.InvalidURL(f"Failed to parse: http://u:{TOKEN}@host"),
+        requests.ConnectionError(f"HTTPConnectionPool(host='u:{TOKEN}@host'): Max retries exceeded"),
+        requests.exceptions.ReadTimeout(f"Read timed out (http://u:{TOKEN}@host)"),
+    ]
+    for error in errors:
+        with (
+            PostgraasClient(server.url, token=TOKEN, session=Failing(error)) as client,
+            pytest.raises(PostgraasClientError) as caught,
+        ):
+            client.list()
+        assert TOKEN not in str(caught.value)
+        assert type(error).__name__ in str(caught.value) or "did not answer" in str(caught.value)
+
+
+def test_unreachable_names_the_os_reason(closed_url):
+    with PostgraasClient(closed_url.replace("http://", "http://u:s3cretpw@")) as client:
+        with pytest.raises(ServerUnreachable) as caught:
+            client.list()
+    reason = "Connection refused (ConnectionError)"
+    assert str(caught.value) == f"Cannot reach the Postgraas server at {closed_url}: {reason}."
+
+
+# -- names made of digits ---------------------------------------------------------------------
+
+
+def digit_named_listing() -> list[dict[str, Any]]:
+    # Instance 2, and instance 5 named "2".
+    return [instance_json(postgraas_instance_id=2), instance_json(postgraas_instance_id=5, postgraas_instance_name="2")]
+
+
+def test_a_name_of_digits_is_never_taken_for_an_id(server):
+    listing = digit_named_listing()
+    server.on("GET", "/postgraas_instances", Reply(200, listing))
+    with server.client() as client:
+        ambiguous = r"'2' is an id, and also the name of instance\(s\) 5: say id:2 or name:2"
+        with pytest.raises(AmbiguousName, match=ambiguous):
+            client.resolve("2")
+        assert client.resolve("id:2") == 2
+        assert client.resolve("name:2") == 5
+        # Instance 5 named "5" is no ambiguity; a digit name alone is still read as the id.
+        five = instance_json(postgraas_instance_id=5, postgraas_instance_name="5")
+        server.on("GET", "/postgraas_instances", Reply(200, [five]))
+        assert client.resolve("5") == 5
+        with pytest.raises(PostgraasClientError, match="digits only"):
+            client.resolve("id:two")
+        with pytest.raises(NotFoundError):
+            client.resolve("name:nope")
+
+
+def test_cli_delete_of_an_ambiguous_number_deletes_nothing(server):
+    listing = digit_named_listing()
+    server.on("GET", "/postgraas_instances", Reply(200, listing))
+    server.on("DELETE", "/postgraas_instances/5", Reply(200, {"status": "success", "msg": "Deleted instance 5."}))
+    result = run(["--url", server.url, "delete", "2"], PGPASSWORD="pw")
+    assert result.exit_code == 1 and "say id:2 or name:2" in result.stderr
+    assert all(s.method == "GET" for s in server.seen)
+    result = run(["--url", server.url, "delete", "name:2"], PGPASSWORD="pw")
+    assert (result.exit_code, result.stdout) == (0, "Deleted instance 5.\n")
+    assert "id:2" in run(["--url", server.url, "delete", "--help"]).stdout
+
+
+# -- env output cannot inject variables -------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", ["x\nNODE_OPTIONS=--require=/tmp/evil.js", "x\rY=1", "x\x1b[2J", "x\u2028Y=1"])
+def test_env_output_refuses_control_characters_naming_only_the_variable(server, password):
+    with pytest.raises(UnsafeEnvValue) as caught:
+        format_env(created(password))
+    assert "PGPASSWORD" in str(caught.value) and password not in str(caught.value)
+    # The CLI refuses before it creates anything: the instance would exist with nothing printed.
+    result = run(["--url", server.url, "create", "my-db", "--password", password, "--output", "env"])
+    assert result.exit_code == 1
+    assert "PGPASSWORD holds a line break or another control character" in result.stderr
+    assert result.stdout == "" and "NODE_OPTIONS" not in result.output and "Y=1" not in result.output
+    assert server.seen == []
+    # What the server sends is checked as well (the host is in DATABASE_URL, the first line).
+    server.on("GET", "/postgraas_instances", Reply(200, [instance_json()]))
+    server.on("GET", "/postgraas_instances/7", Reply(200, instance_json(host=f"h{password}")))
+    result = run(["--url", server.url, "show", "id:7", "--output", "env"])
+    assert result.exit_code == 1 and "DATABASE_URL holds" in result.stderr and result.stdout == ""
+    server.seen.clear()
