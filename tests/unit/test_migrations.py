@@ -6,6 +6,8 @@ import sqlalchemy as sa
 from postgraas_server.migrations import upgrade
 from postgraas_server.passwords import password_matches
 
+from .test_api import BODY
+
 LEGACY_2X = """
 create table db_instance (
     id integer primary key,
@@ -78,3 +80,10 @@ def test_2x_duplicate_names_stop_the_upgrade_with_a_clear_message(tmp_path):
         conn.execute(sa.text("insert into db_instance (id, postgraas_instance_name) values (1, 'twin'), (2, 'twin')"))
     with pytest.raises(RuntimeError, match="several instances named 'twin'"):
         upgrade(url)
+
+
+def test_ids_of_deleted_instances_are_never_reused(app, client):
+    first = client.post("/postgraas_instances", json={**BODY, "postgraas_instance_name": "first"}).get_json()
+    client.delete(f"/postgraas_instances/{first['postgraas_instance_id']}", json={"db_pwd": BODY["db_pwd"]})
+    second = client.post("/postgraas_instances", json={**BODY, "postgraas_instance_name": "second"}).get_json()
+    assert second["postgraas_instance_id"] > first["postgraas_instance_id"]
