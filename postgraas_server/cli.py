@@ -105,11 +105,14 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
         def load(self) -> Any:
             # Runs in each worker after the fork: every worker has a reaper, the lease picks one.
             from .app import create_app
+            from .pool import PoolKeeper
             from .reaper import Reaper
 
             app = create_app(settings)
+            state = app.extensions["postgraas"]
+            if state.backends.pools:
+                PoolKeeper(state.service).start(app)
             if settings.lifecycle.reaper_interval > 0:
-                state = app.extensions["postgraas"]
                 Reaper(state.backends, settings.lifecycle).start(app)
             return app
 

@@ -82,6 +82,9 @@ class _BackendSection(_Section):
     ready_timeout: float = Field(default=60.0, gt=0)
     # At most this many instances in the backend (all owners); None: no limit. Beyond: 503.
     max_instances: int | None = Field(default=None, ge=0)
+    # Instances kept made ahead, with throwaway names and passwords; a create takes one and only
+    # renames it and sets its password. They count towards max_instances.
+    pool_size: int = Field(default=0, ge=0, le=100)
     advertised_host: str = "localhost"
     # Where the server itself connects to prove readiness; defaults to advertised_host.
     probe_host: str | None = None

@@ -30,6 +30,7 @@ STATUSES = (
     InstanceStatus.FAILED,
     InstanceStatus.DELETING,
     InstanceStatus.LOST,
+    InstanceStatus.POOLED,
 )
 
 HTTP_REQUESTS = Counter(
@@ -39,8 +40,9 @@ HTTP_REQUESTS = Counter(
 )
 CREATE_DURATION = Histogram(
     "postgraas_create_duration_seconds",
-    "Time to create an instance in its backend until a login works, for creates that succeeded.",
-    ["backend"],
+    "Time to create an instance in its backend until a login works, for creates that succeeded; "
+    'source "pool" when a pooled instance was taken over, "new" otherwise.',
+    ["backend", "source"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120),
 )
 CREATE_FAILURES = Counter(

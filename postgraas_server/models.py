@@ -25,6 +25,13 @@ class InstanceStatus:
     DELETING = "deleting"
     # Its backend object vanished behind our back.
     LOST = "lost"
+    # Made ahead for a backend's warm pool, with throwaway credentials; a create takes it over.
+    POOLED = "pooled"
+
+
+# The owner of pooled instances (and of their creations): no token owner can be called this
+# (owners start with a letter or digit), and no request ever sees its rows.
+POOL_OWNER = "@pool"
 
 
 def utcnow() -> datetime:

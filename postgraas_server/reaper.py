@@ -133,6 +133,7 @@ class Reaper:
         self._mark_lost(listed, report)
         self._follow_ports(listed, report)
         self._forget_old_rows(now, report)
+        self._trim_pools(report)
         return report
 
     def _rows(self, *statuses: str) -> list[DBInstance]:
@@ -225,7 +226,7 @@ class Reaper:
                         )
 
     def _mark_lost(self, listed: dict, report: PassReport) -> None:
-        for row in self._rows(InstanceStatus.READY):
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
             objects = listed.get(row.backend)
             if objects is None or not row.container_id or row.container_id in {o.ref for o in objects}:
                 continue
@@ -236,7 +237,7 @@ class Reaper:
             except PostgraasError:
                 continue
             detail = f"its {backend.type_name} object {row.container_id} vanished"
-            if self._claim(row, InstanceStatus.READY, InstanceStatus.LOST, detail):
+            if self._claim(row, row.status, InstanceStatus.LOST, detail):
                 name = row.postgraas_instance_name
                 report.add(
                     "lost", row.backend, f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}"
@@ -244,7 +245,7 @@ class Reaper:
 
     def _follow_ports(self, listed: dict, report: PassReport) -> None:
         """A container restarted by its engine gets a new published port: record it."""
-        for row in self._rows(InstanceStatus.READY):
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
             obj = next((o for o in listed.get(row.backend) or [] if o.ref == row.container_id), None)
             if obj is None or obj.port is None or obj.port == row.port:
                 continue
@@ -262,6 +263,21 @@ class Reaper:
                 row.backend,
                 f"instance {name} (id {row.id}) in backend {row.backend} now listens on port {obj.port}",
             )
+
+    def _trim_pools(self, report: PassReport) -> None:
+        """Pooled instances beyond a backend's pool_size (keepers of several workers overshoot;
+        a pool made smaller, or no longer configured) go, newest first."""
+        pooled: dict[str, list[DBInstance]] = {}
+        for row in self._rows(InstanceStatus.POOLED):
+            pooled.setdefault(row.backend, []).append(row)
+        for backend_name, rows in pooled.items():
+            surplus = len(rows) - self.backends.pools.get(backend_name, 0)
+            for row in sorted(rows, key=lambda r: r.id, reverse=True)[: max(surplus, 0)]:
+                if not self._claim(row, InstanceStatus.POOLED, InstanceStatus.DELETING, "pool surplus"):
+                    continue  # taken by a create meanwhile
+                if self._remove_object(row, "pool surplus"):
+                    self._forget(row)
+                    report.add("pool_trimmed", backend_name, f"removed surplus pooled instance (id {row.id})")
 
     def _forget_old_rows(self, now: datetime, report: PassReport) -> None:
         retention = {
@@ -327,4 +343,5 @@ _ALL_STATUSES = (
     InstanceStatus.FAILED,
     InstanceStatus.DELETING,
     InstanceStatus.LOST,
+    InstanceStatus.POOLED,
 )

@@ -8,6 +8,7 @@ create) are conditional UPDATEs: exactly one request wins, the others see a 409.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ from .errors import (
 )
 from .logs import request_id
 from .metrics import CREATE_DURATION, CREATE_FAILURES, failure_reason
-from .models import DBInstance, InstanceStatus, db, move_status, utcnow
+from .models import POOL_OWNER, DBInstance, InstanceStatus, db, move_status, utcnow
 from .passwords import generate_password, hash_password, password_matches
 from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
 from .tokens import Principal
@@ -54,6 +55,8 @@ class InstanceService:
     def __init__(self, backends: BackendRegistry, lifecycle: LifecycleSettings) -> None:
         self.backends = backends
         self.lifecycle = lifecycle
+        # Set when a PoolKeeper runs in this process: a claim wakes it to make a replacement.
+        self.pool_keeper: Any = None
         self._beat_engine: Engine | None = None
         self._engine_lock = threading.Lock()
 
@@ -63,7 +66,7 @@ class InstanceService:
         """Read-only snapshots with the instances' columns as attributes (what InstanceOut.from_row
         reads). Not ORM objects, nor Rows, whose attribute access is slow: for a list of a thousand,
         those were two thirds of the time."""
-        query = select(*DBInstance.__table__.columns).order_by(DBInstance.id)
+        query = select(*DBInstance.__table__.columns).where(DBInstance.owner != POOL_OWNER).order_by(DBInstance.id)
         if principal is not None and not principal.admin:
             query = query.where(DBInstance.owner == principal.owner)
         return [SimpleNamespace(**row) for row in db.session.execute(query).mappings()]
@@ -72,7 +75,10 @@ class InstanceService:
         """The instance, if it exists and ``principal`` may see it; another owner's instance is
         a 404 exactly like a missing one, so ids reveal nothing."""
         row = db.session.get(DBInstance, instance_id)
-        if row is None or (principal is not None and not principal.admin and row.owner != principal.owner):
+        hidden = row is not None and (
+            row.owner == POOL_OWNER or (principal is not None and not principal.admin and row.owner != principal.owner)
+        )
+        if row is None or hidden:
             raise NotFound(f"There is no instance with id {instance_id}.")
         return row
 
@@ -120,7 +126,12 @@ class InstanceService:
             if request.db_pwd is None:
                 # The caller returns request.db_pwd once, in the answer to this create.
                 request.db_pwd = generate_password()
-            row = self._reserve(request, backend_name, expires_at, principal.owner if principal else "")
+            owner = principal.owner if principal else ""
+            if request.wait and request.template is None and backend_name in self.backends.pools:
+                claimed = self._create_from_pool(request, backend_name, backend, expires_at, owner, principal)
+                if claimed is not None:
+                    return claimed
+            row = self._reserve(request, backend_name, expires_at, owner)
             self._enforce_quotas(row, backend_name, principal)
             spec = DatabaseSpec(
                 instance_id=row.id,
@@ -170,14 +181,26 @@ class InstanceService:
             finally:
                 db.session.remove()
 
-    def _provision(self, backend_name: str, backend: Backend, spec: DatabaseSpec) -> None:
-        """Create in the backend, then claim the row ready; a row cancelled meanwhile gets
-        its object removed (and the row with it) instead."""
+    def _provision(
+        self,
+        backend_name: str,
+        backend: Backend,
+        spec: DatabaseSpec,
+        pooled: Credentials | None = None,
+        ref: str | None = None,
+        ready_status: str = InstanceStatus.READY,
+    ) -> None:
+        """Create in the backend (or, with ``pooled`` and ``ref``, take over that pooled object),
+        then mark the row ready; a row cancelled meanwhile gets its object removed (and the row
+        with it) instead."""
         started = time.monotonic()
         with self._heartbeat(spec.instance_id):
-            provisioned = backend.create(spec)
+            if pooled is not None and ref is not None:
+                provisioned = backend.claim(ref, pooled, spec)
+            else:
+                provisioned = backend.create(spec)
         try:
-            claimed = self._mark_ready(spec.instance_id, provisioned)
+            claimed = self._mark_ready(spec.instance_id, provisioned, ready_status)
         except BaseException:
             db.session.rollback()
             log.warning("meta db update failed for %s; removing what was created", spec.instance_name)
@@ -195,15 +218,17 @@ class InstanceService:
                 f"The instance {spec.instance_name!r} was deleted while it was being created.",
                 {"postgraas_instance_name": "deleted while being created"},
             )
-        CREATE_DURATION.labels(backend_name).observe(time.monotonic() - started)
+        if ready_status == InstanceStatus.READY:
+            source = "pool" if pooled is not None else "new"
+            CREATE_DURATION.labels(backend_name, source).observe(time.monotonic() - started)
         log.info("instance %s (id %s) is ready in backend %s", spec.instance_name, spec.instance_id, backend_name)
 
     @staticmethod
-    def _mark_ready(instance_id: int, provisioned: ProvisionedDatabase) -> bool:
+    def _mark_ready(instance_id: int, provisioned: ProvisionedDatabase, status: str) -> bool:
         return move_status(
             instance_id,
             InstanceStatus.CREATING,
-            InstanceStatus.READY,
+            status,
             heartbeat_at=None,
             hostname=provisioned.host,
             port=provisioned.port,
@@ -256,6 +281,136 @@ class InstanceService:
         if not move_status(instance_id, InstanceStatus.CREATING, InstanceStatus.FAILED, detail, heartbeat_at=None):
             # Cancelled while it failed: nothing was left in the backend, so the row can go.
             self._forget(instance_id)
+
+    # -- the warm pool -----------------------------------------------------------------------
+
+    def _create_from_pool(
+        self,
+        request: CreateInstanceRequest,
+        backend_name: str,
+        backend: Backend,
+        expires_at: datetime | None,
+        owner: str,
+        principal: Principal | None,
+    ) -> DBInstance | None:
+        """Take over a pooled instance for ``request``; None when the pool is empty or the
+        pooled object failed (the caller then creates one as usual)."""
+        taken = self._take_pooled(request, backend_name, expires_at, owner)
+        if taken is None:
+            return None
+        row, pooled, ref = taken
+        try:
+            self._enforce_quotas(row, backend_name, principal)
+        except PostgraasError:
+            self._remove_quietly(backend, ref, pooled)
+            raise
+        spec = DatabaseSpec(
+            instance_id=row.id,
+            instance_name=row.postgraas_instance_name,
+            db_name=request.db_name,
+            db_username=request.db_username,
+            db_pwd=request.db_pwd or "",
+            ephemeral=request.durability == "ephemeral",
+        )
+        try:
+            self._provision(backend_name, backend, spec, pooled=pooled, ref=ref)
+        except Conflict:
+            # The names are taken in the backend (a shared cluster): nothing was changed, but the
+            # row is the request's now; the object goes, and the answer is the 409.
+            self._remove_quietly(backend, ref, pooled)
+            self._release(row.id)
+            raise
+        except PostgraasError as e:
+            log.warning("pooled object %s of backend %s failed (%s); creating anew", ref, backend_name, e.msg)
+            # Half handed over: its role may have either name.
+            self._remove_quietly(backend, ref, spec.credentials)
+            self._remove_quietly(backend, ref, pooled)
+            self._release(row.id)
+            return None
+        if self.pool_keeper is not None:
+            # After the hand-over: making the replacement competes for the same cores.
+            self.pool_keeper.wake()
+        db.session.refresh(row)
+        return row
+
+    def _take_pooled(
+        self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str
+    ) -> tuple[DBInstance, Credentials, str] | None:
+        """Turn one pooled row into the request's, in one conditional UPDATE (exactly one create
+        gets each); its throwaway credentials and object ref are read just before."""
+        for _ in range(5):
+            candidate = db.session.execute(
+                select(DBInstance.id, DBInstance.db_name, DBInstance.username, DBInstance.container_id)
+                .where(DBInstance.backend == backend_name, DBInstance.status == InstanceStatus.POOLED)
+                .order_by(DBInstance.id)
+                .limit(1)
+            ).first()
+            if candidate is None:
+                db.session.rollback()
+                return None
+            now = utcnow()
+            try:
+                result = db.session.execute(
+                    update(DBInstance)
+                    .where(DBInstance.id == candidate.id, DBInstance.status == InstanceStatus.POOLED)
+                    .values(
+                        status=InstanceStatus.CREATING,
+                        status_detail=None,
+                        status_changed_at=now,
+                        heartbeat_at=now,
+                        creation_timestamp=now,
+                        postgraas_instance_name=request.postgraas_instance_name,
+                        db_name=request.db_name,
+                        username=request.db_username,
+                        password_hash=hash_password(request.db_pwd or ""),
+                        owner=owner,
+                        expires_at=expires_at,
+                        durability=request.durability,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                db.session.commit()
+            except IntegrityError:
+                db.session.rollback()
+                raise Conflict(
+                    f"An instance named {request.postgraas_instance_name!r} already exists.",
+                    {"postgraas_instance_name": "already exists"},
+                ) from None
+            if result.rowcount == 1:
+                row = db.session.get(DBInstance, candidate.id)
+                return row, Credentials(candidate.db_name, candidate.username, ""), candidate.container_id or ""
+        return None
+
+    def fill_pool(self, backend_name: str, size: int) -> int:
+        """Create pooled instances until ``backend_name`` has ``size`` (made or being made);
+        returns how many were made. Stops at the first failure (the next round tries again)."""
+        made = 0
+        backend = self.backends.holding(backend_name)
+        while True:
+            have = self._count(
+                (DBInstance.backend == backend_name)
+                & (DBInstance.owner == POOL_OWNER)
+                & DBInstance.status.in_((InstanceStatus.CREATING, InstanceStatus.POOLED))
+            )
+            db.session.rollback()
+            if have >= size:
+                return made
+            tag = secrets.token_hex(6)
+            request = CreateInstanceRequest(
+                postgraas_instance_name=f"pool-{tag}",
+                db_name=f"pool_{tag}",
+                db_username=f"pool_{tag}",
+                db_pwd=generate_password(),
+            )
+            row = self._reserve(request, backend_name, None, POOL_OWNER)
+            spec = DatabaseSpec(row.id, row.postgraas_instance_name, row.db_name, row.username, request.db_pwd or "")
+            try:
+                self._provision(backend_name, backend, spec, ready_status=InstanceStatus.POOLED)
+            except PostgraasError as e:
+                self._fail(row.id, e.msg)
+                log.warning("could not fill the pool of backend %s: %s", backend_name, e.msg)
+                return made
+            made += 1
 
     # -- deleting ----------------------------------------------------------------------------
 

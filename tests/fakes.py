@@ -20,11 +20,14 @@ from postgraas_server.errors import Conflict, PostgraasError
 class FakeBackend:
     type_name = "fake"
     supports_template = False
+    supports_pool = True
 
     def __init__(self) -> None:
         self.objects: dict[str, DatabaseSpec] = {}
         self.sessions: dict[str, int] = {}
         self.fail_create: PostgraasError | None = None
+        self.fail_claim: PostgraasError | None = None
+        self.claims: list[tuple[str, str, str]] = []
         self.fail_delete: PostgraasError | None = None
         self.fail_describe: Exception | None = None
         self.fail_list: PostgraasError | None = None
@@ -40,6 +43,14 @@ class FakeBackend:
             raise self.fail_create
         ref = f"fake-{spec.instance_id}"
         self.objects[ref] = spec
+        return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
+
+    def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
+        if self.fail_claim is not None:
+            raise self.fail_claim
+        assert self.objects[ref].db_username == pooled.db_username
+        self.objects[ref] = spec
+        self.claims.append((ref, pooled.db_username, spec.db_username))
         return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:

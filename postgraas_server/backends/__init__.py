@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import BackendSettings, Settings
+from ..config import BackendSettings, ConfigError, Settings
 from ..errors import BackendUnavailable, InvalidRequest
 from .base import (
     Backend,
@@ -37,12 +37,18 @@ class BackendRegistry:
     default: str
     # max_instances per backend name, where one is configured.
     limits: dict[str, int] = field(default_factory=dict)
+    # pool_size per backend name, where one is configured.
+    pools: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, deployment: str) -> BackendRegistry:
         backends = {name: build_backend(backend, deployment) for name, backend in settings.backends.items()}
         limits = {n: b.max_instances for n, b in settings.backends.items() if b.max_instances is not None}
-        return cls(backends, settings.application.default_backend or next(iter(backends)), limits)
+        pools = {n: b.pool_size for n, b in settings.backends.items() if b.pool_size}
+        for name in pools:
+            if not backends[name].supports_pool:
+                raise ConfigError(f"backends.{name}.pool_size: the {backends[name].type_name} backend has no pool yet")
+        return cls(backends, settings.application.default_backend or next(iter(backends)), limits, pools)
 
     def choose(self, name: str | None) -> tuple[str, Backend]:
         """The backend a request names (400 listing the configured ones if unknown), else the default."""

@@ -92,6 +92,8 @@ class Backend(Protocol):
 
     type_name: str
     supports_template: bool
+    # claim() works: instances can be made ahead for a warm pool.
+    supports_pool: bool
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         """Create the database and return only once a real login as ``spec.db_username`` to
@@ -101,6 +103,19 @@ class Backend(Protocol):
         object's name is taken, ``BackendTimeout`` when the database is not ready in time and
         ``BackendError`` for any other failure. On every failure it has removed whatever it
         created: it leaves nothing behind.
+        """
+        ...
+
+    def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
+        """Hand the object ``ref``, made ahead by ``create`` with the throwaway ``pooled``
+        credentials, to ``spec``: role and database renamed to spec's, spec's password set (the
+        throwaway one is gone with the old name), durability as spec asks. Returns once the
+        hand-over is committed on the object's server, which proved a TCP login when it was made
+        and runs still (a new login would only prove that again); ``ref`` may change.
+
+        Raises ``Conflict`` when spec's names are taken (nothing was changed), else
+        ``BackendError``, ``BackendUnavailable`` or ``BackendTimeout``; after those the object may
+        be half handed over, and the caller deletes it.
         """
         ...
 

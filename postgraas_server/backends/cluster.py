@@ -21,6 +21,7 @@ from .tenants import (
     create_tenant,
     database_exists,
     drop_tenant,
+    hand_over_tenant,
     list_tenants,
     lock_down_public_schema,
     tenant_marker,
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 class ClusterBackend:
     type_name = "cluster"
     supports_template = True
+    supports_pool = True
 
     def __init__(self, settings: ClusterBackendSettings, deployment: str) -> None:
         self.settings = settings
@@ -86,6 +88,18 @@ class ClusterBackend:
                 ) from e
             raise
         log.info("created database %s and role %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
+        return ProvisionedDatabase(ref=spec.db_name, host=self.host, port=self.port)
+
+    def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
+        # The marker names the database, which list_objects reports as the object's ref.
+        marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
+        with self._admin() as conn:
+            hand_over_tenant(conn, pooled, spec, marker=marker)
+            if spec.ephemeral:
+                conn.execute(
+                    sql.SQL("alter database {} set synchronous_commit = off").format(sql.Identifier(spec.db_name))
+                )
+        log.info("claimed database %s as %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
         return ProvisionedDatabase(ref=spec.db_name, host=self.host, port=self.port)
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:

@@ -49,6 +49,9 @@ class DockerBackend:
 
     type_name = "docker"
     supports_template = False
+    # A claim would need the container's superuser, whose throwaway password only the creating
+    # process knew: not yet.
+    supports_pool = False
 
     def __init__(
         self,

@@ -33,12 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from ..config import LocalBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import NotReady, wait_for_login
-from .tenants import count_sessions, create_tenant
+from .tenants import count_sessions, create_tenant, hand_over_tenant
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def _traversable(directory: Path, user: _RunAs) -> bool:
 class LocalBackend:
     type_name = "local"
     supports_template = False
+    supports_pool = True
 
     def __init__(self, settings: LocalBackendSettings, deployment: str) -> None:
         self.settings = settings
@@ -141,6 +143,23 @@ class LocalBackend:
                 raise BackendTimeout(f"The new cluster did not accept a login in time ({e}); it was removed.") from e
             raise
         log.info("started local cluster %s for instance %s on port %s", ref, spec.instance_name, port)
+        return ProvisionedDatabase(ref=ref, host=self.settings.advertised_host, port=port)
+
+    def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
+        home = self._home(ref)
+        port = self._port(home)
+        with self._superuser(home, port) as conn:
+            hand_over_tenant(conn, pooled, spec)
+            if spec.ephemeral:
+                # All three take effect on a reload; no restart, no reconnect.
+                for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                    conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
+                conn.execute("select pg_reload_conf()")
+        meta = self._read_meta(home)
+        self._write_meta(
+            home, {**meta, "name": spec.instance_name, "db_name": spec.db_name, "db_username": spec.db_username}
+        )
+        log.info("claimed local cluster %s for instance %s on port %s", ref, spec.instance_name, port)
         return ProvisionedDatabase(ref=ref, host=self.settings.advertised_host, port=port)
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:

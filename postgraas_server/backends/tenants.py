@@ -96,6 +96,40 @@ def create_tenant(
         raise
 
 
+def hand_over_tenant(
+    conn: psycopg.Connection, pooled: Credentials, spec: DatabaseSpec, *, marker: str | None = None
+) -> None:
+    """Rename a tenant made ahead (role and database ``pooled``) to ``spec``'s names and set
+    spec's password, in one transaction: a failure changes nothing. The database keeps its owner
+    and its revoked PUBLIC rights; no session may be open in it (none is, in a pooled one)."""
+    if spec.db_username != pooled.db_username and role_exists(conn, spec.db_username):
+        raise Conflict(
+            f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
+        )
+    if spec.db_name != pooled.db_name and database_exists(conn, spec.db_name):
+        raise Conflict(
+            f"A database named {spec.db_name!r} already exists in the cluster.", {"db_name": "already exists"}
+        )
+    role = sql.Identifier(spec.db_username)
+    verifier = conn.pgconn.encrypt_password(spec.db_pwd.encode(), spec.db_username.encode(), b"scram-sha-256")
+    with conn.transaction():
+        if spec.ephemeral:
+            # Asked to be fast rather than safe: the commit does not wait for the disk either.
+            conn.execute("set local synchronous_commit = off")
+        if spec.db_username != pooled.db_username:
+            _run(conn, sql.SQL("alter role {} rename to {}").format(sql.Identifier(pooled.db_username), role))
+        _run(conn, sql.SQL("alter role {} password {}").format(role, sql.Literal(verifier.decode())))
+        if marker is not None:
+            _run(conn, sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
+        if spec.db_name != pooled.db_name:
+            _run(
+                conn,
+                sql.SQL("alter database {} rename to {}").format(
+                    sql.Identifier(pooled.db_name), sql.Identifier(spec.db_name)
+                ),
+            )
+
+
 def tenant_marker(deployment: str, spec: DatabaseSpec, created_at: datetime) -> str:
     return (
         f"postgraas deployment={deployment} instance={spec.instance_id} db={spec.db_name} "

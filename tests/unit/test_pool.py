@@ -1,0 +1,156 @@
+"""The warm pool, against the meta db and an in-memory backend."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from postgraas_server.app import create_app
+from postgraas_server.backends import BackendRegistry
+from postgraas_server.config import settings_from_dict
+from postgraas_server.errors import BackendError
+from postgraas_server.migrations import upgrade
+from postgraas_server.models import DBInstance, db
+from postgraas_server.pool import PoolKeeper
+from postgraas_server.reaper import Reaper
+
+from .test_api import create
+
+POOL_SIZE = 2
+
+
+@pytest.fixture
+def app(tmp_path, fake_backend):
+    settings = settings_from_dict(
+        {
+            "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
+            "lifecycle": {"reaper_interval": 0, "orphan_grace": 1},
+        }
+    )
+    upgrade(settings.metadb.sqlalchemy_url())
+    registry = BackendRegistry({"fake": fake_backend}, "fake", pools={"fake": POOL_SIZE})
+    app = create_app(settings, backends=registry)
+    app.config["TESTING"] = False
+    return app
+
+
+@pytest.fixture
+def keeper(app):
+    keeper = PoolKeeper(app.extensions["postgraas"].service)
+    app.extensions["postgraas"].service.pool_keeper = keeper
+    return keeper
+
+
+def fill(app, keeper) -> int:
+    with app.app_context():
+        try:
+            return keeper.fill()
+        finally:
+            db.session.remove()
+
+
+def statuses(app) -> list[str]:
+    with app.app_context():
+        return sorted(db.session.execute(select(DBInstance.status)).scalars())
+
+
+def test_pooled_instances_are_made_ahead_and_hidden(app, client, keeper, fake_backend):
+    assert fill(app, keeper) == POOL_SIZE
+    assert fill(app, keeper) == 0
+    assert statuses(app) == ["pooled", "pooled"]
+    assert len(fake_backend.objects) == POOL_SIZE
+    assert client.get("/postgraas_instances").get_json() == []
+    for instance_id in (1, 2):
+        assert client.get(f"/postgraas_instances/{instance_id}").status_code == 404
+        assert client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": "x"}).status_code == 404
+    assert 'postgraas_instances{backend="fake",status="pooled"} 2.0' in client.get("/metrics").get_data(as_text=True)
+
+
+def test_a_create_takes_over_a_pooled_instance_and_it_is_replaced(app, client, keeper, fake_backend):
+    fill(app, keeper)
+    created = create(client, durability="ephemeral")
+    assert created.status_code == 201
+    body = created.get_json()
+    assert (body["postgraas_instance_name"], body["db_name"], body["db_username"]) == ("demo", "app", "alice")
+    assert body["status"] == "ready" and body["durability"] == "ephemeral"
+    (claim,) = fake_backend.claims
+    assert claim[0] == body["container_id"] and claim[1].startswith("pool_") and claim[2] == "alice"
+    assert fake_backend.objects[body["container_id"]].ephemeral is True
+    assert [i["postgraas_instance_id"] for i in client.get("/postgraas_instances").get_json()] == [
+        body["postgraas_instance_id"]
+    ]
+    # The request's password, not the pool's, opens it now.
+    assert (
+        client.delete(f"/postgraas_instances/{body['postgraas_instance_id']}", json={"db_pwd": "x"}).status_code == 401
+    )
+    assert statuses(app) == ["pooled", "ready"]
+    assert fill(app, keeper) == 1
+    assert statuses(app) == ["pooled", "pooled", "ready"]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'postgraas_create_duration_seconds_count{backend="fake",source="pool"}' in text
+
+
+def test_no_pooled_instance_is_handed_out_twice(app, keeper, fake_backend):
+    fill(app, keeper)
+    answers: list = []
+
+    def create_one(n: int) -> None:
+        with app.test_client() as c:
+            answers.append(create(c, postgraas_instance_name=f"race-{n}", db_username=f"user_{n}").get_json())
+
+    threads = [threading.Thread(target=create_one, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a["status"] == "ready" for a in answers)
+    refs = [a["container_id"] for a in answers]
+    assert len(set(refs)) == 6
+    assert len(fake_backend.claims) == POOL_SIZE
+    assert len({ref for ref, _, _ in fake_backend.claims}) == POOL_SIZE
+
+
+def test_a_failing_pooled_object_is_removed_and_the_create_made_anew(app, client, keeper, fake_backend):
+    fill(app, keeper)
+    fake_backend.fail_claim = BackendError("broken")
+    created = create(client)
+    assert created.status_code == 201
+    assert fake_backend.claims == []
+    assert statuses(app) == ["pooled", "ready"]
+    assert len(fake_backend.objects) == POOL_SIZE
+
+
+def test_a_taken_name_leaves_the_pool_alone(app, client, keeper, fake_backend):
+    assert create(client).status_code == 201
+    fill(app, keeper)
+    assert create(client).status_code == 409
+    assert statuses(app).count("pooled") == POOL_SIZE
+
+
+def test_the_reaper_keeps_pooled_objects_and_trims_a_surplus(app, keeper, fake_backend):
+    fill(app, keeper)
+    for ref in fake_backend.objects:
+        fake_backend.created_at[ref] = datetime.now(UTC) - timedelta(days=1)
+    state = app.extensions["postgraas"]
+    with app.app_context():
+        reaper = Reaper(state.backends, state.settings.lifecycle)
+        # Older than the orphan grace, but with a row: pooled objects are not orphans.
+        assert reaper.run_pass().actions == []
+        state.backends.pools["fake"] = 1
+        actions = reaper.run_pass().actions
+    assert actions == ["removed surplus pooled instance (id 2)"]
+    assert statuses(app) == ["pooled"]
+    assert len(fake_backend.objects) == 1
+
+
+def test_unsupported_backends_refuse_a_pool_size(tmp_path):
+    from postgraas_server.config import ConfigError
+
+    settings = settings_from_dict(
+        {"backends": {"docker": {"type": "docker", "pool_size": 2}}, "metadb": {"url": "sqlite://"}}
+    )
+    with pytest.raises(ConfigError, match="pool_size"):
+        BackendRegistry.from_settings(settings, "d")
