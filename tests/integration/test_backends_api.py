@@ -65,7 +65,8 @@ def start(
         try:
             if requests.get(f"{server.url}/health", timeout=1).ok:
                 return server
-        except requests.ConnectionError:
+        # Refused until it listens; a read timeout while its workers boot on a busy machine.
+        except requests.RequestException:
             time.sleep(0.1)
     stop_server(server)
     raise RuntimeError(f"server did not start:\n{server.log()}")
