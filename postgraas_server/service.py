@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -46,6 +47,22 @@ from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanc
 from .tokens import Principal
 
 log = logging.getLogger(__name__)
+
+# How often a create tries the next pooled row when concurrent creates took the previous ones.
+TAKE_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class _PooledRow:
+    """A pooled row as it was before a create took it: what to hand over, or to give back."""
+
+    id: int
+    name: str
+    db_name: str
+    username: str
+    password_hash: str | None
+    ref: str
+
 
 # Statuses a delete may start from; "creating" is a cancellation, handled apart.
 DELETABLE = (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST)
@@ -295,14 +312,15 @@ class InstanceService:
     ) -> DBInstance | None:
         """Take over a pooled instance for ``request``; None when the pool is empty or the
         pooled object failed (the caller then creates one as usual)."""
-        taken = self._take_pooled(request, backend_name, expires_at, owner)
-        if taken is None:
+        pooled = self._take_pooled(request, backend_name, expires_at, owner)
+        if pooled is None:
             return None
-        row, pooled, ref = taken
+        row = db.session.get(DBInstance, pooled.id)
         try:
-            self._enforce_quotas(row, backend_name, principal)
+            self._enforce_quotas(row, backend_name, principal, release=False)
         except PostgraasError:
-            self._remove_quietly(backend, ref, pooled)
+            # The object is untouched: it goes back to the pool.
+            self._return_to_pool(pooled)
             raise
         spec = DatabaseSpec(
             instance_id=row.id,
@@ -312,20 +330,22 @@ class InstanceService:
             db_pwd=request.db_pwd or "",
             ephemeral=request.durability == "ephemeral",
         )
+        credentials = Credentials(pooled.db_name, pooled.username, "")
         try:
-            self._provision(backend_name, backend, spec, pooled=pooled, ref=ref)
+            self._provision(backend_name, backend, spec, pooled=credentials, ref=pooled.ref)
         except Conflict:
-            # The names are taken in the backend (a shared cluster): nothing was changed, but the
-            # row is the request's now; the object goes, and the answer is the 409.
-            self._remove_quietly(backend, ref, pooled)
-            self._release(row.id)
+            # The names are taken in the backend (a shared cluster); claim() changed nothing.
+            self._return_to_pool(pooled)
             raise
-        except PostgraasError as e:
-            log.warning("pooled object %s of backend %s failed (%s); creating anew", ref, backend_name, e.msg)
-            # Half handed over: its role may have either name.
-            self._remove_quietly(backend, ref, spec.credentials)
-            self._remove_quietly(backend, ref, pooled)
+        except BaseException as e:
+            reason = e.msg if isinstance(e, PostgraasError) else type(e).__name__
+            log.warning("pooled object %s of backend %s failed (%s)", pooled.ref, backend_name, reason)
+            # claim() left it with the pool's names or removed it: only the pool's role is named here,
+            # never the requested one, which in a shared cluster may be another tenant's.
+            self._remove_quietly(backend, pooled.ref, credentials)
             self._release(row.id)
+            if not isinstance(e, PostgraasError):
+                raise
             return None
         if self.pool_keeper is not None:
             # After the hand-over: making the replacement competes for the same cores.
@@ -335,24 +355,34 @@ class InstanceService:
 
     def _take_pooled(
         self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str
-    ) -> tuple[DBInstance, Credentials, str] | None:
+    ) -> _PooledRow | None:
         """Turn one pooled row into the request's, in one conditional UPDATE (exactly one create
-        gets each); its throwaway credentials and object ref are read just before."""
-        for _ in range(5):
-            candidate = db.session.execute(
-                select(DBInstance.id, DBInstance.db_name, DBInstance.username, DBInstance.container_id)
+        gets each); what it was is read just before, to hand over or give back."""
+        password_hash = hash_password(request.db_pwd or "")
+        # Concurrent creates aim at the same first row; a loser tries the next while there are any.
+        for _ in range(TAKE_ATTEMPTS):
+            found = db.session.execute(
+                select(
+                    DBInstance.id,
+                    DBInstance.postgraas_instance_name,
+                    DBInstance.db_name,
+                    DBInstance.username,
+                    DBInstance.password_hash,
+                    DBInstance.container_id,
+                )
                 .where(DBInstance.backend == backend_name, DBInstance.status == InstanceStatus.POOLED)
                 .order_by(DBInstance.id)
                 .limit(1)
             ).first()
-            if candidate is None:
+            if found is None:
                 db.session.rollback()
                 return None
+            pooled = _PooledRow(found.id, found[1], found.db_name, found.username, found[4], found.container_id or "")
             now = utcnow()
             try:
                 result = db.session.execute(
                     update(DBInstance)
-                    .where(DBInstance.id == candidate.id, DBInstance.status == InstanceStatus.POOLED)
+                    .where(DBInstance.id == pooled.id, DBInstance.status == InstanceStatus.POOLED)
                     .values(
                         status=InstanceStatus.CREATING,
                         status_detail=None,
@@ -362,7 +392,7 @@ class InstanceService:
                         postgraas_instance_name=request.postgraas_instance_name,
                         db_name=request.db_name,
                         username=request.db_username,
-                        password_hash=hash_password(request.db_pwd or ""),
+                        password_hash=password_hash,
                         owner=owner,
                         expires_at=expires_at,
                         durability=request.durability,
@@ -377,9 +407,29 @@ class InstanceService:
                     {"postgraas_instance_name": "already exists"},
                 ) from None
             if result.rowcount == 1:
-                row = db.session.get(DBInstance, candidate.id)
-                return row, Credentials(candidate.db_name, candidate.username, ""), candidate.container_id or ""
+                return pooled
         return None
+
+    @staticmethod
+    def _return_to_pool(pooled: _PooledRow) -> None:
+        db.session.rollback()
+        db.session.execute(
+            update(DBInstance)
+            .where(DBInstance.id == pooled.id, DBInstance.status == InstanceStatus.CREATING)
+            .values(
+                status=InstanceStatus.POOLED,
+                postgraas_instance_name=pooled.name,
+                db_name=pooled.db_name,
+                username=pooled.username,
+                password_hash=pooled.password_hash,
+                owner=POOL_OWNER,
+                expires_at=None,
+                durability="durable",
+                heartbeat_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
 
     def fill_pool(self, backend_name: str, size: int) -> int:
         """Create pooled instances until ``backend_name`` has ``size`` (made or being made);
@@ -392,8 +442,10 @@ class InstanceService:
                 & (DBInstance.owner == POOL_OWNER)
                 & DBInstance.status.in_((InstanceStatus.CREATING, InstanceStatus.POOLED))
             )
+            limit = self.backends.limits.get(backend_name)
+            held = self._count(DBInstance.backend == backend_name) if limit is not None else 0
             db.session.rollback()
-            if have >= size:
+            if have >= size or (limit is not None and held >= limit):
                 return made
             tag = secrets.token_hex(6)
             request = CreateInstanceRequest(
@@ -406,8 +458,12 @@ class InstanceService:
             spec = DatabaseSpec(row.id, row.postgraas_instance_name, row.db_name, row.username, request.db_pwd or "")
             try:
                 self._provision(backend_name, backend, spec, ready_status=InstanceStatus.POOLED)
-            except PostgraasError as e:
-                self._fail(row.id, e.msg)
+            except BaseException as e:
+                # The backend removed what it made; a failed row of the pool would help nobody
+                # (no request sees it) and hold capacity.
+                self._release(row.id)
+                if not isinstance(e, PostgraasError):
+                    raise
                 log.warning("could not fill the pool of backend %s: %s", backend_name, e.msg)
                 return made
             made += 1
@@ -506,13 +562,17 @@ class InstanceService:
             return
         self._check_password(row, password)
 
-    def _enforce_quotas(self, row: DBInstance, backend_name: str, principal: Principal | None) -> None:
-        """Counted after the row is reserved, so concurrent creates can only undershoot a limit."""
+    def _enforce_quotas(
+        self, row: DBInstance, backend_name: str, principal: Principal | None, release: bool = True
+    ) -> None:
+        """Counted after the row is reserved, so concurrent creates can only undershoot a limit.
+        Over a limit the row is released (``release``), else the caller gives it back."""
         owner_limit = principal.max_instances if principal is not None else None
         if owner_limit is not None:
             owned = self._count(DBInstance.owner == row.owner)
             if owned > owner_limit:
-                self._release(row.id)
+                if release:
+                    self._release(row.id)
                 raise QuotaExceeded(
                     f"Owner {row.owner!r} already has {owned - 1} instance(s), the most its token allows "
                     f"(max_instances {owner_limit}).",
@@ -522,7 +582,8 @@ class InstanceService:
         if backend_limit is not None:
             held = self._count(DBInstance.backend == backend_name)
             if held > backend_limit:
-                self._release(row.id)
+                if release:
+                    self._release(row.id)
                 raise CapacityExhausted(
                     f"Backend {backend_name!r} is at its capacity of {backend_limit} instances; try again later."
                 )

@@ -94,11 +94,20 @@ class ClusterBackend:
         # The marker names the database, which list_objects reports as the object's ref.
         marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn:
+            # One transaction: when it fails, nothing changed and the object is still the pool's.
             hand_over_tenant(conn, pooled, spec, marker=marker)
+        try:
             if spec.ephemeral:
-                conn.execute(
-                    sql.SQL("alter database {} set synchronous_commit = off").format(sql.Identifier(spec.db_name))
-                )
+                with self._admin() as conn:
+                    conn.execute(
+                        sql.SQL("alter database {} set synchronous_commit = off").format(sql.Identifier(spec.db_name))
+                    )
+        except BaseException:
+            # Handed over already: the names are this instance's now, so they are dropped here
+            # (the caller only ever names the pool's).
+            with self._admin() as conn:
+                drop_tenant(conn, spec.db_name, spec.db_username, force=True, connect=self._admin)
+            raise
         log.info("claimed database %s as %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
         return ProvisionedDatabase(ref=spec.db_name, host=self.host, port=self.port)
 

@@ -122,12 +122,19 @@ def hand_over_tenant(
         if marker is not None:
             _run(conn, sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
         if spec.db_name != pooled.db_name:
-            _run(
-                conn,
-                sql.SQL("alter database {} rename to {}").format(
-                    sql.Identifier(pooled.db_name), sql.Identifier(spec.db_name)
-                ),
+            rename = sql.SQL("alter database {} rename to {}").format(
+                sql.Identifier(pooled.db_name), sql.Identifier(spec.db_name)
             )
+            try:
+                conn.execute(rename)
+            except psycopg.errors.ObjectInUse as e:
+                # Someone (a monitoring login) is in the pooled database: the pool's problem, not a
+                # conflict of the request's; the caller creates anew.
+                raise BackendError(f"The pooled database is in use: {e.diag.message_primary}.") from e
+            except psycopg.errors.DuplicateDatabase as e:
+                raise Conflict(f"The cluster refused: {e.diag.message_primary}.", {"db_name": "already exists"}) from e
+            except psycopg.Error as e:
+                raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
 
 
 def tenant_marker(deployment: str, spec: DatabaseSpec, created_at: datetime) -> str:
@@ -214,7 +221,8 @@ def _run(conn: psycopg.Connection, statement: sql.Composable) -> None:
     """Run DDL; a name taken or an object in use meanwhile is a 409, anything else a 502."""
     try:
         conn.execute(statement)
-    except (psycopg.errors.DuplicateObject, psycopg.errors.DuplicateDatabase) as e:
+    except (psycopg.errors.DuplicateObject, psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation) as e:
+        # UniqueViolation: a concurrent request took the name between our check and our rename.
         raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
     except psycopg.errors.ObjectInUse as e:
         raise Conflict(

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from postgraas_server.app import create_app
 from postgraas_server.backends import BackendRegistry
 from postgraas_server.config import settings_from_dict
-from postgraas_server.errors import BackendError
+from postgraas_server.errors import BackendError, Conflict
 from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance, db
 from postgraas_server.pool import PoolKeeper
@@ -154,3 +154,27 @@ def test_unsupported_backends_refuse_a_pool_size(tmp_path):
     )
     with pytest.raises(ConfigError, match="pool_size"):
         BackendRegistry.from_settings(settings, "d")
+
+
+def test_a_name_taken_in_the_backend_gives_the_instance_back_to_the_pool(app, client, keeper, fake_backend):
+    fill(app, keeper)
+    before = {ref: spec.db_username for ref, spec in fake_backend.objects.items()}
+    fake_backend.fail_claim = Conflict("A role named 'alice' already exists in the cluster.")
+    assert create(client).status_code == 409
+    assert statuses(app) == ["pooled", "pooled"]
+    assert {ref: spec.db_username for ref, spec in fake_backend.objects.items()} == before
+    fake_backend.fail_claim = None
+    assert create(client).status_code == 201
+
+
+def test_a_failing_fill_leaves_no_row_behind(app, keeper, fake_backend):
+    fake_backend.fail_create = BackendError("the engine is down")
+    assert fill(app, keeper) == 0
+    assert fill(app, keeper) == 0
+    assert statuses(app) == []
+
+
+def test_the_pool_stays_within_max_instances(app, keeper, fake_backend):
+    app.extensions["postgraas"].backends.limits["fake"] = 1
+    assert fill(app, keeper) == 1
+    assert statuses(app) == ["pooled"]
