@@ -108,6 +108,10 @@ class DockerBackendSettings(_BackendSection):
     cpu_limit: float = Field(default=1.0, gt=0, le=256)
     pids_limit: int = Field(default=256, ge=32)
     shm_size: str = Field(default="256m", pattern=r"^[0-9]+[bkmg]?$")
+    # Run instances from an image made once per engine from ``image`` with its cluster initialised, so a
+    # create skips initdb and the entrypoint's restart. False, or an image that cannot be prepared: ``image``
+    # as it is, initialised by every container.
+    prepare_image: bool = True
 
 
 class ClusterBackendSettings(_BackendSection):

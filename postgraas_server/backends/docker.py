@@ -1,4 +1,5 @@
-"""The docker backend: one container of the configured postgres image per instance."""
+"""The docker backend: one container of the configured postgres image per instance (by default of
+its prepared image, see prepared_image.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,6 +22,7 @@ from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
+from .prepared_image import VERIFIER_ENV, ImagePreparer, scram_sha256_verifier
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ NAME_LABEL = "postgraas.name"
 INSTANCE_ID_LABEL = "postgraas.instance_id"
 DEPLOYMENT_LABEL = "postgraas.deployment"
 LOG_TAIL_LINES = 20
+EXIT_CHECK_INTERVAL_S = 0.5
 
 
 class ContainerExited(Exception):
@@ -64,13 +68,14 @@ class DockerBackend:
         self._client_factory = client_factory or _default_client_factory(settings)
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._preparer = ImagePreparer(self._limits)
 
     # -- the Backend contract ------------------------------------------------------------
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         credentials = spec.credentials
         with self._engine("create the container"):
-            container = self._create_container(spec)
+            container, secrets_in_env = self._create_container(spec)
         try:
             with self._engine("start the container"):
                 container.start()
@@ -81,10 +86,10 @@ class DockerBackend:
                 port,
                 credentials,
                 timeout=self.settings.ready_timeout,
-                still_starting=lambda: self._raise_if_exited(container),
+                still_starting=self._exit_watch(container),
             )
         except BaseException as e:
-            logs = self._last_logs(container, spec.db_pwd)
+            logs = self._last_logs(container, secrets_in_env)
             self._remove_quietly(container)
             if isinstance(e, NotReady):
                 raise BackendTimeout(
@@ -191,16 +196,26 @@ class DockerBackend:
                 f"Check that it is running and that backend.base_url is right ({e})."
             ) from e
 
-    def _create_container(self, spec: DatabaseSpec) -> Any:
-        kwargs = dict(
-            image=self.settings.image,
-            # The random suffix keeps names unique across meta dbs sharing one engine.
-            name=f"postgraas-{spec.instance_name}-{secrets.token_hex(3)}",
-            environment={
+    def _create_container(self, spec: DatabaseSpec, *, retry: bool = True) -> tuple[Any, tuple[str, ...]]:
+        """The container, not started, and the secrets its environment holds (kept out of logs)."""
+        prepared = self._prepared_image() if self.settings.prepare_image else None
+        if prepared is not None:
+            verifier = scram_sha256_verifier(spec.db_pwd)
+            # No plaintext password: the wrapper creates the tenant with its SCRAM verifier.
+            environment = {"POSTGRES_USER": spec.db_username, "POSTGRES_DB": spec.db_name, VERIFIER_ENV: verifier}
+            secrets_in_env: tuple[str, ...] = (spec.db_pwd, verifier)
+        else:
+            environment = {
                 "POSTGRES_USER": spec.db_username,
                 "POSTGRES_PASSWORD": spec.db_pwd,
                 "POSTGRES_DB": spec.db_name,
-            },
+            }
+            secrets_in_env = (spec.db_pwd,)
+        kwargs = dict(
+            image=prepared or self.settings.image,
+            # The random suffix keeps names unique across meta dbs sharing one engine.
+            name=f"postgraas-{spec.instance_name}-{secrets.token_hex(3)}",
+            environment=environment,
             labels={
                 **self.settings.labels,
                 MANAGED_LABEL: "true",
@@ -211,20 +226,41 @@ class DockerBackend:
             # No host port given: Docker picks a free one when it binds, so there is no race.
             ports={POSTGRES_PORT: (self.settings.bind_address, None)},
             detach=True,
+            **self._limits(),
+            # Back by itself after an engine restart; a stopped database is no database.
+            restart_policy={"Name": "unless-stopped"},
+        )
+        try:
+            return self.client.containers.create(**kwargs), secrets_in_env
+        except docker.errors.ImageNotFound:
+            if prepared is not None:
+                if not retry:
+                    raise
+                # Removed since it was found (an image prune, say): find or make it again.
+                self._preparer.forget(prepared)
+                return self._create_container(spec, retry=False)
+            self._pull_image()
+            return self.client.containers.create(**kwargs), secrets_in_env
+
+    def _limits(self) -> dict[str, Any]:
+        """For every container made, the prepared image's build containers too."""
+        return dict(
             # One tenant must not starve the host or the others; nothing is mounted from it.
             mem_limit=self.settings.memory_limit,
             nano_cpus=int(self.settings.cpu_limit * 1e9),
             pids_limit=self.settings.pids_limit,
             shm_size=self.settings.shm_size,
             security_opt=["no-new-privileges"],
-            # Back by itself after an engine restart; a stopped database is no database.
-            restart_policy={"Name": "unless-stopped"},
         )
+
+    def _prepared_image(self) -> str | None:
+        """The prepared image's tag, made on first use; None when the configured image cannot be prepared."""
         try:
-            return self.client.containers.create(**kwargs)
+            image = self.client.images.get(self.settings.image)
         except docker.errors.ImageNotFound:
             self._pull_image()
-            return self.client.containers.create(**kwargs)
+            image = self.client.images.get(self.settings.image)
+        return self._preparer.tag_for(self.client, image)
 
     def _pull_image(self) -> None:
         log.info("image %s not present; pulling it", self.settings.image)
@@ -243,6 +279,20 @@ class DockerBackend:
             if binding.get("HostPort"):
                 return int(binding["HostPort"])
         raise BackendError(f"Docker published no host port for container {container.name}")
+
+    def _exit_watch(self, container: Any) -> Callable[[], None]:
+        """_raise_if_exited, at most every EXIT_CHECK_INTERVAL_S: an inspect per login attempt (20 a
+        second) of every container of a burst of creates would keep the engine itself busy."""
+        last_check = -EXIT_CHECK_INTERVAL_S
+
+        def check() -> None:
+            nonlocal last_check
+            now = time.monotonic()
+            if now - last_check >= EXIT_CHECK_INTERVAL_S:
+                last_check = now
+                self._raise_if_exited(container)
+
+        return check
 
     def _raise_if_exited(self, container: Any) -> None:
         with self._engine("inspect the container"):
@@ -278,12 +328,15 @@ class DockerBackend:
             f'Could not check the instance for open sessions {reason}; delete with "force": true to remove it anyway.'
         )
 
-    def _last_logs(self, container: Any, secret: str) -> str:
+    def _last_logs(self, container: Any, secrets_in_env: tuple[str, ...]) -> str:
         try:
             text = container.logs(tail=LOG_TAIL_LINES).decode("utf-8", "replace")
         except (docker.errors.DockerException, requests.RequestException):
             return "(logs unavailable)"
-        return text.replace(secret, "***") if secret else text
+        for secret in secrets_in_env:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def _remove_quietly(self, container: Any) -> None:
         try:

@@ -189,12 +189,12 @@ def test_bad_input_creates_nothing(server, docker_client):
 
 
 def test_not_ready_in_time_removes_the_container_and_row(docker_client, tmp_path):
-    server = start_server(tmp_path, {"ready_timeout": 0.3}, workers=1)
+    server = start_server(tmp_path, {"ready_timeout": 0.01}, workers=1)
     try:
         body = new_body()
         response = server.post(body)
         assert response.status_code == 504, response.text
-        assert "was not ready within 0.3 s" in response.json()["msg"]
+        assert "was not ready within 0.01 s" in response.json()["msg"]
         assert "Last log lines" in response.json()["msg"]
         assert PASSWORD not in response.text
         assert containers_named(docker_client, body["postgraas_instance_name"]) == []
