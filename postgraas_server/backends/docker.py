@@ -32,6 +32,8 @@ NAME_LABEL = "postgraas.name"
 INSTANCE_ID_LABEL = "postgraas.instance_id"
 DEPLOYMENT_LABEL = "postgraas.deployment"
 LOG_TAIL_LINES = 20
+# What "durability": "ephemeral" turns off: the container's server is the instance's own.
+EPHEMERAL_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 EXIT_CHECK_INTERVAL_S = 0.5
 
 
@@ -230,6 +232,9 @@ class DockerBackend:
             # Back by itself after an engine restart; a stopped database is no database.
             restart_policy={"Name": "unless-stopped"},
         )
+        if spec.ephemeral:
+            # The official entrypoint (and the prepared wrapper) pass "postgres ARGS" through.
+            kwargs["command"] = ["postgres", *(f"-c{name}=off" for name in EPHEMERAL_SETTINGS)]
         try:
             return self.client.containers.create(**kwargs), secrets_in_env
         except docker.errors.ImageNotFound:

@@ -29,7 +29,7 @@ def settings_of(backend_name: str, request, ephemeral: bool) -> dict[str, str]:
         backend.delete(created.ref, spec.credentials, force=True)
 
 
-@pytest.mark.parametrize("backend_name", ["local", "cluster"])
+@pytest.mark.parametrize("backend_name", ["local", "cluster", "docker"])
 def test_durable_is_the_default(request, backend_name):
     assert settings_of(backend_name, request, ephemeral=False) == {
         "fsync": "on",
@@ -38,8 +38,9 @@ def test_durable_is_the_default(request, backend_name):
     }
 
 
-def test_an_ephemeral_local_instance_skips_the_disk(request):
-    assert settings_of("local", request, ephemeral=True) == {
+@pytest.mark.parametrize("backend_name", ["local", "docker"])
+def test_an_instance_of_its_own_server_skips_the_disk_when_ephemeral(request, backend_name):
+    assert settings_of(backend_name, request, ephemeral=True) == {
         "fsync": "off",
         "synchronous_commit": "off",
         "full_page_writes": "off",

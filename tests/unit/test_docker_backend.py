@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -265,6 +266,15 @@ def test_plain_create_asks_docker_for_a_port_and_labels_the_container(client, lo
     assert (provisioned.ref, provisioned.host, provisioned.port) == (client.created[0].id, "db.example", 49153)
     # Readiness is proven against the advertised host and the published port.
     assert logins == [("db.example", 49153, Credentials("app", "alice", "s3cret"))]
+
+
+def test_ephemeral_turns_the_disk_waits_off_on_the_plain_path_too(client, logins):
+    made = backend(client, image="img:1", prepare_image=False)
+    made.create(dataclasses.replace(SPEC, ephemeral=True))
+    made.create(SPEC)
+    ephemeral, durable = (c.kwargs for c in client.created)
+    assert ephemeral["command"] == ["postgres", "-cfsync=off", "-csynchronous_commit=off", "-cfull_page_writes=off"]
+    assert "command" not in durable
 
 
 def test_create_runs_the_prepared_image_with_a_verifier_not_the_password(client, logins):
