@@ -21,17 +21,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import PostgraasError
-from .models import DBInstance, InstanceStatus, db
+from .models import ALL_STATUSES, DBInstance, db
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-STATUSES = (
-    InstanceStatus.CREATING,
-    InstanceStatus.READY,
-    InstanceStatus.FAILED,
-    InstanceStatus.DELETING,
-    InstanceStatus.LOST,
-    InstanceStatus.POOLED,
-)
 
 HTTP_REQUESTS = Counter(
     "postgraas_http_requests",
@@ -111,7 +103,7 @@ class InstancesCollector(Collector):
         counts = {
             (backend, status): 0
             for backend in self.app.extensions["postgraas"].backends.backends
-            for status in STATUSES
+            for status in ALL_STATUSES
         }
         with self.app.app_context():
             try:

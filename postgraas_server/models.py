@@ -29,6 +29,15 @@ class InstanceStatus:
     POOLED = "pooled"
 
 
+ALL_STATUSES = (
+    InstanceStatus.CREATING,
+    InstanceStatus.READY,
+    InstanceStatus.FAILED,
+    InstanceStatus.DELETING,
+    InstanceStatus.LOST,
+    InstanceStatus.POOLED,
+)
+
 # The owner of pooled instances (and of their creations): no token owner can be called this
 # (owners start with a letter or digit), and no request ever sees its rows.
 POOL_OWNER = "@pool"

@@ -24,7 +24,7 @@ from .backends import Backend, BackendRegistry, Credentials, ManagedObject, Obje
 from .config import LifecycleSettings
 from .errors import PostgraasError
 from .metrics import REAPER_ACTIONS
-from .models import DBInstance, InstanceStatus, Lease, db, move_status, utcnow
+from .models import ALL_STATUSES, DBInstance, InstanceStatus, Lease, db, move_status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Reaper:
 
     def _remove_stray_objects(self, now: datetime, listed: dict, report: PassReport) -> None:
         """Objects of ours with no row (after the grace period), or whose row failed."""
-        rows = {row.id: row for row in self._rows(*_ALL_STATUSES)}
+        rows = {row.id: row for row in self._rows(*ALL_STATUSES)}
         grace = now - timedelta(seconds=self.lifecycle.orphan_grace)
         for backend_name, objects in listed.items():
             for obj in objects or []:
@@ -335,13 +335,3 @@ class Reaper:
     def _forget(row: DBInstance) -> None:
         db.session.execute(delete(DBInstance).where(DBInstance.id == row.id))
         db.session.commit()
-
-
-_ALL_STATUSES = (
-    InstanceStatus.CREATING,
-    InstanceStatus.READY,
-    InstanceStatus.FAILED,
-    InstanceStatus.DELETING,
-    InstanceStatus.LOST,
-    InstanceStatus.POOLED,
-)

@@ -402,10 +402,7 @@ class InstanceService:
                 db.session.commit()
             except IntegrityError:
                 db.session.rollback()
-                raise Conflict(
-                    f"An instance named {request.postgraas_instance_name!r} already exists.",
-                    {"postgraas_instance_name": "already exists"},
-                ) from None
+                raise _name_taken(request) from None
             if result.rowcount == 1:
                 return pooled
         return None
@@ -649,10 +646,7 @@ class InstanceService:
             db.session.commit()
         except IntegrityError:
             db.session.rollback()
-            raise Conflict(
-                f"An instance named {request.postgraas_instance_name!r} already exists.",
-                {"postgraas_instance_name": "already exists"},
-            ) from None
+            raise _name_taken(request) from None
         return row
 
     def _release(self, instance_id: int) -> None:
@@ -686,3 +680,10 @@ def _failures_counted(backend_name: str) -> Iterator[None]:
     except Exception as e:
         CREATE_FAILURES.labels(backend_name, failure_reason(e)).inc()
         raise
+
+
+def _name_taken(request: CreateInstanceRequest) -> Conflict:
+    return Conflict(
+        f"An instance named {request.postgraas_instance_name!r} already exists.",
+        {"postgraas_instance_name": "already exists"},
+    )
