@@ -6,6 +6,7 @@ with ``time.perf_counter``; whatever a run made is removed after it, untimed.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -167,6 +168,12 @@ def wait_for_pool(server: PostgraasServer, backend: str, size: int, timeout: flo
         time.sleep(0.05)
 
 
+def settle_disk() -> None:
+    """Each path starts on a quiet disk: what the previous one left to write back (20 removed
+    containers, say) would otherwise slow every fsync of the next one."""
+    os.sync()
+
+
 def measure_creates(
     server: PostgraasServer,
     backend: str,
@@ -177,6 +184,7 @@ def measure_creates(
     pool_timeout: float = 120,
 ) -> dict:
     """``runs`` creates one after another, each deleted before the next; with a pool, each waits for it to be full."""
+    settle_disk()
     to_201, to_query, pool_waits = Series(), Series(), Series()
     delete_errors: list[str] = []
     # Once the pool did not fill, waiting again would only cost pool_timeout per run.
@@ -214,6 +222,7 @@ def measure_creates(
 
 def measure_burst(server: PostgraasServer, backend: str, size: int, durability: Durability) -> dict:
     """``size`` creates at once (threads released together); wall time until the last is ready or failed."""
+    settle_disk()
     barrier = threading.Barrier(size)
     pool = ThreadPoolExecutor(max_workers=size)
     try:
@@ -402,6 +411,7 @@ def time_initdb(bin_dir: Path, home: Path, timeout: float = 60) -> float:
 
 
 def measure_peer(name: str, runs: int, attempt: Callable[[int], float]) -> dict:
+    settle_disk()
     series = Series()
     for i in range(runs):
         try:
