@@ -81,10 +81,10 @@ def _tune_sqlite(engine: Engine) -> None:
         return
 
     @event.listens_for(engine, "connect")
-    def _wal(dbapi_connection, _record):  # type: ignore[no-untyped-def]
-        # WAL lets readers go on while a create commits from another thread or worker.
+    def _synchronous(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        # The file is in WAL mode already: migrations.upgrade sets it once. Setting it on every
+        # connect failed a worker's boot with "database is locked" while another worker wrote.
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         # In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits, and
         # what they described (a backend object) is then an orphan the reaper removes. It saves an
         # fsync per commit, and a create commits three times.

@@ -24,6 +24,11 @@ def upgrade(url: str, legacy_backend: str = "docker") -> None:
     """
     engine = create_engine(url)
     try:
+        if engine.dialect.name == "sqlite":
+            # WAL lets readers go on while a create commits from another thread or worker; it is
+            # a property of the file, set here once rather than by every connection.
+            with engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         with engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection

@@ -87,3 +87,14 @@ def test_ids_of_deleted_instances_are_never_reused(app, client):
     client.delete(f"/postgraas_instances/{first['postgraas_instance_id']}", json={"db_pwd": BODY["db_pwd"]})
     second = client.post("/postgraas_instances", json={**BODY, "postgraas_instance_name": "second"}).get_json()
     assert second["postgraas_instance_id"] > first["postgraas_instance_id"]
+
+
+def test_an_upgraded_sqlite_meta_db_is_in_wal_mode(tmp_path):
+    url = f"sqlite:///{tmp_path / 'wal.sqlite'}"
+    upgrade(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("pragma journal_mode").scalar() == "wal"
+    finally:
+        engine.dispose()
