@@ -298,6 +298,14 @@ def measure_list(server: PostgraasServer, requests_n: int, expected_rows: int, w
 # --- peers ----------------------------------------------------------------------------------------------------
 
 
+def query_as_superuser(port: int, password: str) -> None:
+    """Log in as postgres on 127.0.0.1:port and run a query; OperationalError until that works."""
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user="postgres", password=password, dbname="postgres", connect_timeout=5
+    ) as conn:
+        conn.execute("select 1").fetchone()
+
+
 def time_docker_run(client: docker.DockerClient, image: str, timeout: float = 120) -> float:
     """``docker run -d -p 127.0.0.1::5432 -e POSTGRES_PASSWORD=... image``, then log in every 20 ms."""
     password = secrets.token_urlsafe(16)
@@ -315,15 +323,7 @@ def time_docker_run(client: docker.DockerClient, image: str, timeout: float = 12
         last_status_check = time.perf_counter()
         while True:
             try:
-                with psycopg.connect(
-                    host="127.0.0.1",
-                    port=port,
-                    user="postgres",
-                    password=password,
-                    dbname="postgres",
-                    connect_timeout=5,
-                ) as conn:
-                    conn.execute("select 1").fetchone()
+                query_as_superuser(port, password)
                 return time.perf_counter() - started
             except psycopg.OperationalError as e:
                 now = time.perf_counter()
@@ -386,15 +386,7 @@ def time_initdb(bin_dir: Path, home: Path, timeout: float = 60) -> float:
         )
         while True:
             try:
-                with psycopg.connect(
-                    host="127.0.0.1",
-                    port=port,
-                    user="postgres",
-                    password=password,
-                    dbname="postgres",
-                    connect_timeout=5,
-                ) as conn:
-                    conn.execute("select 1").fetchone()
+                query_as_superuser(port, password)
                 return time.perf_counter() - started
             except psycopg.OperationalError as e:
                 if time.perf_counter() - started > timeout:

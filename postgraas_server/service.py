@@ -187,12 +187,11 @@ class InstanceService:
         request_id.set(started_by)
         with app.app_context():
             try:
-                self._provision(backend_name, self.backends.holding(backend_name), spec)
+                with _failures_counted(backend_name):
+                    self._provision(backend_name, self.backends.holding(backend_name), spec)
             except PostgraasError as e:
-                CREATE_FAILURES.labels(backend_name, failure_reason(e)).inc()
                 self._fail(spec.instance_id, e.msg)
             except Exception as e:
-                CREATE_FAILURES.labels(backend_name, failure_reason(e)).inc()
                 log.exception("creating instance %s failed", spec.instance_name)
                 self._fail(spec.instance_id, f"Internal error: {type(e).__name__}")
             finally:
@@ -377,7 +376,8 @@ class InstanceService:
             if found is None:
                 db.session.rollback()
                 return None
-            pooled = _PooledRow(found.id, found[1], found.db_name, found.username, found[4], found.container_id or "")
+            # The columns selected are _PooledRow's fields, in its order.
+            pooled = _PooledRow(*found[:-1], ref=found.container_id or "")
             now = utcnow()
             try:
                 result = db.session.execute(

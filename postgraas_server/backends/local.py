@@ -386,9 +386,7 @@ class LocalBackend:
         deadline = time.monotonic() + self.settings.ready_timeout
         while True:
             try:
-                psycopg.connect(
-                    host=str(home / "run"), port=port, user=SUPERUSER, dbname=ADMIN_DATABASE, connect_timeout=2
-                ).close()
+                self._connect_superuser(home, port, connect_timeout=2).close()
                 return True
             except psycopg.OperationalError:
                 pass
@@ -445,18 +443,22 @@ class LocalBackend:
         if home.exists():
             raise BackendError(f"The local instance directory {home} could not be removed.")
 
+    @staticmethod
+    def _connect_superuser(home: Path, port: int | None, connect_timeout: float) -> psycopg.Connection:
+        return psycopg.connect(
+            host=str(home / "run"),
+            port=port,
+            user=SUPERUSER,
+            dbname=ADMIN_DATABASE,
+            autocommit=True,
+            connect_timeout=connect_timeout,
+        )
+
     @contextlib.contextmanager
     def _superuser(self, home: Path, port: int | None) -> Iterator[psycopg.Connection]:
         """The superuser through the private socket; psycopg errors become BackendError."""
         try:
-            conn = psycopg.connect(
-                host=str(home / "run"),
-                port=port,
-                user=SUPERUSER,
-                dbname=ADMIN_DATABASE,
-                autocommit=True,
-                connect_timeout=5,
-            )
+            conn = self._connect_superuser(home, port, connect_timeout=5)
             with conn:
                 yield conn
         except psycopg.Error as e:
