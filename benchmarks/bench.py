@@ -196,10 +196,6 @@ def prepare(run: Run) -> None:
         say(f"throwaway PostgreSQL for the cluster backend on port {run.pg.port}")
 
 
-# The backends with a warm pool (the server refuses pool_size for the others).
-POOL_BACKENDS = ("local", "cluster")
-
-
 def backends_config(run: Run, mode: str, pool_size: int | None) -> dict:
     configs: dict[str, dict] = {}
     for name in run.args.backends:
@@ -216,7 +212,7 @@ def backends_config(run: Run, mode: str, pool_size: int | None) -> dict:
         else:
             # Own data_root per server: a server never sees another's instances as orphans.
             config = {"type": "local", "data_root": str(run.root / f"l{mode[0]}"), "advertised_host": "127.0.0.1"}
-        if pool_size and name in POOL_BACKENDS:
+        if pool_size:
             config["pool_size"] = pool_size
         configs[name] = config
     return configs
@@ -260,7 +256,7 @@ def measure_mode(run: Run, mode: str, durability: measure.Durability) -> tuple[d
         return section, {}
     say(f"{mode} server at {server.url}")
     section["backends"] = {}
-    measured = [b for b in args.backends if b in POOL_BACKENDS] if pool_size else list(args.backends)
+    measured = list(args.backends)
     for backend in measured:
         section["backends"][backend] = measure.measure_creates(
             server, backend, args.runs, durability, f"{mode} {backend}", pool_size, args.pool_timeout

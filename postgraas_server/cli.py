@@ -81,6 +81,10 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
     if settings.metadb.auto_migrate:
         _upgrade(settings)
     _prepare_metrics_dir()
+    # Before the workers fork: all of them must derive the same passwords for pooled objects.
+    from .backends.pool_secret import ensure_pool_secret
+
+    ensure_pool_secret()
     if settings.auth.mode == "none" and not _is_loopback(bind):
         logging.getLogger(__name__).warning(
             "auth.mode is none and the server listens on %s: anyone who reaches it can list and delete "

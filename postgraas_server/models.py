@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Index, String, Text, update
+from sqlalchemy import DateTime, Index, String, Text, Update, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -107,6 +108,10 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
         self.status_changed_at = utcnow()
 
 
+# The instances' table, for Core statements.
+INSTANCES = DBInstance.__table__
+
+
 def move_status(
     instance_id: int,
     expected: str | tuple[str, ...],
@@ -118,15 +123,43 @@ def move_status(
     """Move an instance from ``expected`` status(es) to ``new`` in one conditional UPDATE and
     commit; False when it was not in ``expected`` (or ``conditions`` no longer held): exactly
     one of several racing requests, or a request and the reaper, wins."""
-    expected = (expected,) if isinstance(expected, str) else expected
-    result = db.session.execute(
-        update(DBInstance)
-        .where(DBInstance.id == instance_id, DBInstance.status.in_(expected), *conditions)
-        .values(status=new, status_detail=detail, status_changed_at=utcnow(), **values)
-        .execution_options(synchronize_session=False)
-    )
+    result = db.session.execute(_move(instance_id, expected, new, detail, conditions, values))
     db.session.commit()
     return result.rowcount == 1
+
+
+def move_status_returning(
+    instance_id: int, expected: str | tuple[str, ...], new: str, **values: Any
+) -> SimpleNamespace | None:
+    """move_status that gives back the row as it is now (its columns as attributes, what
+    InstanceOut reads), or None; with RETURNING where the database has it, saving a SELECT."""
+    statement = _move(instance_id, expected, new, None, (), values)
+    if not db.session.get_bind().dialect.update_returning:  # SQLite before 3.35
+        moved = db.session.execute(statement).rowcount == 1
+        row = db.session.execute(select(INSTANCES).where(INSTANCES.c.id == instance_id)).mappings().first()
+    else:
+        row = db.session.execute(statement.returning(*INSTANCES.columns)).mappings().first()
+        moved = row is not None
+    db.session.commit()
+    return SimpleNamespace(**row) if moved and row is not None else None
+
+
+def _move(
+    instance_id: int,
+    expected: str | tuple[str, ...],
+    new: str,
+    detail: str | None,
+    conditions: tuple[Any, ...],
+    values: dict[str, Any],
+) -> Update:
+    # On the table, not the mapped class: an ORM-enabled UPDATE costs more Python for nothing
+    # here (the session's objects are expired by the commit anyway).
+    expected = (expected,) if isinstance(expected, str) else expected
+    return (
+        update(INSTANCES)
+        .where(INSTANCES.c.id == instance_id, INSTANCES.c.status.in_(expected), *conditions)
+        .values(status=new, status_detail=detail, status_changed_at=utcnow(), **values)
+    )
 
 
 class Token(db.Model):  # type: ignore[name-defined,misc]

@@ -17,8 +17,9 @@ from .service import InstanceService
 
 log = logging.getLogger(__name__)
 
-# A keeper looks again this often even when no claim woke it (a failed fill is retried then).
-CHECK_INTERVAL_S = 5.0
+# A keeper looks again this often even when no claim woke it: a failed fill is retried then, and
+# objects another process made get their kept connection (a round costs two COUNTs when all is well).
+CHECK_INTERVAL_S = 1.0
 
 
 class PoolKeeper:
@@ -37,6 +38,8 @@ class PoolKeeper:
         made = 0
         for backend_name, size in self.service.backends.pools.items():
             made += self.service.fill_pool(backend_name, size)
+            # Every process, for every pooled object, whoever made it: any process may claim it.
+            self.service.keep_pool_ready(backend_name)
         return made
 
     def start(self, app: Flask) -> threading.Thread:

@@ -11,7 +11,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import psycopg
-from flask import Flask
+from flask import Flask, Response, after_this_request, has_request_context
 from sqlalchemy import Engine, create_engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
@@ -39,10 +39,11 @@ from .errors import (
     QuotaExceeded,
     WrongPassword,
 )
+from .heartbeats import Heartbeats
 from .logs import request_id
 from .metrics import CREATE_DURATION, CREATE_FAILURES, failure_reason
-from .models import POOL_OWNER, DBInstance, InstanceStatus, db, move_status, utcnow
-from .passwords import generate_password, hash_password, password_matches
+from .models import INSTANCES, POOL_OWNER, DBInstance, InstanceStatus, db, move_status, move_status_returning, utcnow
+from .passwords import PasswordHashes, generate_password, hash_password, password_hashes, password_matches
 from .schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
 from .tokens import Principal
 
@@ -76,6 +77,7 @@ class InstanceService:
         self.pool_keeper: Any = None
         self._beat_engine: Engine | None = None
         self._engine_lock = threading.Lock()
+        self._heartbeats = Heartbeats(self._heartbeat_engine, every=max(0.5, lifecycle.heartbeat_timeout / 4))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -124,8 +126,11 @@ class InstanceService:
 
     # -- creating ----------------------------------------------------------------------------
 
-    def create(self, request: CreateInstanceRequest, app: Flask, principal: Principal | None = None) -> DBInstance:
-        """Reserve the name, create the database, mark the row ready.
+    def create(
+        self, request: CreateInstanceRequest, app: Flask, principal: Principal | None = None
+    ) -> DBInstance | SimpleNamespace:
+        """Reserve the name, create the database, mark the row ready; returns the row (a snapshot
+        of its columns once ready).
 
         With ``request.wait`` (the default) this returns once the database is ready, and any
         failure removes the row again. Otherwise it returns the row still creating and goes on
@@ -144,12 +149,18 @@ class InstanceService:
                 # The caller returns request.db_pwd once, in the answer to this create.
                 request.db_pwd = generate_password()
             owner = principal.owner if principal else ""
-            if request.wait and request.template is None and backend_name in self.backends.pools:
-                claimed = self._create_from_pool(request, backend_name, backend, expires_at, owner, principal)
+            hashes = password_hashes(request.db_pwd)
+            if (
+                request.wait
+                and request.template is None
+                and backend_name in self.backends.pools
+                and backend.can_claim(request.db_name, request.db_username)
+            ):
+                claimed = self._create_from_pool(request, hashes, backend_name, backend, expires_at, owner, principal)
                 if claimed is not None:
                     return claimed
-            row = self._reserve(request, backend_name, expires_at, owner)
-            self._enforce_quotas(row, backend_name, principal)
+            row = self._reserve(request, hashes.meta_hash, backend_name, expires_at, owner)
+            self._enforce_quotas(row.id, row.owner, backend_name, principal)
             spec = DatabaseSpec(
                 instance_id=row.id,
                 instance_name=row.postgraas_instance_name,
@@ -158,6 +169,7 @@ class InstanceService:
                 db_pwd=request.db_pwd,
                 template=request.template,
                 ephemeral=request.durability == "ephemeral",
+                db_pwd_verifier=hashes.scram_verifier,
             )
             if not request.wait:
                 # Say no now rather than accept a creation that cannot start (an engine that is down).
@@ -175,13 +187,11 @@ class InstanceService:
                 ).start()
                 return row
             try:
-                self._provision(backend_name, backend, spec)
+                return self._provision(backend_name, backend, spec)
             except BaseException:
                 # A no-op where _provision already forgot the row (a creation cancelled meanwhile).
                 self._release(row.id)
                 raise
-            db.session.refresh(row)
-            return row
 
     def _provision_in_background(self, app: Flask, backend_name: str, spec: DatabaseSpec, started_by: str) -> None:
         request_id.set(started_by)
@@ -205,24 +215,24 @@ class InstanceService:
         pooled: Credentials | None = None,
         ref: str | None = None,
         ready_status: str = InstanceStatus.READY,
-    ) -> None:
+    ) -> SimpleNamespace:
         """Create in the backend (or, with ``pooled`` and ``ref``, take over that pooled object),
-        then mark the row ready; a row cancelled meanwhile gets its object removed (and the row
-        with it) instead."""
+        then mark the row ready and return it as it is now; a row cancelled meanwhile gets its
+        object removed (and the row with it) instead."""
         started = time.monotonic()
-        with self._heartbeat(spec.instance_id):
+        with self._heartbeats.beating(spec.instance_id):
             if pooled is not None and ref is not None:
                 provisioned = backend.claim(ref, pooled, spec)
             else:
                 provisioned = backend.create(spec)
         try:
-            claimed = self._mark_ready(spec.instance_id, provisioned, ready_status)
+            marked = self._mark_ready(spec.instance_id, provisioned, ready_status)
         except BaseException:
             db.session.rollback()
             log.warning("meta db update failed for %s; removing what was created", spec.instance_name)
             self._remove_quietly(backend, provisioned.ref, spec.credentials)
             raise
-        if not claimed:
+        if marked is None:
             self._remove_quietly(backend, provisioned.ref, spec.credentials)
             row = db.session.get(DBInstance, spec.instance_id)
             if row is not None and row.status == InstanceStatus.FAILED:
@@ -238,10 +248,11 @@ class InstanceService:
             source = "pool" if pooled is not None else "new"
             CREATE_DURATION.labels(backend_name, source).observe(time.monotonic() - started)
         log.info("instance %s (id %s) is ready in backend %s", spec.instance_name, spec.instance_id, backend_name)
+        return marked
 
     @staticmethod
-    def _mark_ready(instance_id: int, provisioned: ProvisionedDatabase, status: str) -> bool:
-        return move_status(
+    def _mark_ready(instance_id: int, provisioned: ProvisionedDatabase, status: str) -> SimpleNamespace | None:
+        return move_status_returning(
             instance_id,
             InstanceStatus.CREATING,
             status,
@@ -250,34 +261,6 @@ class InstanceService:
             port=provisioned.port,
             container_id=provisioned.ref,
         )
-
-    @contextmanager
-    def _heartbeat(self, instance_id: int) -> Iterator[None]:
-        """Renew heartbeat_at while the block runs, so the reaper can tell a live creation
-        from one whose server died. Uses its own connection: sessions are not thread-safe."""
-        engine = self._heartbeat_engine()
-        stop = threading.Event()
-        every = max(0.5, self.lifecycle.heartbeat_timeout / 4)
-
-        def beat() -> None:
-            while not stop.wait(every):
-                try:
-                    with engine.begin() as conn:
-                        conn.execute(
-                            update(DBInstance)
-                            .where(DBInstance.id == instance_id, DBInstance.status == InstanceStatus.CREATING)
-                            .values(heartbeat_at=utcnow())
-                        )
-                except Exception:
-                    log.warning("heartbeat of instance %s failed", instance_id, exc_info=True)
-
-        thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{instance_id}")
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     def _heartbeat_engine(self) -> Engine:
         # Its own unpooled engine: heartbeats must get through when the request pool is busy,
@@ -303,35 +286,36 @@ class InstanceService:
     def _create_from_pool(
         self,
         request: CreateInstanceRequest,
+        hashes: PasswordHashes,
         backend_name: str,
         backend: Backend,
         expires_at: datetime | None,
         owner: str,
         principal: Principal | None,
-    ) -> DBInstance | None:
+    ) -> SimpleNamespace | None:
         """Take over a pooled instance for ``request``; None when the pool is empty or the
         pooled object failed (the caller then creates one as usual)."""
-        pooled = self._take_pooled(request, backend_name, expires_at, owner)
+        pooled = self._take_pooled(request, hashes.meta_hash, backend_name, expires_at, owner)
         if pooled is None:
             return None
-        row = db.session.get(DBInstance, pooled.id)
         try:
-            self._enforce_quotas(row, backend_name, principal, release=False)
+            self._enforce_quotas(pooled.id, owner, backend_name, principal, release=False)
         except PostgraasError:
             # The object is untouched: it goes back to the pool.
             self._return_to_pool(pooled)
             raise
         spec = DatabaseSpec(
-            instance_id=row.id,
-            instance_name=row.postgraas_instance_name,
+            instance_id=pooled.id,
+            instance_name=request.postgraas_instance_name,
             db_name=request.db_name,
             db_username=request.db_username,
             db_pwd=request.db_pwd or "",
             ephemeral=request.durability == "ephemeral",
+            db_pwd_verifier=hashes.scram_verifier,
         )
         credentials = Credentials(pooled.db_name, pooled.username, "")
         try:
-            self._provision(backend_name, backend, spec, pooled=credentials, ref=pooled.ref)
+            row = self._provision(backend_name, backend, spec, pooled=credentials, ref=pooled.ref)
         except Conflict:
             # The names are taken in the backend (a shared cluster); claim() changed nothing.
             self._return_to_pool(pooled)
@@ -342,22 +326,24 @@ class InstanceService:
             # claim() left it with the pool's names or removed it: only the pool's role is named here,
             # never the requested one, which in a shared cluster may be another tenant's.
             self._remove_quietly(backend, pooled.ref, credentials)
-            self._release(row.id)
+            self._release(pooled.id)
             if not isinstance(e, PostgraasError):
                 raise
             return None
         if self.pool_keeper is not None:
-            # After the hand-over: making the replacement competes for the same cores.
-            self.pool_keeper.wake()
-        db.session.refresh(row)
+            _after_response(self.pool_keeper.wake)
         return row
 
     def _take_pooled(
-        self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str
+        self,
+        request: CreateInstanceRequest,
+        password_hash: str,
+        backend_name: str,
+        expires_at: datetime | None,
+        owner: str,
     ) -> _PooledRow | None:
         """Turn one pooled row into the request's, in one conditional UPDATE (exactly one create
         gets each); what it was is read just before, to hand over or give back."""
-        password_hash = hash_password(request.db_pwd or "")
         # Concurrent creates aim at the same first row; a loser tries the next while there are any.
         for _ in range(TAKE_ATTEMPTS):
             found = db.session.execute(
@@ -381,8 +367,9 @@ class InstanceService:
             now = utcnow()
             try:
                 result = db.session.execute(
-                    update(DBInstance)
-                    .where(DBInstance.id == pooled.id, DBInstance.status == InstanceStatus.POOLED)
+                    # On the table: an ORM-enabled UPDATE costs more Python for nothing here.
+                    update(INSTANCES)
+                    .where(INSTANCES.c.id == pooled.id, INSTANCES.c.status == InstanceStatus.POOLED)
                     .values(
                         status=InstanceStatus.CREATING,
                         status_detail=None,
@@ -397,7 +384,6 @@ class InstanceService:
                         expires_at=expires_at,
                         durability=request.durability,
                     )
-                    .execution_options(synchronize_session=False)
                 )
                 db.session.commit()
             except IntegrityError:
@@ -428,6 +414,16 @@ class InstanceService:
         )
         db.session.commit()
 
+    def keep_pool_ready(self, backend_name: str) -> None:
+        """Let the backend hold what the claims of its pooled objects need (see Backend.keep_ready)."""
+        refs = db.session.scalars(
+            select(DBInstance.container_id).where(
+                DBInstance.backend == backend_name, DBInstance.status == InstanceStatus.POOLED
+            )
+        ).all()
+        db.session.rollback()
+        self.backends.holding(backend_name).keep_ready([ref for ref in refs if ref])
+
     def fill_pool(self, backend_name: str, size: int) -> int:
         """Create pooled instances until ``backend_name`` has ``size`` (made or being made);
         returns how many were made. Stops at the first failure (the next round tries again)."""
@@ -451,8 +447,17 @@ class InstanceService:
                 db_username=f"pool_{tag}",
                 db_pwd=generate_password(),
             )
-            row = self._reserve(request, backend_name, None, POOL_OWNER)
-            spec = DatabaseSpec(row.id, row.postgraas_instance_name, row.db_name, row.username, request.db_pwd or "")
+            hashes = password_hashes(request.db_pwd or "")
+            row = self._reserve(request, hashes.meta_hash, backend_name, None, POOL_OWNER)
+            spec = DatabaseSpec(
+                row.id,
+                row.postgraas_instance_name,
+                row.db_name,
+                row.username,
+                request.db_pwd or "",
+                db_pwd_verifier=hashes.scram_verifier,
+                pooled=True,
+            )
             try:
                 self._provision(backend_name, backend, spec, ready_status=InstanceStatus.POOLED)
             except BaseException as e:
@@ -560,18 +565,18 @@ class InstanceService:
         self._check_password(row, password)
 
     def _enforce_quotas(
-        self, row: DBInstance, backend_name: str, principal: Principal | None, release: bool = True
+        self, instance_id: int, owner: str, backend_name: str, principal: Principal | None, release: bool = True
     ) -> None:
         """Counted after the row is reserved, so concurrent creates can only undershoot a limit.
         Over a limit the row is released (``release``), else the caller gives it back."""
         owner_limit = principal.max_instances if principal is not None else None
         if owner_limit is not None:
-            owned = self._count(DBInstance.owner == row.owner)
+            owned = self._count(DBInstance.owner == owner)
             if owned > owner_limit:
                 if release:
-                    self._release(row.id)
+                    self._release(instance_id)
                 raise QuotaExceeded(
-                    f"Owner {row.owner!r} already has {owned - 1} instance(s), the most its token allows "
+                    f"Owner {owner!r} already has {owned - 1} instance(s), the most its token allows "
                     f"(max_instances {owner_limit}).",
                     {"postgraas_instance_name": "over the max_instances of your token"},
                 )
@@ -580,7 +585,7 @@ class InstanceService:
             held = self._count(DBInstance.backend == backend_name)
             if held > backend_limit:
                 if release:
-                    self._release(row.id)
+                    self._release(instance_id)
                 raise CapacityExhausted(
                     f"Backend {backend_name!r} is at its capacity of {backend_limit} instances; try again later."
                 )
@@ -624,14 +629,19 @@ class InstanceService:
         move_status(instance_id, expected, new, detail)
 
     def _reserve(
-        self, request: CreateInstanceRequest, backend_name: str, expires_at: datetime | None, owner: str
+        self,
+        request: CreateInstanceRequest,
+        password_hash: str,
+        backend_name: str,
+        expires_at: datetime | None,
+        owner: str,
     ) -> DBInstance:
         now = utcnow()
         row = DBInstance(
             postgraas_instance_name=request.postgraas_instance_name,
             db_name=request.db_name,
             username=request.db_username,
-            password_hash=hash_password(request.db_pwd),
+            password_hash=password_hash,
             backend=backend_name,
             status=InstanceStatus.CREATING,
             status_changed_at=now,
@@ -671,6 +681,19 @@ class InstanceService:
         except Exception:
             # The reaper finds it again by its deployment and instance id.
             log.exception("could not remove %s object %s", backend.type_name, ref)
+
+
+def _after_response(action: Callable[[], None]) -> None:
+    """Run ``action`` once the answer to the current request is sent (at once outside a request):
+    making a pooled instance's replacement competes for the cores the answer still needs."""
+    if not has_request_context():
+        action()
+        return
+
+    @after_this_request
+    def _on_close(response: Response) -> Response:
+        response.call_on_close(action)
+        return response
 
 
 @contextmanager

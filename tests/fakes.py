@@ -28,6 +28,7 @@ class FakeBackend:
         self.fail_create: PostgraasError | None = None
         self.fail_claim: PostgraasError | None = None
         self.claims: list[tuple[str, str, str]] = []
+        self.kept_ready: list[str] = []
         self.fail_delete: PostgraasError | None = None
         self.fail_describe: Exception | None = None
         self.fail_list: PostgraasError | None = None
@@ -52,6 +53,12 @@ class FakeBackend:
         self.objects[ref] = spec
         self.claims.append((ref, pooled.db_username, spec.db_username))
         return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
+
+    def can_claim(self, db_name: str, db_username: str) -> bool:
+        return True
+
+    def keep_ready(self, refs: list[str]) -> None:
+        self.kept_ready = list(refs)
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         time.sleep(self.delete_delay)

@@ -47,7 +47,8 @@ class BackendRegistry:
         pools = {n: b.pool_size for n, b in settings.backends.items() if b.pool_size}
         for name in pools:
             if not backends[name].supports_pool:
-                raise ConfigError(f"backends.{name}.pool_size: the {backends[name].type_name} backend has no pool yet")
+                why = getattr(backends[name], "why_no_pool", f"the {backends[name].type_name} backend has no pool")
+                raise ConfigError(f"backends.{name}.pool_size: {why}")
         return cls(backends, settings.application.default_backend or next(iter(backends)), limits, pools)
 
     def choose(self, name: str | None) -> tuple[str, Backend]:

@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from .scram import scram_sha256_verifier
+
 
 @dataclass(frozen=True)
 class DatabaseSpec:
@@ -23,9 +25,18 @@ class DatabaseSpec:
     # writes without waiting for the disk (fsync, synchronous_commit, full_page_writes off where
     # the backend controls them). For throwaway databases of tests.
     ephemeral: bool = False
+    # db_pwd's SCRAM-SHA-256 verifier where the caller derived one already (with its meta-db hash).
+    db_pwd_verifier: str | None = None
+    # Made ahead for the warm pool: names and password are throwaway, and a backend whose claims
+    # need to log in again may pick the password itself.
+    pooled: bool = False
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"DatabaseSpec(instance_id={self.instance_id}, instance_name={self.instance_name!r})"
+
+    def scram_verifier(self) -> str:
+        """What a server is told of db_pwd: never the password itself."""
+        return self.db_pwd_verifier or scram_sha256_verifier(self.db_pwd)
 
     @property
     def credentials(self) -> Credentials:
@@ -117,6 +128,17 @@ class Backend(Protocol):
         ``BackendError``, ``BackendUnavailable`` or ``BackendTimeout``; after those the object may
         be half handed over, and the caller deletes it.
         """
+        ...
+
+    def can_claim(self, db_name: str, db_username: str) -> bool:
+        """False when a pooled object cannot become these names (ones the backend keeps for
+        itself): such a create is made anew instead."""
+        ...
+
+    def keep_ready(self, refs: list[str]) -> None:
+        """Called by the pool keeper of every server process with the pooled objects' refs of the
+        moment: hold what their claims need (a connection to each, say) and let go of the rest.
+        A backend whose claims need nothing held does nothing."""
         ...
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:

@@ -111,6 +111,12 @@ class ClusterBackend:
         log.info("claimed database %s as %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
         return ProvisionedDatabase(ref=spec.db_name, host=self.host, port=self.port)
 
+    def can_claim(self, db_name: str, db_username: str) -> bool:
+        return True
+
+    def keep_ready(self, refs: list[str]) -> None:
+        """Nothing per pooled object: claims use the kept admin connections."""
+
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         with self._admin() as conn:
             drop_tenant(conn, ref, credentials.db_username, force=force, connect=self._admin)

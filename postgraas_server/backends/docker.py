@@ -3,6 +3,9 @@ its prepared image, see prepared_image.py)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -10,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,12 +21,16 @@ import docker
 import docker.errors
 import psycopg
 import requests
+from psycopg import sql
 
 from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
+from .claim_connections import ClaimConnections
+from .pool_secret import pool_secret
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
-from .prepared_image import VERIFIER_ENV, ImagePreparer, scram_sha256_verifier
+from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV, ImagePreparer
+from .tenants import HAND_OVER_WARM_UP, hand_over_tenant
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,11 @@ LOG_TAIL_LINES = 20
 # What "durability": "ephemeral" turns off: the container's server is the instance's own.
 EPHEMERAL_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 EXIT_CHECK_INTERVAL_S = 0.5
+# A claimed container keeps no session of ours: other server processes' kept logins end with the claim.
+_TERMINATE_OTHER_SESSIONS = sql.SQL(
+    "select pg_terminate_backend(pid) from pg_stat_activity"
+    " where backend_type = 'client backend' and pid <> pg_backend_pid()"
+)
 
 
 class ContainerExited(Exception):
@@ -55,9 +68,7 @@ class DockerBackend:
 
     type_name = "docker"
     supports_template = False
-    # A claim would need the container's superuser, whose throwaway password only the creating
-    # process knew: not yet.
-    supports_pool = False
+    why_no_pool = "the docker backend keeps a warm pool of prepared images only (prepare_image: true)"
 
     def __init__(
         self,
@@ -71,10 +82,21 @@ class DockerBackend:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._preparer = ImagePreparer(self._limits)
+        self._pool_secret = pool_secret()
+        self._claim_connections = ClaimConnections(self._connect_claim, warm_up=HAND_OVER_WARM_UP)
+
+    @property
+    def supports_pool(self) -> bool:
+        # A claim logs in as the pooled tenant and acts as the image's own superuser, which only a
+        # prepared image keeps apart from the tenant (the official entrypoint makes them one role).
+        return self.settings.prepare_image
 
     # -- the Backend contract ------------------------------------------------------------
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        if spec.pooled:
+            # A password any process of this server can derive again to claim the container.
+            spec = replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)
         credentials = spec.credentials
         with self._engine("create the container"):
             container, secrets_in_env = self._create_container(spec)
@@ -107,6 +129,42 @@ class DockerBackend:
             raise
         log.info("created container %s for instance %s on port %s", container.name, spec.instance_name, port)
         return ProvisionedDatabase(ref=container.id, host=self.settings.advertised_host, port=port)
+
+    def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
+        """Log in as the pooled tenant (a superuser), act as the image's bootstrap superuser so the
+        tenant's own role can be renamed, and hand role and database over in one transaction.
+        Every other session (another server process's kept one) is ended with it."""
+        try:
+            conn = self._claim_connections.take(ref)
+            with conn:
+                port = conn.info.port
+                hand_over_tenant(
+                    conn,
+                    pooled,
+                    spec,
+                    before=[sql.SQL("set session authorization {}").format(sql.Identifier(BOOTSTRAP_USER))],
+                    then=[_TERMINATE_OTHER_SESSIONS],
+                    own_server=True,
+                )
+                if spec.ephemeral:
+                    # The container's postgres was started durable: ALTER SYSTEM and a reload
+                    # (each outside a transaction, so one statement at a time).
+                    for setting in EPHEMERAL_SETTINGS:
+                        conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
+                    conn.execute("select pg_reload_conf()")
+        except psycopg.Error as e:
+            raise BackendError(f"Taking over pooled container {ref[:12]} failed: {str(e).strip()}") from e
+        log.info("claimed container %s for instance %s on port %s", ref[:12], spec.instance_name, port)
+        return ProvisionedDatabase(ref=ref, host=self.settings.advertised_host, port=port)
+
+    def can_claim(self, db_name: str, db_username: str) -> bool:
+        # The image's superuser and its database: a create asking for them is made anew (the
+        # prepared wrapper then hands them to it, as the official image would).
+        return BOOTSTRAP_USER not in (db_name, db_username)
+
+    def keep_ready(self, refs: list[str]) -> None:
+        """Hold a login to each pooled container, for their claims."""
+        self._claim_connections.keep(refs)
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         with self._engine("remove the container"):
@@ -168,6 +226,27 @@ class DockerBackend:
 
     # -- helpers ---------------------------------------------------------------------------
 
+    def _pool_password(self, instance_id: int, username: str) -> str:
+        message = f"{self.deployment}:{instance_id}:{username}".encode()
+        return base64.urlsafe_b64encode(hmac.new(self._pool_secret, message, hashlib.sha256).digest()).decode()
+
+    def _connect_claim(self, ref: str) -> psycopg.Connection:
+        """A login as the pooled container's tenant, to the image's own database."""
+        with self._engine("look up the pooled container"):
+            container = self.client.containers.get(ref)
+        labels = container.attrs.get("Config", {}).get("Labels") or {}
+        env = dict(item.split("=", 1) for item in container.attrs.get("Config", {}).get("Env") or [] if "=" in item)
+        username = env.get("POSTGRES_USER", "")
+        return psycopg.connect(
+            host=self._probe_host,
+            port=self._published_port(container),
+            user=username,
+            password=self._pool_password(int(labels.get(INSTANCE_ID_LABEL, "0")), username),
+            dbname=BOOTSTRAP_USER,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
     @property
     def client(self) -> Any:
         # Created on first use, and again after a failure: the engine may be down when the
@@ -202,7 +281,7 @@ class DockerBackend:
         """The container, not started, and the secrets its environment holds (kept out of logs)."""
         prepared = self._prepared_image() if self.settings.prepare_image else None
         if prepared is not None:
-            verifier = scram_sha256_verifier(spec.db_pwd)
+            verifier = spec.scram_verifier()
             # No plaintext password: the wrapper creates the tenant with its SCRAM verifier.
             environment = {"POSTGRES_USER": spec.db_username, "POSTGRES_DB": spec.db_name, VERIFIER_ENV: verifier}
             secrets_in_env: tuple[str, ...] = (spec.db_pwd, verifier)

@@ -1,7 +1,8 @@
 """The local backend: a PostgreSQL cluster per instance, run as processes on the server's host.
 
 Each instance lives in ``<data_root>/<ref>/``: ``data/`` (the cluster), ``run/`` (its unix
-socket, mode 0700), ``postgres.log`` and ``instance.json`` (port and names, no secret). The
+socket, mode 0700), ``postgres.log`` and ``instance.json`` (port, and the names it was made
+with, no secret). The
 postgres processes are started in their own session, so they outlive a server restart and
 are found again from these files.
 
@@ -38,8 +39,9 @@ from psycopg import sql
 from ..config import LocalBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
+from .claim_connections import ClaimConnections
 from .postgres_client import NotReady, wait_for_login
-from .tenants import count_sessions, create_tenant, hand_over_tenant
+from .tenants import HAND_OVER_WARM_UP, count_sessions, create_tenant, hand_over_tenant
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,18 @@ INITDB_OPTIONS = (
 # The superuser works from template1: the tenant's database is the cluster's "postgres" database,
 # renamed, so no CREATE DATABASE (a copy and a sync of a whole database) runs on the request path.
 ADMIN_DATABASE = "template1"
+# What "durability": "ephemeral" turns off.
+EPHEMERAL_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 # How often a starting server is asked whether it takes connections (pg_ctl -w asks every 100 ms).
 START_POLL_S = 0.005
 START_ATTEMPTS = 8
 # sun_path holds 108 bytes; the socket file name adds up to 18 (".s.PGSQL.NNNNN.lock").
 MAX_SOCKET_DIR_BYTES = 88
 LOG_TAIL_LINES = 20
+_TERMINATE_OTHER_SUPERUSER_SESSIONS = sql.SQL(
+    "select pg_terminate_backend(pid) from pg_stat_activity"
+    " where usename = current_user and backend_type = 'client backend' and pid <> pg_backend_pid()"
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class LocalBackend:
         self._bin_dir: Path | None = None
         self._template_dir: Path | None = None
         self._template_lock = threading.Lock()
+        self._claim_connections = ClaimConnections(self._connect_claim, warm_up=HAND_OVER_WARM_UP)
 
     # -- the Backend contract ------------------------------------------------------------
 
@@ -148,19 +157,31 @@ class LocalBackend:
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
         home = self._home(ref)
         port = self._port(home)
-        with self._superuser(home, port) as conn:
-            hand_over_tenant(conn, pooled, spec)
-            if spec.ephemeral:
-                # All three take effect on a reload; no restart, no reconnect.
-                for setting in ("fsync", "synchronous_commit", "full_page_writes"):
-                    conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
-                conn.execute("select pg_reload_conf()")
-        meta = self._read_meta(home)
-        self._write_meta(
-            home, {**meta, "name": spec.instance_name, "db_name": spec.db_name, "db_username": spec.db_username}
-        )
+        # Other processes' kept connections go too: a claimed cluster holds none of ours (a
+        # session in template1 would make the tenant's CREATE DATABASE fail).
+        then = [_TERMINATE_OTHER_SUPERUSER_SESSIONS]
+        if spec.ephemeral:
+            # Into the file _configure writes (ALTER SYSTEM would cost a statement and an fsync
+            # each); all three take effect on this reload, no restart.
+            self._configure_durability(home)
+            then.append(sql.SQL("select pg_reload_conf()"))
+        try:
+            conn = self._claim_connections.take(ref)
+            with conn:
+                hand_over_tenant(conn, pooled, spec, then=then, own_server=True)
+        except psycopg.Error as e:
+            raise BackendError(f"The local cluster {home.name} failed: {str(e).strip()}") from e
+        # instance.json keeps the pool's names: rewriting it would cost a claim a millisecond, and
+        # nothing reads them but the reaper's log line (the meta db has the instance's).
         log.info("claimed local cluster %s for instance %s on port %s", ref, spec.instance_name, port)
         return ProvisionedDatabase(ref=ref, host=self.settings.advertised_host, port=port)
+
+    def can_claim(self, db_name: str, db_username: str) -> bool:
+        return True
+
+    def keep_ready(self, refs: list[str]) -> None:
+        """Hold a superuser connection to each of the pooled ``refs``, for their claims."""
+        self._claim_connections.keep(refs)
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         home = self._home(ref)
@@ -323,11 +344,16 @@ class LocalBackend:
         except (OSError, ValueError):
             return {}
 
-    def _configure(self, home: Path, ephemeral: bool) -> None:
+    @staticmethod
+    def _configure_durability(home: Path) -> None:
         with (home / "data" / "postgresql.conf").open("a") as conf:
-            if ephemeral:
-                # The instance's own server: a crash may lose or corrupt it, and that was asked for.
-                conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+            # The instance's own server: a crash may lose or corrupt it, and that was asked for.
+            conf.write("\n" + "".join(f"{setting} = off\n" for setting in EPHEMERAL_SETTINGS))
+
+    def _configure(self, home: Path, ephemeral: bool) -> None:
+        if ephemeral:
+            self._configure_durability(home)
+        with (home / "data" / "postgresql.conf").open("a") as conf:
             conf.write(
                 "\n# postgraas local backend\n"
                 f"listen_addresses = '{self.settings.listen_address}'\n"
@@ -453,6 +479,10 @@ class LocalBackend:
             autocommit=True,
             connect_timeout=connect_timeout,
         )
+
+    def _connect_claim(self, ref: str) -> psycopg.Connection:
+        home = self._home(ref)
+        return self._connect_superuser(home, self._port(home), connect_timeout=5)
 
     @contextlib.contextmanager
     def _superuser(self, home: Path, port: int | None) -> Iterator[psycopg.Connection]:

@@ -20,25 +20,23 @@ cannot be prepared (no psql, an entrypoint that ignores PGDATA ...) is used as i
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import io
 import json
 import logging
 import secrets
 import shlex
-import stringprep
 import tarfile
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
 import requests
+
+from .scram import scram_sha256_verifier
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,6 @@ BUILD_TIMEOUT_S = 180.0
 # A build container not running this long after its creation is left from a builder that is gone (an
 # engine restart stops it): a live builder's is stopped only between its shutdown and its commit.
 STOPPED_BUILD_STALE_S = 30.0
-SCRAM_ITERATIONS = 4096
 
 _WRAPPER_TEMPLATE = r"""#!/bin/sh
 # Entrypoint of a postgraas prepared image (postgraas_server/backends/prepared_image.py). The cluster
@@ -172,61 +169,6 @@ def prepared_tag(image_id: str) -> str:
     shape = [image_id, FORMAT_VERSION, DATA_DIR, WRAPPER_PATH, SPARE_DATABASE, BOOTSTRAP_USER, _WRAPPER_TEMPLATE]
     digest = hashlib.sha256("\n".join(map(str, shape)).encode()).hexdigest()
     return f"{REPOSITORY}:{digest[:16]}"
-
-
-# -- SCRAM-SHA-256 (RFC 5802, RFC 7677), as PostgreSQL stores it ---------------------------------
-
-
-def scram_sha256_verifier(password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
-    """``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>``; a server given it in
-    CREATE/ALTER ROLE ... PASSWORD stores it as is, so the password itself never reaches it."""
-    salt = secrets.token_bytes(16) if salt is None else salt
-    stored_key, server_key = scram_keys(password, salt, iterations)
-    b64 = base64.b64encode
-    return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
-
-
-def scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes]:
-    """StoredKey and ServerKey of a password."""
-    prepared = saslprep(password)
-    # PostgreSQL (and libpq) hash the password as given when SASLprep refuses it.
-    raw = (prepared if prepared is not None else password).encode("utf-8")
-    salted = hashlib.pbkdf2_hmac("sha256", raw, salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    return hashlib.sha256(client_key).digest(), server_key
-
-
-def saslprep(text: str) -> str | None:
-    """RFC 4013 SASLprep as PostgreSQL's pg_saslprep applies it (the same in libpq); None where it
-    refuses the string, which then is hashed as it is."""
-    if text.isascii():
-        # Passed through untouched, control characters included.
-        return text
-    mapped = "".join(" " if stringprep.in_table_c12(c) else c for c in text if not stringprep.in_table_b1(c))
-    if not mapped:
-        return None
-    # pg_saslprep checks the mapped characters, not the normalised ones: so does this.
-    prohibited = (
-        stringprep.in_table_a1,
-        stringprep.in_table_c12,
-        stringprep.in_table_c21_c22,
-        stringprep.in_table_c3,
-        stringprep.in_table_c4,
-        stringprep.in_table_c5,
-        stringprep.in_table_c6,
-        stringprep.in_table_c7,
-        stringprep.in_table_c8,
-        stringprep.in_table_c9,
-    )
-    if any(check(c) for c in mapped for check in prohibited):
-        return None
-    if any(stringprep.in_table_d1(c) for c in mapped):
-        if any(stringprep.in_table_d2(c) for c in mapped):
-            return None
-        if not (stringprep.in_table_d1(mapped[0]) and stringprep.in_table_d1(mapped[-1])):
-            return None
-    return unicodedata.normalize("NFKC", mapped)
 
 
 # -- finding or making the prepared image ---------------------------------------------------------

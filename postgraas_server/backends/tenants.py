@@ -8,7 +8,7 @@ Identifiers are composed with ``sql.Identifier``, never with string formatting.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 
@@ -60,13 +60,13 @@ def create_tenant(
         )
 
     # The server only ever sees a SCRAM verifier, so the password cannot reach its log.
-    verifier = conn.pgconn.encrypt_password(spec.db_pwd.encode(), spec.db_username.encode(), b"scram-sha-256")
+    verifier = spec.scram_verifier()
     # Role and marker in one transaction: no crash can leave a role list_tenants cannot find.
     with conn.transaction():
         _run(
             conn,
             sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole noreplication password {}").format(
-                role, sql.Literal(verifier.decode())
+                role, sql.Literal(verifier)
             ),
         )
         if marker is not None:
@@ -97,44 +97,81 @@ def create_tenant(
 
 
 def hand_over_tenant(
-    conn: psycopg.Connection, pooled: Credentials, spec: DatabaseSpec, *, marker: str | None = None
+    conn: psycopg.Connection,
+    pooled: Credentials,
+    spec: DatabaseSpec,
+    *,
+    marker: str | None = None,
+    before: Sequence[sql.Composable] = (),
+    then: Sequence[sql.Composable] = (),
+    own_server: bool = False,
 ) -> None:
     """Rename a tenant made ahead (role and database ``pooled``) to ``spec``'s names and set
     spec's password, in one transaction: a failure changes nothing. The database keeps its owner
-    and its revoked PUBLIC rights; no session may be open in it (none is, in a pooled one)."""
-    if spec.db_username != pooled.db_username and role_exists(conn, spec.db_username):
-        raise Conflict(
-            f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
-        )
-    if spec.db_name != pooled.db_name and database_exists(conn, spec.db_name):
-        raise Conflict(
-            f"A database named {spec.db_name!r} already exists in the cluster.", {"db_name": "already exists"}
-        )
+    and its revoked PUBLIC rights; no session may be open in it (none is, in a pooled one).
+
+    One round trip: the statements go as one simple query, which the server runs as one
+    implicit transaction, ``before`` and ``then`` (the backend's own statements) included. A name taken is told
+    by the error of the rename itself (a check ahead would cost a round trip each, and could not
+    close the race anyway).
+
+    ``own_server``: the server is one Postgraas made for this tenant alone (no password hooks of
+    anybody's), so the verifier is written into pg_authid directly. ALTER ROLE ... PASSWORD first
+    hashes the empty password with the verifier's salt and iterations, to refuse it as the new
+    one: a whole SCRAM derivation, 3-5 ms of the server's CPU, for a password that never is empty."""
     role = sql.Identifier(spec.db_username)
-    verifier = conn.pgconn.encrypt_password(spec.db_pwd.encode(), spec.db_username.encode(), b"scram-sha-256")
-    with conn.transaction():
-        if spec.ephemeral:
-            # Asked to be fast rather than safe: the commit does not wait for the disk either.
-            conn.execute("set local synchronous_commit = off")
-        if spec.db_username != pooled.db_username:
-            _run(conn, sql.SQL("alter role {} rename to {}").format(sql.Identifier(pooled.db_username), role))
-        _run(conn, sql.SQL("alter role {} password {}").format(role, sql.Literal(verifier.decode())))
-        if marker is not None:
-            _run(conn, sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
-        if spec.db_name != pooled.db_name:
-            rename = sql.SQL("alter database {} rename to {}").format(
+    statements: list[sql.Composable] = list(before)
+    if spec.ephemeral:
+        # Asked to be fast rather than safe: the commit does not wait for the disk either.
+        statements.append(sql.SQL("set local synchronous_commit = off"))
+    if spec.db_username != pooled.db_username:
+        statements.append(sql.SQL("alter role {} rename to {}").format(sql.Identifier(pooled.db_username), role))
+    verifier = spec.scram_verifier()
+    if own_server and spec.db_pwd:
+        statements.append(
+            sql.SQL("update pg_authid set rolpassword = {} where rolname = {}").format(
+                sql.Literal(verifier), sql.Literal(spec.db_username)
+            )
+        )
+    else:
+        statements.append(sql.SQL("alter role {} password {}").format(role, sql.Literal(verifier)))
+    if marker is not None:
+        statements.append(sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
+    if spec.db_name != pooled.db_name:
+        statements.append(
+            sql.SQL("alter database {} rename to {}").format(
                 sql.Identifier(pooled.db_name), sql.Identifier(spec.db_name)
             )
-            try:
-                conn.execute(rename)
-            except psycopg.errors.ObjectInUse as e:
-                # Someone (a monitoring login) is in the pooled database: the pool's problem, not a
-                # conflict of the request's; the caller creates anew.
-                raise BackendError(f"The pooled database is in use: {e.diag.message_primary}.") from e
-            except psycopg.errors.DuplicateDatabase as e:
-                raise Conflict(f"The cluster refused: {e.diag.message_primary}.", {"db_name": "already exists"}) from e
-            except psycopg.Error as e:
-                raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
+        )
+    statements.extend(then)
+    try:
+        # No parameters: psycopg sends it with the simple query protocol, several statements allowed.
+        conn.execute(sql.SQL("; ").join(statements))
+    except psycopg.errors.DuplicateObject as e:
+        raise Conflict(
+            f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
+        ) from e
+    except psycopg.errors.DuplicateDatabase as e:
+        raise Conflict(
+            f"A database named {spec.db_name!r} already exists in the cluster.", {"db_name": "already exists"}
+        ) from e
+    except psycopg.errors.UniqueViolation as e:
+        # A concurrent request took the name between the catalog's check and our insert.
+        raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
+    except psycopg.errors.ObjectInUse as e:
+        # Someone (a monitoring login) is in the pooled database: the pool's problem, not a
+        # conflict of the request's; the caller creates anew.
+        raise BackendError(f"The pooled database is in use: {e.diag.message_primary}.") from e
+    except psycopg.Error as e:
+        raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
+
+
+# What hand_over_tenant's statements read, looked up once by a session kept for a claim (see
+# ClaimConnections): the roles, the databases and the sessions.
+HAND_OVER_WARM_UP = (
+    "select 1 from pg_authid where rolname = ''; select 1 from pg_database where datname = '';"
+    " select 1 from pg_stat_activity where false"
+)
 
 
 def tenant_marker(deployment: str, spec: DatabaseSpec, created_at: datetime) -> str:

@@ -22,8 +22,8 @@ from postgraas_server.backends.prepared_image import (
     SPARE_DATABASE,
     VERIFIER_ENV,
     prepared_tag,
-    scram_sha256_verifier,
 )
+from postgraas_server.backends.scram import scram_sha256_verifier
 from postgraas_server.config import DockerBackendSettings
 
 from .conftest import RUN_ID, RUN_LABEL, TEST_IMAGE

@@ -63,7 +63,7 @@ def test_password_is_stored_as_a_salted_hash(app, client):
     create(client)
     create(client, postgraas_instance_name="demo2")
     hashes = [row.password_hash for row in rows(app)]
-    assert all("s3cr" not in h and h.startswith("pbkdf2:sha256:4096$") for h in hashes)
+    assert all("s3cr" not in h and h.startswith("scram-salted-hmac-sha256$4096$") for h in hashes)
     assert hashes[0] != hashes[1]
 
 

@@ -146,14 +146,18 @@ def test_the_reaper_keeps_pooled_objects_and_trims_a_surplus(app, keeper, fake_b
     assert len(fake_backend.objects) == 1
 
 
-def test_unsupported_backends_refuse_a_pool_size(tmp_path):
+def test_a_docker_pool_needs_the_prepared_image(tmp_path):
     from postgraas_server.config import ConfigError
 
-    settings = settings_from_dict(
-        {"backends": {"docker": {"type": "docker", "pool_size": 2}}, "metadb": {"url": "sqlite://"}}
-    )
-    with pytest.raises(ConfigError, match="pool_size"):
-        BackendRegistry.from_settings(settings, "d")
+    def registry(prepare_image: bool) -> BackendRegistry:
+        docker = {"type": "docker", "pool_size": 2, "prepare_image": prepare_image}
+        return BackendRegistry.from_settings(
+            settings_from_dict({"backends": {"docker": docker}, "metadb": {"url": "sqlite://"}}), "d"
+        )
+
+    with pytest.raises(ConfigError, match=r"pool_size: .*prepare_image: true"):
+        registry(prepare_image=False)
+    assert registry(prepare_image=True).pools == {"docker": 2}
 
 
 def test_a_name_taken_in_the_backend_gives_the_instance_back_to_the_pool(app, client, keeper, fake_backend):

@@ -1,0 +1,81 @@
+"""Superuser connections opened ahead to pooled objects, so that a claim costs no connect.
+
+Each server process keeps one connection to every pooled object of a backend (the pool keeper
+tells which those are), and a claim takes its object's connection, uses it once and closes it:
+the claimed server then holds no connection of ours. A kept connection that has anything to read
+was closed by its server (a restart, a termination) and is replaced by a new one: an idle session
+is sent nothing, so a look at its socket does what a round trip would, without the round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+
+class ClaimConnections:
+    def __init__(self, connect: Callable[[str], psycopg.Connection], warm_up: str | None = None) -> None:
+        # connect(ref): a new autocommit superuser connection to that object's server.
+        self._connect = connect
+        # Run on each kept connection once: a new session reads the catalogs a claim needs
+        # from disk into its caches (4 ms of a claim, 2.4 once warmed, on this 2-core machine).
+        self._warm_up = warm_up
+        self._kept: dict[str, psycopg.Connection] = {}
+        self._lock = threading.Lock()
+        # Closed when the backend goes (a test's, an app built twice), not left to the GC.
+        weakref.finalize(self, _close_all, self._kept)
+
+    def keep(self, refs: Iterable[str]) -> None:
+        """Hold a connection to each of ``refs`` (the pooled objects now) and none to any other."""
+        wanted = set(refs)
+        with self._lock:
+            gone = [self._kept.pop(ref) for ref in list(self._kept) if ref not in wanted]
+            missing = wanted.difference(self._kept)
+        for conn in gone:
+            conn.close()
+        for ref in missing:
+            try:
+                conn = self._connect(ref)
+                if self._warm_up:
+                    conn.execute(self._warm_up)
+            except Exception as e:
+                # Starting, removed meanwhile, its engine down: best effort only. A claim connects
+                # itself, and the next round tries again.
+                log.debug("no connection kept to pooled object %s: %s", ref, e)
+                continue
+            with self._lock:
+                if ref in self._kept:
+                    conn.close()
+                else:
+                    self._kept[ref] = conn
+
+    def take(self, ref: str) -> psycopg.Connection:
+        """A working connection to ``ref``'s server, for the caller to close: the kept one, else a new one."""
+        with self._lock:
+            conn = self._kept.pop(ref, None)
+        if conn is not None:
+            if _idle_and_open(conn):
+                return conn
+            conn.close()
+        return self._connect(ref)
+
+
+def _idle_and_open(conn: psycopg.Connection) -> bool:
+    if conn.closed or conn.broken:
+        return False
+    # poll, not select: select fails on descriptors past 1023, which a busy worker may have.
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return not poller.poll(0)
+
+
+def _close_all(kept: dict[str, psycopg.Connection]) -> None:
+    while kept:
+        kept.popitem()[1].close()
