@@ -4,7 +4,8 @@ Times, on this machine and in this one process:
   1. per Postgraas backend, POST /postgraas_instances -> first ``select 1``, "cold" (config as shipped) and
      "warm" (``pool_size`` in each backend's config; each run starts with a full pool);
   2. the peers a user would pick instead: testcontainers' PostgresContainer, a plain ``docker run``,
-     a bare ``initdb`` + ``pg_ctl start``;
+     a bare ``initdb`` + ``pg_ctl start``, and in the existing cluster a hand-made CREATE ROLE +
+     CREATE DATABASE over an open admin connection;
   3. a burst of concurrent creates per backend;
   4. GET /postgraas_instances with many instances in the meta db.
 It measures, it does not assert: the exit code is 0 whatever the figures, non-zero only when it could not run.
@@ -32,6 +33,7 @@ if __package__ in (None, ""):
 
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
+import psycopg  # noqa: E402
 import requests  # noqa: E402
 
 from benchmarks import infra, measure, report  # noqa: E402
@@ -69,7 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--list-requests", type=int, help="timed GET requests (default 200; --quick 20)")
     parser.add_argument("--modes", type=_csv(MODES), default=list(MODES), help="cold,warm (default both)")
     parser.add_argument("--backends", type=_csv(BACKENDS), default=list(BACKENDS), help="default: all three")
-    parser.add_argument("--skip-peers", action="store_true", help="do not time testcontainers, docker run, initdb")
+    parser.add_argument(
+        "--skip-peers", action="store_true", help="do not time testcontainers, docker run, initdb, CREATE DATABASE"
+    )
     parser.add_argument("--pool-size", type=int, default=4, help="warm mode: pool_size of each backend (default 4)")
     parser.add_argument(
         "--pool-timeout", type=float, default=120, help="warm mode: seconds to wait for a full pool (default 120)"
@@ -296,6 +300,14 @@ def measure_peers(run: Run) -> dict:
             "testcontainers runs with its defaults: it waits by exec'ing psql in the container, polling every "
             f"{os.environ.get('TC_POOLING_INTERVAL', '1')} s (TC_POOLING_INTERVAL)"
         )
+    if "cluster" in args.backends:
+        pg = run.pg
+        with psycopg.connect(
+            host=pg.host, port=pg.port, user=pg.username, password=pg.password, dbname="postgres", autocommit=True
+        ) as admin:
+            peers["create_database"] = measure.measure_peer(
+                "CREATE DATABASE", args.runs, lambda i: measure.time_create_database(admin, pg.host, pg.port, i)
+            )
     if "local" in args.backends:
         homes = run.root / "p"
         homes.mkdir(mode=0o755)

@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 import psycopg
 import requests
+from psycopg import sql
 from sqlalchemy import create_engine, insert
 
 from .infra import (
@@ -400,6 +401,24 @@ def time_initdb(bin_dir: Path, home: Path, timeout: float = 60) -> float:
                 timeout=60,
             )
         shutil.rmtree(home, ignore_errors=True)
+
+
+def time_create_database(admin: psycopg.Connection, host: str, port: int, n: int) -> float:
+    """What a person does by hand in an existing cluster, over an admin connection already open:
+    CREATE ROLE and CREATE DATABASE (from template0, as the cluster backend does), then a login."""
+    name, password = f"bench_peer_{n}_{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    started = time.perf_counter()
+    try:
+        admin.execute(sql.SQL("create role {} login password {}").format(sql.Identifier(name), sql.Literal(password)))
+        admin.execute(sql.SQL("create database {} owner {} template template0").format(*[sql.Identifier(name)] * 2))
+        with psycopg.connect(
+            host=host, port=port, user=name, password=password, dbname=name, connect_timeout=5
+        ) as conn:
+            conn.execute("select 1").fetchone()
+        return time.perf_counter() - started
+    finally:
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 def measure_peer(name: str, runs: int, attempt: Callable[[int], float]) -> dict:

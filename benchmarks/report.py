@@ -15,7 +15,12 @@ LOCAL_COLD = 0.250
 BURST_SIZE, BURST_WALL = 20, 8.0
 LIST_ROWS, LIST_P50 = 1000, 0.025
 
-PEER_NAMES = {"docker_run": "plain docker run", "testcontainers": "testcontainers", "initdb_pg_ctl": "initdb+pg_ctl"}
+PEER_NAMES = {
+    "docker_run": "plain docker run",
+    "testcontainers": "testcontainers",
+    "initdb_pg_ctl": "initdb+pg_ctl",
+    "create_database": "CREATE DATABASE",
+}
 
 
 def percentile(samples: list[float], q: float) -> float | None:
@@ -198,6 +203,8 @@ def build_rows(results: dict) -> list[Row]:
                     compare.append(_ratio(series["p50"], peer_p50["testcontainers"], "testcontainers"))
                 elif metric == "post_to_query" and backend == "local":
                     compare = [_ratio(series["p50"], peer_p50["initdb_pg_ctl"], "initdb+pg_ctl")]
+                elif metric == "post_to_query" and backend == "cluster":
+                    compare = [_ratio(series["p50"], peer_p50["create_database"], "CREATE DATABASE")]
                 elif metric == "post_to_query":
                     compare = ["absolute"]
                 label = f"postgraas {backend} {mode} POST->{'query' if short == 'query' else '201'}"

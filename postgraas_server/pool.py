@@ -37,9 +37,10 @@ class PoolKeeper:
         """One round: top up every pool; returns how many instances were made."""
         made = 0
         for backend_name, size in self.service.backends.pools.items():
-            made += self.service.fill_pool(backend_name, size)
-            # Every process, for every pooled object, whoever made it: any process may claim it.
+            # First, for every pooled object, whoever made it (any process may claim it): a fill
+            # can take seconds, and a failing one must not stop this.
             self.service.keep_pool_ready(backend_name)
+            made += self.service.fill_pool(backend_name, size)
         return made
 
     def start(self, app: Flask) -> threading.Thread:

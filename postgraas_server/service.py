@@ -414,15 +414,33 @@ class InstanceService:
         )
         db.session.commit()
 
-    def keep_pool_ready(self, backend_name: str) -> None:
-        """Let the backend hold what the claims of its pooled objects need (see Backend.keep_ready)."""
-        refs = db.session.scalars(
-            select(DBInstance.container_id).where(
+    def keep_pool_ready(self, backend_name: str) -> int:
+        """Let the backend hold what the claims of its pooled objects need (see Backend.keep_ready),
+        and remove those it can never claim (made under another pool secret); returns how many."""
+        rows = db.session.execute(
+            select(DBInstance.id, DBInstance.container_id, DBInstance.db_name, DBInstance.username).where(
                 DBInstance.backend == backend_name, DBInstance.status == InstanceStatus.POOLED
             )
         ).all()
         db.session.rollback()
-        self.backends.holding(backend_name).keep_ready([ref for ref in refs if ref])
+        backend = self.backends.holding(backend_name)
+        unclaimable = set(backend.keep_ready([row.container_id for row in rows if row.container_id]))
+        removed = 0
+        for row in rows:
+            # Conditional: a create that took it meanwhile keeps it.
+            if row.container_id not in unclaimable or not move_status(
+                row.id, InstanceStatus.POOLED, InstanceStatus.DELETING, "not claimable by this server"
+            ):
+                continue
+            try:
+                backend.delete(row.container_id, Credentials(row.db_name, row.username, ""), force=True)
+            except PostgraasError as e:
+                # The reaper finds the deleting row and tries again.
+                log.warning("could not remove unclaimable pooled object %s: %s", row.container_id, e.msg)
+                continue
+            self._forget(row.id)
+            removed += 1
+        return removed
 
     def fill_pool(self, backend_name: str, size: int) -> int:
         """Create pooled instances until ``backend_name`` has ``size`` (made or being made);

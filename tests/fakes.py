@@ -29,6 +29,11 @@ class FakeBackend:
         self.fail_claim: PostgraasError | None = None
         self.claims: list[tuple[str, str, str]] = []
         self.kept_ready: list[str] = []
+        # Role names a pooled object cannot be renamed to (a docker image's own superuser, say).
+        self.reserved_names: set[str] = set()
+        self.pooled_specs: list[DatabaseSpec] = []
+        # Pooled objects that refuse this process's claims (made under another pool secret).
+        self.unclaimable: set[str] = set()
         self.fail_delete: PostgraasError | None = None
         self.fail_describe: Exception | None = None
         self.fail_list: PostgraasError | None = None
@@ -44,6 +49,8 @@ class FakeBackend:
             raise self.fail_create
         ref = f"fake-{spec.instance_id}"
         self.objects[ref] = spec
+        if spec.pooled:
+            self.pooled_specs.append(spec)
         return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
 
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
@@ -55,10 +62,11 @@ class FakeBackend:
         return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
 
     def can_claim(self, db_name: str, db_username: str) -> bool:
-        return True
+        return db_username not in self.reserved_names
 
-    def keep_ready(self, refs: list[str]) -> None:
+    def keep_ready(self, refs: list[str]) -> list[str]:
         self.kept_ready = list(refs)
+        return [ref for ref in refs if ref in self.unclaimable]
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         time.sleep(self.delete_delay)

@@ -135,9 +135,10 @@ class Backend(Protocol):
         itself): such a create is made anew instead."""
         ...
 
-    def keep_ready(self, refs: list[str]) -> None:
+    def keep_ready(self, refs: list[str]) -> list[str]:
         """Called by the pool keeper of every server process with the pooled objects' refs of the
         moment: hold what their claims need (a connection to each, say) and let go of the rest.
+        Returns the refs this process can never claim (the caller removes them if still pooled).
         A backend whose claims need nothing held does nothing."""
         ...
 

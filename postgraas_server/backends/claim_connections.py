@@ -20,46 +20,68 @@ import psycopg
 log = logging.getLogger(__name__)
 
 
+class NotClaimable(Exception):
+    """Raised by a backend's connect: this pooled object can never be claimed by this process (it
+    refuses our login while still pooled), so it should be removed rather than kept."""
+
+
 class ClaimConnections:
     def __init__(self, connect: Callable[[str], psycopg.Connection], warm_up: str | None = None) -> None:
-        # connect(ref): a new autocommit superuser connection to that object's server.
+        # connect(ref): a new autocommit superuser connection to that object's server, refused
+        # (with an error) once the object is claimed.
         self._connect = connect
         # Run on each kept connection once: a new session reads the catalogs a claim needs
         # from disk into its caches (4 ms of a claim, 2.4 once warmed, on this 2-core machine).
         self._warm_up = warm_up
         self._kept: dict[str, psycopg.Connection] = {}
+        # Taken by a claim of this process: never connected to again.
+        self._taken: set[str] = set()
         self._lock = threading.Lock()
         # Closed when the backend goes (a test's, an app built twice), not left to the GC.
         weakref.finalize(self, _close_all, self._kept)
 
-    def keep(self, refs: Iterable[str]) -> None:
-        """Hold a connection to each of ``refs`` (the pooled objects now) and none to any other."""
+    def keep(self, refs: Iterable[str]) -> list[str]:
+        """Hold a connection to each of ``refs`` (the pooled objects now) and none to any other;
+        returns the refs whose connect raised NotClaimable."""
         wanted = set(refs)
         with self._lock:
             gone = [self._kept.pop(ref) for ref in list(self._kept) if ref not in wanted]
-            missing = wanted.difference(self._kept)
+            self._taken &= wanted
+            missing = wanted - self._kept.keys() - self._taken
         for conn in gone:
             conn.close()
+        unclaimable = []
         for ref in missing:
             try:
                 conn = self._connect(ref)
-                if self._warm_up:
-                    conn.execute(self._warm_up)
+            except NotClaimable as e:
+                log.warning("%s; it is removed", e)
+                unclaimable.append(ref)
+                continue
             except Exception as e:
-                # Starting, removed meanwhile, its engine down: best effort only. A claim connects
-                # itself, and the next round tries again.
+                # Starting, removed or claimed meanwhile, its engine down: best effort only. A
+                # claim connects itself, and the next round tries again.
                 log.debug("no connection kept to pooled object %s: %s", ref, e)
                 continue
+            try:
+                if self._warm_up:
+                    conn.execute(self._warm_up)
+            except psycopg.Error as e:
+                log.debug("warming up the connection to pooled object %s failed: %s", ref, e)
+                conn.close()
+                continue
             with self._lock:
-                if ref in self._kept:
+                if ref in self._kept or ref in self._taken:
                     conn.close()
                 else:
                     self._kept[ref] = conn
+        return unclaimable
 
     def take(self, ref: str) -> psycopg.Connection:
         """A working connection to ``ref``'s server, for the caller to close: the kept one, else a new one."""
         with self._lock:
             conn = self._kept.pop(ref, None)
+            self._taken.add(ref)
         if conn is not None:
             if _idle_and_open(conn):
                 return conn

@@ -114,8 +114,9 @@ class ClusterBackend:
     def can_claim(self, db_name: str, db_username: str) -> bool:
         return True
 
-    def keep_ready(self, refs: list[str]) -> None:
+    def keep_ready(self, refs: list[str]) -> list[str]:
         """Nothing per pooled object: claims use the kept admin connections."""
+        return []
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         with self._admin() as conn:

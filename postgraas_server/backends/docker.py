@@ -26,7 +26,7 @@ from psycopg import sql
 from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
-from .claim_connections import ClaimConnections
+from .claim_connections import ClaimConnections, NotClaimable
 from .pool_secret import pool_secret
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV, ImagePreparer
@@ -143,9 +143,11 @@ class DockerBackend:
                     pooled,
                     spec,
                     before=[sql.SQL("set session authorization {}").format(sql.Identifier(BOOTSTRAP_USER))],
-                    then=[_TERMINATE_OTHER_SESSIONS],
                     own_server=True,
                 )
+                # After the commit, so that a login racing the hand-over goes too (a later one
+                # fails: the pool's role is renamed).
+                conn.execute(_TERMINATE_OTHER_SESSIONS)
                 if spec.ephemeral:
                     # The container's postgres was started durable: ALTER SYSTEM and a reload
                     # (each outside a transaction, so one statement at a time).
@@ -162,9 +164,9 @@ class DockerBackend:
         # prepared wrapper then hands them to it, as the official image would).
         return BOOTSTRAP_USER not in (db_name, db_username)
 
-    def keep_ready(self, refs: list[str]) -> None:
-        """Hold a login to each pooled container, for their claims."""
-        self._claim_connections.keep(refs)
+    def keep_ready(self, refs: list[str]) -> list[str]:
+        """Hold a login to each pooled container, for their claims; returns those that refuse it."""
+        return self._claim_connections.keep(refs)
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         with self._engine("remove the container"):
@@ -231,21 +233,40 @@ class DockerBackend:
         return base64.urlsafe_b64encode(hmac.new(self._pool_secret, message, hashlib.sha256).digest()).decode()
 
     def _connect_claim(self, ref: str) -> psycopg.Connection:
-        """A login as the pooled container's tenant, to the image's own database."""
+        """A login as the pooled container's tenant, to the image's own database. Raises
+        NotClaimable when the password is refused while the container is still pooled: it was
+        made under another POSTGRAAS_POOL_SECRET (by this server before a restart, say)."""
         with self._engine("look up the pooled container"):
             container = self.client.containers.get(ref)
         labels = container.attrs.get("Config", {}).get("Labels") or {}
         env = dict(item.split("=", 1) for item in container.attrs.get("Config", {}).get("Env") or [] if "=" in item)
         username = env.get("POSTGRES_USER", "")
-        return psycopg.connect(
-            host=self._probe_host,
-            port=self._published_port(container),
-            user=username,
-            password=self._pool_password(int(labels.get(INSTANCE_ID_LABEL, "0")), username),
-            dbname=BOOTSTRAP_USER,
-            autocommit=True,
-            connect_timeout=5,
-        )
+        try:
+            conn = psycopg.connect(
+                host=self._probe_host,
+                port=self._published_port(container),
+                user=username,
+                password=self._pool_password(int(labels.get(INSTANCE_ID_LABEL, "0")), username),
+                dbname=BOOTSTRAP_USER,
+                autocommit=True,
+                connect_timeout=5,
+            )
+        except psycopg.OperationalError as e:
+            if "password authentication failed" in str(e):
+                raise NotClaimable(f"pooled container {ref[:12]} refuses this server's pool password") from e
+            raise
+        try:
+            # The pool's database is renamed by a claim: a login that raced one must not stay.
+            still_pooled = conn.execute(
+                "select 1 from pg_database where datname = %s", (env.get("POSTGRES_DB", ""),)
+            ).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        if still_pooled is None:
+            conn.close()
+            raise BackendError(f"Pooled container {ref[:12]} was claimed already.")
+        return conn
 
     @property
     def client(self) -> Any:
@@ -280,6 +301,11 @@ class DockerBackend:
     def _create_container(self, spec: DatabaseSpec, *, retry: bool = True) -> tuple[Any, tuple[str, ...]]:
         """The container, not started, and the secrets its environment holds (kept out of logs)."""
         prepared = self._prepared_image() if self.settings.prepare_image else None
+        if spec.pooled and prepared is None:
+            # The official entrypoint makes the tenant the bootstrap superuser: no claim could rename it.
+            raise BackendError(
+                f"The warm pool needs the prepared image of {self.settings.image}, which is not available."
+            )
         if prepared is not None:
             verifier = spec.scram_verifier()
             # No plaintext password: the wrapper creates the tenant with its SCRAM verifier.

@@ -41,7 +41,7 @@ from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .claim_connections import ClaimConnections
 from .postgres_client import NotReady, wait_for_login
-from .tenants import HAND_OVER_WARM_UP, count_sessions, create_tenant, hand_over_tenant
+from .tenants import HAND_OVER_WARM_UP, count_sessions, create_tenant, database_exists, hand_over_tenant
 
 log = logging.getLogger(__name__)
 
@@ -157,20 +157,24 @@ class LocalBackend:
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
         home = self._home(ref)
         port = self._port(home)
-        # Other processes' kept connections go too: a claimed cluster holds none of ours (a
-        # session in template1 would make the tenant's CREATE DATABASE fail).
-        then = [_TERMINATE_OTHER_SUPERUSER_SESSIONS]
-        if spec.ephemeral:
-            # Into the file _configure writes (ALTER SYSTEM would cost a statement and an fsync
-            # each); all three take effect on this reload, no restart.
-            self._configure_durability(home)
-            then.append(sql.SQL("select pg_reload_conf()"))
         try:
             conn = self._claim_connections.take(ref)
             with conn:
-                hand_over_tenant(conn, pooled, spec, then=then, own_server=True)
+                hand_over_tenant(conn, pooled, spec, own_server=True)
+                # After the commit: other processes' kept sessions go, including one that logged in
+                # while the hand-over ran (a later login finds the pooled database gone, see
+                # _connect_claim). A claimed cluster holds no session of ours: one in template1
+                # would make the tenant's CREATE DATABASE fail.
+                conn.execute(_TERMINATE_OTHER_SUPERUSER_SESSIONS)
+                if spec.ephemeral:
+                    # Into the file _configure writes (ALTER SYSTEM would cost a statement and an
+                    # fsync each); all three take effect on this reload, no restart.
+                    self._configure_durability(home)
+                    conn.execute("select pg_reload_conf()")
         except psycopg.Error as e:
             raise BackendError(f"The local cluster {home.name} failed: {str(e).strip()}") from e
+        except OSError as e:
+            raise BackendError(f"The local cluster {home.name} could not be configured: {e}") from e
         # instance.json keeps the pool's names: rewriting it would cost a claim a millisecond, and
         # nothing reads them but the reaper's log line (the meta db has the instance's).
         log.info("claimed local cluster %s for instance %s on port %s", ref, spec.instance_name, port)
@@ -179,9 +183,9 @@ class LocalBackend:
     def can_claim(self, db_name: str, db_username: str) -> bool:
         return True
 
-    def keep_ready(self, refs: list[str]) -> None:
+    def keep_ready(self, refs: list[str]) -> list[str]:
         """Hold a superuser connection to each of the pooled ``refs``, for their claims."""
-        self._claim_connections.keep(refs)
+        return self._claim_connections.keep(refs)
 
     def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
         home = self._home(ref)
@@ -481,8 +485,19 @@ class LocalBackend:
         )
 
     def _connect_claim(self, ref: str) -> psycopg.Connection:
+        """The superuser, to a cluster still pooled: instance.json names the pool's database,
+        which a claim renames (a login that raced a claim must not stay in the tenant's cluster)."""
         home = self._home(ref)
-        return self._connect_superuser(home, self._port(home), connect_timeout=5)
+        conn = self._connect_superuser(home, self._port(home), connect_timeout=5)
+        try:
+            still_pooled = database_exists(conn, self._read_meta(home).get("db_name", ""))
+        except BaseException:
+            conn.close()
+            raise
+        if not still_pooled:
+            conn.close()
+            raise BackendError(f"The local cluster {ref} was claimed already.")
+        return conn
 
     @contextlib.contextmanager
     def _superuser(self, home: Path, port: int | None) -> Iterator[psycopg.Connection]:

@@ -17,6 +17,7 @@ from psycopg import sql
 
 from ..errors import BackendError, Conflict, InUse, InvalidRequest
 from .base import Credentials, DatabaseSpec, ManagedObject
+from .scram import SCRAM_ITERATIONS, scram_sha256_verifier
 
 
 def role_exists(conn: psycopg.Connection, role: str) -> bool:
@@ -60,7 +61,7 @@ def create_tenant(
         )
 
     # The server only ever sees a SCRAM verifier, so the password cannot reach its log.
-    verifier = spec.scram_verifier()
+    verifier = _verifier_for(conn, spec)
     # Role and marker in one transaction: no crash can leave a role list_tenants cannot find.
     with conn.transaction():
         _run(
@@ -103,38 +104,32 @@ def hand_over_tenant(
     *,
     marker: str | None = None,
     before: Sequence[sql.Composable] = (),
-    then: Sequence[sql.Composable] = (),
     own_server: bool = False,
 ) -> None:
     """Rename a tenant made ahead (role and database ``pooled``) to ``spec``'s names and set
-    spec's password, in one transaction: a failure changes nothing. The database keeps its owner
-    and its revoked PUBLIC rights; no session may be open in it (none is, in a pooled one).
+    spec's password, in one transaction (``before``, the backend's own statements, included): a
+    failure changes nothing. The database keeps its owner and its revoked PUBLIC rights; no
+    session may be open in it (none is, in a pooled one). A name taken is told by the error of the
+    rename itself (a check ahead would cost a round trip each, and could not close the race anyway).
 
-    One round trip: the statements go as one simple query, which the server runs as one
-    implicit transaction, ``before`` and ``then`` (the backend's own statements) included. A name taken is told
-    by the error of the rename itself (a check ahead would cost a round trip each, and could not
-    close the race anyway).
-
-    ``own_server``: the server is one Postgraas made for this tenant alone (no password hooks of
-    anybody's), so the verifier is written into pg_authid directly. ALTER ROLE ... PASSWORD first
-    hashes the empty password with the verifier's salt and iterations, to refuse it as the new
-    one: a whole SCRAM derivation, 3-5 ms of the server's CPU, for a password that never is empty."""
+    One round trip either way. ``own_server``: the server is one Postgraas made for this tenant
+    alone, where the statements go as one simple query (one implicit transaction) and
+    - a failing statement is not logged: a multi-statement query is logged whole, verifier included;
+    - the verifier is written into pg_authid directly. ALTER ROLE ... PASSWORD first hashes the
+      empty password with the verifier's salt and iterations, to refuse it as the new one: a whole
+      SCRAM derivation, 3-5 ms of the server's CPU, for a password that never is empty (and no
+      password hook of anybody's runs there).
+    Elsewhere (a shared cluster, an admin that may not be a superuser) they are pipelined one by
+    one, the password last, so a failing rename never logs it."""
     role = sql.Identifier(spec.db_username)
-    statements: list[sql.Composable] = list(before)
+    # First: a failure of any later statement must not log the query, which holds the verifier.
+    statements: list[sql.Composable] = [sql.SQL("set local log_min_error_statement = panic")] if own_server else []
+    statements.extend(before)
     if spec.ephemeral:
         # Asked to be fast rather than safe: the commit does not wait for the disk either.
         statements.append(sql.SQL("set local synchronous_commit = off"))
     if spec.db_username != pooled.db_username:
         statements.append(sql.SQL("alter role {} rename to {}").format(sql.Identifier(pooled.db_username), role))
-    verifier = spec.scram_verifier()
-    if own_server and spec.db_pwd:
-        statements.append(
-            sql.SQL("update pg_authid set rolpassword = {} where rolname = {}").format(
-                sql.Literal(verifier), sql.Literal(spec.db_username)
-            )
-        )
-    else:
-        statements.append(sql.SQL("alter role {} password {}").format(role, sql.Literal(verifier)))
     if marker is not None:
         statements.append(sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
     if spec.db_name != pooled.db_name:
@@ -143,10 +138,21 @@ def hand_over_tenant(
                 sql.Identifier(pooled.db_name), sql.Identifier(spec.db_name)
             )
         )
-    statements.extend(then)
+    verifier = sql.Literal(_verifier_for(conn, spec))
     try:
-        # No parameters: psycopg sends it with the simple query protocol, several statements allowed.
-        conn.execute(sql.SQL("; ").join(statements))
+        if own_server:
+            statements.append(
+                sql.SQL("update pg_authid set rolpassword = {} where rolname = {}").format(
+                    verifier, sql.Literal(spec.db_username)
+                )
+            )
+            # No parameters: psycopg sends it with the simple query protocol, several statements allowed.
+            conn.execute(sql.SQL("; ").join(statements))
+        else:
+            statements.append(sql.SQL("alter role {} password {}").format(role, verifier))
+            with conn.pipeline(), conn.transaction():
+                for statement in statements:
+                    conn.execute(statement)
     except psycopg.errors.DuplicateObject as e:
         raise Conflict(
             f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
@@ -164,6 +170,16 @@ def hand_over_tenant(
         raise BackendError(f"The pooled database is in use: {e.diag.message_primary}.") from e
     except psycopg.Error as e:
         raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
+
+
+def _verifier_for(conn: psycopg.Connection, spec: DatabaseSpec) -> str:
+    """spec's verifier, made again with the server's own iteration count where it reports one
+    other than the default (scram_iterations, PostgreSQL 16 on): a cluster set to a higher count
+    does not get weaker verifiers from us."""
+    reported = conn.info.parameter_status("scram_iterations")
+    if reported and reported.isdigit() and int(reported) > SCRAM_ITERATIONS:
+        return scram_sha256_verifier(spec.db_pwd, iterations=int(reported))
+    return spec.scram_verifier()
 
 
 # What hand_over_tenant's statements read, looked up once by a session kept for a claim (see

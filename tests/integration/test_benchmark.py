@@ -18,7 +18,7 @@ from ..conftest import require
 from .conftest import REPO_ROOT, TEST_IMAGE
 
 BACKENDS = ("docker", "cluster", "local")
-PEERS = ("docker_run", "testcontainers", "initdb_pg_ctl")
+PEERS = ("docker_run", "testcontainers", "initdb_pg_ctl", "create_database")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -73,8 +73,8 @@ def test_cold_creates_and_bursts_of_every_backend(quick_run):
 def test_warm_pools_are_measured(quick_run):
     warm = quick_run.results["postgraas"]["warm"]
     assert warm["status"] == "ok", warm["error"]
-    # The backends with a warm pool; the docker backend refuses pool_size for now.
-    assert set(warm["backends"]) == {"local", "cluster"}
+    # Every backend keeps a warm pool.
+    assert set(warm["backends"]) == set(BACKENDS)
     for backend in warm["backends"]:
         assert_measured(warm["backends"][backend]["post_to_query"], f"warm {backend}")
         assert_measured(warm["backends"][backend]["post_to_201"], f"warm {backend} 201")

@@ -14,8 +14,12 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from postgraas_server.backends import Credentials, DatabaseSpec
+from postgraas_server.backends.claim_connections import NotClaimable
+from postgraas_server.errors import PostgraasError
+
 from .conftest import stop_server
-from .test_backend_contract import backend_config
+from .test_backend_contract import backend_config, make_backend
 from .test_backends_api import start
 
 POOL = 2
@@ -30,6 +34,36 @@ def pooled(server, backend: str) -> float:
         for s in family.samples
         if s.name == "postgraas_instances" and s.labels == {"backend": backend, "status": "pooled"}
     )
+
+
+def pool_claims(server, backend: str) -> float:
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return next(
+        (
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "postgraas_create_duration_seconds_count"
+            and s.labels == {"backend": backend, "source": "pool"}
+        ),
+        0.0,
+    )
+
+
+def other_sessions_settle_at_zero(uri: str, within: float = 2.0) -> bool:
+    with psycopg.connect(uri, autocommit=True) as conn:
+        deadline = time.monotonic() + within
+        while True:
+            (others,) = conn.execute(
+                # Sessions of other roles show only some columns to a tenant: these two, not backend_type.
+                "select count(*) from pg_stat_activity"
+                " where datname is not null and usename is not null and pid <> pg_backend_pid()"
+            ).fetchone()
+            if others == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
 
 def wait_for_pool(server, backend: str, size: int = POOL) -> None:
@@ -91,8 +125,10 @@ def test_a_pooled_instance_is_taken_over_with_the_requested_names_and_password(s
         assert not names & {body["db_username"]}
         databases = {r[0] for r in conn.execute("select datname from pg_database where datname like 'pool_%'")}
     if backend in ("local", "docker"):
-        # A server of its own: nothing of the pool's is left in it.
+        # A server of its own: nothing of the pool's is left in it, and no session of the server's
+        # processes (each keeps one to every pooled object; test_a_claim_ends_every_other_session_of_ours).
         assert names == set() and databases == set()
+        assert other_sessions_settle_at_zero(created["connection_uri"])
     else:
         # Other pooled databases of the shared cluster are there, but closed to this tenant.
         for other in databases:
@@ -147,3 +183,91 @@ def test_two_creates_racing_for_one_role_name_leave_the_winner_intact(server, pg
         assert conn.execute("select count(*) from precious").fetchone() == (0,)
     assert server.delete(won["postgraas_instance_id"], {"db_pwd": body["db_pwd"]}).status_code == 200
     assert user not in pg_server.roles()
+
+
+def test_the_docker_images_own_database_is_made_anew_not_claimed(server, docker_client):
+    wait_for_pool(server, "docker")
+    tag = uuid.uuid4().hex[:8]
+    body = {
+        "postgraas_instance_name": f"own-{tag}",
+        "db_name": "postgres",
+        "db_username": f"user_{tag}",
+        "db_pwd": f"pw-{tag}",
+        "backend": "docker",
+        "ttl": "10m",
+    }
+    response = server.post(body)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    with psycopg.connect(created["connection_uri"]) as conn:
+        assert conn.execute("select current_user, current_database()").fetchone() == (body["db_username"], "postgres")
+    # A container of its own (a claimed one keeps the pool's name label), and the pool is whole.
+    container = docker_client.containers.get(created["container_id"])
+    assert container.labels["postgraas.name"] == body["postgraas_instance_name"]
+    assert pooled(server, "docker") == POOL
+    assert server.delete(created["postgraas_instance_id"], {"db_pwd": body["db_pwd"]}).status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["local", "docker"])
+def test_an_ephemeral_claim_turns_durability_off(server, backend):
+    wait_for_pool(server, backend)
+    tag = uuid.uuid4().hex[:8]
+    body = {
+        "postgraas_instance_name": f"fast-{tag}",
+        "db_name": f"db_{tag}",
+        "db_username": f"user_{tag}",
+        "db_pwd": f"pw-{tag}",
+        "backend": backend,
+        "durability": "ephemeral",
+        "ttl": "10m",
+    }
+    claims_before = pool_claims(server, backend)
+    response = server.post(body)
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["durability"] == "ephemeral"
+    # Taken from the pool, not made anew after a failed claim.
+    assert pool_claims(server, backend) == claims_before + 1
+    # The claim reloads the server's configuration; the reload is the postmaster's, a moment later.
+    deadline = time.monotonic() + 10
+    with psycopg.connect(created["connection_uri"], autocommit=True) as conn:
+        while True:
+            settings = {
+                name: conn.execute(f"show {name}").fetchone()[0]
+                for name in ("fsync", "synchronous_commit", "full_page_writes")
+            }
+            if set(settings.values()) == {"off"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert settings == {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+    assert server.delete(created["postgraas_instance_id"], {"db_pwd": body["db_pwd"]}).status_code == 200
+
+
+@pytest.mark.parametrize("backend_name", ["local", "docker"])
+def test_a_claim_ends_every_other_session_of_ours(request, backend_name):
+    """Another server process's kept connection (opened as a keeper opens it) does not survive a
+    claim, and a keeper connecting after the claim is refused."""
+    backend = make_backend(backend_name, request)
+    tag = uuid.uuid4().hex[:8]
+    instance_id = 980000 + int(tag[:4], 16)
+    pooled = DatabaseSpec(instance_id, f"pool-{tag}", f"pool_{tag}", f"pool_{tag}", "throwaway", pooled=True)
+    ref = backend.create(pooled).ref
+    try:
+        other_process = backend._connect_claim(ref)  # what another process's keeper holds
+        spec = DatabaseSpec(instance_id, f"warm-{tag}", f"db_{tag}", f"user_{tag}", f"pw-{tag}")
+        provisioned = backend.claim(ref, Credentials(pooled.db_name, pooled.db_username, ""), spec)
+        with pytest.raises(psycopg.OperationalError):
+            for _ in range(50):  # the termination is a signal: a moment later at most
+                other_process.execute("select 1")
+                time.sleep(0.02)
+        other_process.close()
+        # local: the pool's database is gone; docker: the pool's role too (NotClaimable, which the
+        # service ignores for a row no longer pooled).
+        with pytest.raises((PostgraasError, NotClaimable)):
+            backend._connect_claim(ref).close()
+        with psycopg.connect(
+            host="127.0.0.1", port=provisioned.port, user=spec.db_username, password=spec.db_pwd, dbname=spec.db_name
+        ) as conn:
+            assert conn.execute("select current_user").fetchone() == (spec.db_username,)
+    finally:
+        backend.delete(ref, Credentials(pooled.db_name, pooled.db_username, ""), force=True)

@@ -570,3 +570,37 @@ def test_wrapper_runs_other_commands_through_the_original_entrypoint(tmp_path):
     subprocess.run(["sh", "-n", script], check=True)
     result = subprocess.run(["sh", script, "bash", "-c"], capture_output=True, text=True, check=True)
     assert result.stdout == "it's a $HOME bash -c\n"
+
+
+def test_a_pooled_container_gets_a_password_any_process_of_the_server_derives(client, logins, monkeypatch):
+    monkeypatch.setenv("POSTGRAAS_POOL_SECRET", "one secret")
+    made = backend(client)
+    pooled = dataclasses.replace(SPEC, pooled=True, db_pwd="throwaway from the service")
+    made.create(pooled)
+    [(_, _, credentials)] = logins
+    # Not the service's throwaway password: one derived from the secret, the deployment, the row.
+    assert credentials.db_pwd != "throwaway from the service"
+    assert credentials.db_pwd == backend(client)._pool_password(SPEC.instance_id, SPEC.db_username)
+    assert credentials.db_pwd != made._pool_password(SPEC.instance_id + 1, SPEC.db_username)
+    monkeypatch.setenv("POSTGRAAS_POOL_SECRET", "another secret")
+    assert credentials.db_pwd != backend(client)._pool_password(SPEC.instance_id, SPEC.db_username)
+
+
+def test_no_pooled_container_without_the_prepared_image(client, logins):
+    client.login_result = (126, b'OCI runtime exec failed: exec: "psql": executable file not found in $PATH')
+    made = backend(client)
+    # The plain path makes the tenant the image's bootstrap superuser: no claim could rename it.
+    with pytest.raises(BackendError, match="needs the prepared image"):
+        made.create(dataclasses.replace(SPEC, pooled=True))
+    assert client.instances() == []
+    assert made.create(SPEC).port == 49153
+
+
+def test_the_images_own_role_and_database_are_not_claimed():
+    made = DockerBackend(DockerBackendSettings(type="docker"), "deployment", client_factory=lambda: None)
+    assert made.supports_pool
+    assert made.can_claim("app", "alice")
+    assert not made.can_claim("postgres", "alice") and not made.can_claim("app", "postgres")
+    assert not DockerBackend(
+        DockerBackendSettings(type="docker", prepare_image=False), "deployment", client_factory=lambda: None
+    ).supports_pool

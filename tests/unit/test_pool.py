@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -182,3 +183,50 @@ def test_the_pool_stays_within_max_instances(app, keeper, fake_backend):
     app.extensions["postgraas"].backends.limits["fake"] = 1
     assert fill(app, keeper) == 1
     assert statuses(app) == ["pooled"]
+
+
+def test_pooled_objects_are_made_as_such_and_kept_ready_by_every_keeper_round(app, keeper, fake_backend):
+    fill(app, keeper)
+    assert len(fake_backend.pooled_specs) == POOL_SIZE
+    assert all(
+        spec.db_pwd_verifier and spec.db_pwd_verifier.startswith("SCRAM-SHA-256$") for spec in fake_backend.pooled_specs
+    )
+    # The next round (the keeper's, every second, in every process) keeps them ready.
+    assert fill(app, keeper) == 0
+    assert sorted(fake_backend.kept_ready) == sorted(fake_backend.objects)
+
+
+def test_pooled_objects_this_server_cannot_claim_are_replaced(app, client, keeper, fake_backend):
+    fill(app, keeper)
+    stale = sorted(fake_backend.objects)[0]
+    fake_backend.unclaimable = {stale}
+    # One round: the stale object is removed (and its row), and a replacement made.
+    assert fill(app, keeper) == 1
+    assert stale not in fake_backend.objects and (stale, True) in fake_backend.deleted
+    assert statuses(app) == ["pooled", "pooled"]
+    body = create(client).get_json()
+    assert body["container_id"] != stale and fake_backend.claims
+
+
+def test_names_a_backend_keeps_for_itself_are_made_anew(app, client, keeper, fake_backend):
+    fill(app, keeper)
+    fake_backend.reserved_names = {"admin"}
+    created = create(client, db_username="admin")
+    assert created.status_code == 201
+    assert fake_backend.claims == []
+    assert statuses(app) == ["pooled", "pooled", "ready"]
+    # Any other name is claimed as usual.
+    assert create(client, postgraas_instance_name="other", db_username="bob").status_code == 201
+    assert len(fake_backend.claims) == 1
+
+
+def test_a_claim_hands_the_backend_the_verifier_of_the_requested_password(app, client, keeper, fake_backend):
+    from postgraas_server.backends.scram import scram_keys
+
+    fill(app, keeper)
+    body = create(client, db_pwd="the-requested-one").get_json()
+    spec = fake_backend.objects[body["container_id"]]
+    _, iterations_salt, keys = spec.db_pwd_verifier.split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored, server = (base64.b64decode(k) for k in keys.split(":"))
+    assert scram_keys("the-requested-one", base64.b64decode(salt), int(iterations)) == (stored, server)
