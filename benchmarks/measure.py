@@ -169,10 +169,58 @@ def wait_for_pool(server: PostgraasServer, backend: str, size: int, timeout: flo
         time.sleep(0.05)
 
 
-def settle_disk() -> None:
-    """Each path starts on a quiet disk: what the previous one left to write back (20 removed
-    containers, say) would otherwise slow every fsync of the next one."""
+# The machine is quiet when, in each of two windows in a row, its block devices wrote less than
+# QUIET_BYTES and its CPUs were busy less than QUIET_CPU of the time.
+QUIET_BYTES = 1 << 20
+QUIET_CPU = 0.3
+QUIET_WINDOW_S = 0.25
+
+
+def settle_disk(max_wait: float = 20.0) -> None:
+    """Each path, and each run of one, starts on a quiet machine: what came before left to write
+    back or to clean up (20 removed containers the engine still collects, the previous run's
+    delete, a pool's refill) would otherwise slow what is timed, on 2 cores. A sync, then a wait
+    (``max_wait`` at most) until the block devices stop writing and the CPUs are mostly idle."""
     os.sync()
+    deadline = time.monotonic() + max_wait
+    quiet, last_bytes, last_cpu = 0, _bytes_written(), _cpu_times()
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(QUIET_WINDOW_S)
+        now_bytes, now_cpu = _bytes_written(), _cpu_times()
+        busy = now_cpu[0] - last_cpu[0]
+        total = busy + now_cpu[1] - last_cpu[1]
+        calm = now_bytes - last_bytes < QUIET_BYTES and (total == 0 or busy / total < QUIET_CPU)
+        quiet = quiet + 1 if calm else 0
+        last_bytes, last_cpu = now_bytes, now_cpu
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, idle) jiffies of all CPUs since boot, from /proc/stat; (0, 0) where unreadable."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, idle
+
+
+def _bytes_written() -> int:
+    """Sectors written by whole block devices since boot (/proc/diskstats), in bytes; 0 where unreadable."""
+    total = 0
+    try:
+        lines = Path("/proc/diskstats").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        fields = line.split()
+        # Whole devices only (vda, sda, nvme0n1), not their partitions; no loop or ram devices.
+        if len(fields) > 9 and not fields[2].startswith(("loop", "ram", "dm-")) and not _is_partition(fields[2]):
+            total += int(fields[9]) * 512
+    return total
+
+
+def _is_partition(name: str) -> bool:
+    return Path(f"/sys/class/block/{name}/partition").exists()
 
 
 def measure_creates(
@@ -201,6 +249,8 @@ def measure_creates(
                     f"{backend}: {count:g} of {pool_size} pooled after {waited:.0f} s; later runs do not wait"
                 )
                 say(pool_waits.errors[-1])
+        if i:
+            settle_disk(max_wait=3.0)
         created = create_and_query(server.url, backend, durability)
         if created.error:
             to_201.errors.append(created.error)
@@ -425,6 +475,8 @@ def measure_peer(name: str, runs: int, attempt: Callable[[int], float]) -> dict:
     settle_disk()
     series = Series()
     for i in range(runs):
+        if i:
+            settle_disk(max_wait=3.0)
         try:
             series.samples.append(attempt(i))
             say(f"peer {name} {i + 1}/{runs}: {series.samples[-1]:.3f} s")

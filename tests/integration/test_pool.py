@@ -26,6 +26,19 @@ POOL = 2
 BACKENDS = ("local", "cluster", "docker")
 
 
+def request_body(prefix: str, backend: str, **fields: str) -> dict:
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "postgraas_instance_name": f"{prefix}-{tag}",
+        "db_name": f"db_{tag}",
+        "db_username": f"user_{tag}",
+        "db_pwd": f"pw-{tag}",
+        "backend": backend,
+        "ttl": "10m",
+        **fields,
+    }
+
+
 def pooled(server, backend: str) -> float:
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     return next(
@@ -103,15 +116,7 @@ def server(request, tmp_path_factory):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_pooled_instance_is_taken_over_with_the_requested_names_and_password(server, backend):
     wait_for_pool(server, backend)
-    tag = uuid.uuid4().hex[:8]
-    body = {
-        "postgraas_instance_name": f"warm-{tag}",
-        "db_name": f"db_{tag}",
-        "db_username": f"user_{tag}",
-        "db_pwd": f"pw-{tag}",
-        "backend": backend,
-        "ttl": "10m",
-    }
+    body = request_body("warm", backend)
     response = server.post(body)
     assert response.status_code == 201, response.text
     created = response.json()
@@ -187,15 +192,7 @@ def test_two_creates_racing_for_one_role_name_leave_the_winner_intact(server, pg
 
 def test_the_docker_images_own_database_is_made_anew_not_claimed(server, docker_client):
     wait_for_pool(server, "docker")
-    tag = uuid.uuid4().hex[:8]
-    body = {
-        "postgraas_instance_name": f"own-{tag}",
-        "db_name": "postgres",
-        "db_username": f"user_{tag}",
-        "db_pwd": f"pw-{tag}",
-        "backend": "docker",
-        "ttl": "10m",
-    }
+    body = request_body("own", "docker", db_name="postgres")
     response = server.post(body)
     assert response.status_code == 201, response.text
     created = response.json()
@@ -211,16 +208,7 @@ def test_the_docker_images_own_database_is_made_anew_not_claimed(server, docker_
 @pytest.mark.parametrize("backend", ["local", "docker"])
 def test_an_ephemeral_claim_turns_durability_off(server, backend):
     wait_for_pool(server, backend)
-    tag = uuid.uuid4().hex[:8]
-    body = {
-        "postgraas_instance_name": f"fast-{tag}",
-        "db_name": f"db_{tag}",
-        "db_username": f"user_{tag}",
-        "db_pwd": f"pw-{tag}",
-        "backend": backend,
-        "durability": "ephemeral",
-        "ttl": "10m",
-    }
+    body = request_body("fast", backend, durability="ephemeral")
     claims_before = pool_claims(server, backend)
     response = server.post(body)
     assert response.status_code == 201, response.text
