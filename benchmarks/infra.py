@@ -82,9 +82,9 @@ def give_to_postgres(path: Path) -> None:
         shutil.chown(path, "postgres", "postgres")
 
 
-def make_scratch_root() -> Path:
+def make_scratch_root(base: Path) -> Path:
     """Short (unix socket paths are limited to ~107 bytes) and traversable by the postgres user."""
-    root = Path(f"/tmp/pgb-{RUN_ID}")
+    root = base / f"pgb-{RUN_ID}"
     root.mkdir(mode=0o755)
     root.chmod(0o755)
     return root

@@ -194,6 +194,21 @@ def settle_disk(max_wait: float = 20.0) -> None:
         last_bytes, last_cpu = now_bytes, now_cpu
 
 
+def time_file_creates(root: Path, count: int = 500) -> float:
+    """Seconds to create ``count`` small files in ``root`` (then removed, untimed): how fast this
+    disk's file system makes files now. A local instance is a copy of 970 files, so this moves the
+    local backend's cold path; on a virtual disk it varies with what was written before."""
+    scratch = root / f"file-probe-{secrets.token_hex(3)}"
+    scratch.mkdir()
+    try:
+        started = time.perf_counter()
+        for n in range(count):
+            (scratch / str(n)).write_bytes(b"x")
+        return time.perf_counter() - started
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _cpu_times() -> tuple[int, int]:
     """(busy, idle) jiffies of all CPUs since boot, from /proc/stat; (0, 0) where unreadable."""
     try:
