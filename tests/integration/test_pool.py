@@ -39,28 +39,26 @@ def request_body(prefix: str, backend: str, **fields: str) -> dict:
     }
 
 
-def pooled(server, backend: str) -> float:
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
-    return next(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "postgraas_instances" and s.labels == {"backend": backend, "status": "pooled"}
-    )
-
-
-def pool_claims(server, backend: str) -> float:
+def metric(server, name: str, labels: dict[str, str]) -> float:
+    """One sample of the server's /metrics; 0 when it has none yet."""
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     return next(
         (
             s.value
             for family in text_string_to_metric_families(text)
             for s in family.samples
-            if s.name == "postgraas_create_duration_seconds_count"
-            and s.labels == {"backend": backend, "source": "pool"}
+            if s.name == name and s.labels == labels
         ),
         0.0,
     )
+
+
+def pooled(server, backend: str) -> float:
+    return metric(server, "postgraas_instances", {"backend": backend, "status": "pooled"})
+
+
+def pool_claims(server, backend: str) -> float:
+    return metric(server, "postgraas_create_duration_seconds_count", {"backend": backend, "source": "pool"})
 
 
 def other_sessions_settle_at_zero(uri: str, within: float = 2.0) -> bool:
