@@ -176,7 +176,7 @@ QUIET_CPU = 0.3
 QUIET_WINDOW_S = 0.25
 
 
-def settle_disk(max_wait: float = 20.0) -> None:
+def settle_machine(max_wait: float = 20.0) -> None:
     """Each path, and each run of one, starts on a quiet machine: what came before left to write
     back or to clean up (20 removed containers the engine still collects, the previous run's
     delete, a pool's refill) would otherwise slow what is timed, on 2 cores. A sync, then a wait
@@ -248,7 +248,7 @@ def measure_creates(
     pool_timeout: float = 120,
 ) -> dict:
     """``runs`` creates one after another, each deleted before the next; with a pool, each waits for it to be full."""
-    settle_disk()
+    settle_machine()
     to_201, to_query, pool_waits = Series(), Series(), Series()
     delete_errors: list[str] = []
     # Once the pool did not fill, waiting again would only cost pool_timeout per run.
@@ -265,7 +265,7 @@ def measure_creates(
                 )
                 say(pool_waits.errors[-1])
         if i:
-            settle_disk(max_wait=3.0)
+            settle_machine(max_wait=3.0)
         created = create_and_query(server.url, backend, durability)
         if created.error:
             to_201.errors.append(created.error)
@@ -288,7 +288,7 @@ def measure_creates(
 
 def measure_burst(server: PostgraasServer, backend: str, size: int, durability: Durability) -> dict:
     """``size`` creates at once (threads released together); wall time until the last is ready or failed."""
-    settle_disk()
+    settle_machine()
     barrier = threading.Barrier(size)
     pool = ThreadPoolExecutor(max_workers=size)
     try:
@@ -487,11 +487,11 @@ def time_create_database(admin: psycopg.Connection, host: str, port: int, n: int
 
 
 def measure_peer(name: str, runs: int, attempt: Callable[[int], float]) -> dict:
-    settle_disk()
+    settle_machine()
     series = Series()
     for i in range(runs):
         if i:
-            settle_disk(max_wait=3.0)
+            settle_machine(max_wait=3.0)
         try:
             series.samples.append(attempt(i))
             say(f"peer {name} {i + 1}/{runs}: {series.samples[-1]:.3f} s")

@@ -30,7 +30,7 @@ from .claim_connections import ClaimConnections, NotClaimable
 from .pool_secret import pool_secret
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV, ImagePreparer
-from .tenants import HAND_OVER_WARM_UP, hand_over_tenant
+from .tenants import END_OTHER_SESSIONS, HAND_OVER_WARM_UP, hand_over_tenant, require_pooled_database
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,6 @@ LOG_TAIL_LINES = 20
 # What "durability": "ephemeral" turns off: the container's server is the instance's own.
 EPHEMERAL_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 EXIT_CHECK_INTERVAL_S = 0.5
-# A claimed container keeps no session of ours: other server processes' kept logins end with the claim.
-_TERMINATE_OTHER_SESSIONS = sql.SQL(
-    "select pg_terminate_backend(pid) from pg_stat_activity"
-    " where backend_type = 'client backend' and pid <> pg_backend_pid()"
-)
 
 
 class ContainerExited(Exception):
@@ -147,7 +142,7 @@ class DockerBackend:
                 )
                 # After the commit, so that a login racing the hand-over goes too (a later one
                 # fails: the pool's role is renamed).
-                conn.execute(_TERMINATE_OTHER_SESSIONS)
+                conn.execute(END_OTHER_SESSIONS)
                 if spec.ephemeral:
                     # The container's postgres was started durable: ALTER SYSTEM and a reload
                     # (each outside a transaction, so one statement at a time).
@@ -255,18 +250,7 @@ class DockerBackend:
             if "password authentication failed" in str(e):
                 raise NotClaimable(f"pooled container {ref[:12]} refuses this server's pool password") from e
             raise
-        try:
-            # The pool's database is renamed by a claim: a login that raced one must not stay.
-            still_pooled = conn.execute(
-                "select 1 from pg_database where datname = %s", (env.get("POSTGRES_DB", ""),)
-            ).fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        if still_pooled is None:
-            conn.close()
-            raise BackendError(f"Pooled container {ref[:12]} was claimed already.")
-        return conn
+        return require_pooled_database(conn, env.get("POSTGRES_DB", ""), f"Pooled container {ref[:12]}")
 
     @property
     def client(self) -> Any:

@@ -34,14 +34,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from ..config import LocalBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .claim_connections import ClaimConnections
 from .postgres_client import NotReady, wait_for_login
-from .tenants import HAND_OVER_WARM_UP, count_sessions, create_tenant, database_exists, hand_over_tenant
+from .tenants import (
+    END_OTHER_SESSIONS,
+    HAND_OVER_WARM_UP,
+    count_sessions,
+    create_tenant,
+    hand_over_tenant,
+    require_pooled_database,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +74,6 @@ START_ATTEMPTS = 8
 # sun_path holds 108 bytes; the socket file name adds up to 18 (".s.PGSQL.NNNNN.lock").
 MAX_SOCKET_DIR_BYTES = 88
 LOG_TAIL_LINES = 20
-_TERMINATE_OTHER_SUPERUSER_SESSIONS = sql.SQL(
-    "select pg_terminate_backend(pid) from pg_stat_activity"
-    " where usename = current_user and backend_type = 'client backend' and pid <> pg_backend_pid()"
-)
 
 
 @dataclass(frozen=True)
@@ -156,16 +158,14 @@ class LocalBackend:
 
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
         home = self._home(ref)
-        port = self._port(home)
         try:
             conn = self._claim_connections.take(ref)
             with conn:
+                port = conn.info.port
                 hand_over_tenant(conn, pooled, spec, own_server=True)
-                # After the commit: other processes' kept sessions go, including one that logged in
-                # while the hand-over ran (a later login finds the pooled database gone, see
-                # _connect_claim). A claimed cluster holds no session of ours: one in template1
-                # would make the tenant's CREATE DATABASE fail.
-                conn.execute(_TERMINATE_OTHER_SUPERUSER_SESSIONS)
+                # A claimed cluster holds no session of ours: one in template1 would make the
+                # tenant's CREATE DATABASE fail (a later login is refused, see _connect_claim).
+                conn.execute(END_OTHER_SESSIONS)
                 if spec.ephemeral:
                     # Into the file _configure writes (ALTER SYSTEM would cost a statement and an
                     # fsync each); all three take effect on this reload, no restart.
@@ -175,8 +175,8 @@ class LocalBackend:
             raise BackendError(f"The local cluster {home.name} failed: {str(e).strip()}") from e
         except OSError as e:
             raise BackendError(f"The local cluster {home.name} could not be configured: {e}") from e
-        # instance.json keeps the pool's names: rewriting it would cost a claim a millisecond, and
-        # nothing reads them but the reaper's log line (the meta db has the instance's).
+        # instance.json keeps the pool's names (the meta db has the instance's): _connect_claim
+        # tells a claimed cluster by the pool's database, and a rewrite would cost a millisecond.
         log.info("claimed local cluster %s for instance %s on port %s", ref, spec.instance_name, port)
         return ProvisionedDatabase(ref=ref, host=self.settings.advertised_host, port=port)
 
@@ -489,15 +489,7 @@ class LocalBackend:
         which a claim renames (a login that raced a claim must not stay in the tenant's cluster)."""
         home = self._home(ref)
         conn = self._connect_superuser(home, self._port(home), connect_timeout=5)
-        try:
-            still_pooled = database_exists(conn, self._read_meta(home).get("db_name", ""))
-        except BaseException:
-            conn.close()
-            raise
-        if not still_pooled:
-            conn.close()
-            raise BackendError(f"The local cluster {ref} was claimed already.")
-        return conn
+        return require_pooled_database(conn, self._read_meta(home).get("db_name", ""), f"The local cluster {ref}")
 
     @contextlib.contextmanager
     def _superuser(self, home: Path, port: int | None) -> Iterator[psycopg.Connection]:

@@ -182,6 +182,29 @@ def _verifier_for(conn: psycopg.Connection, spec: DatabaseSpec) -> str:
     return spec.scram_verifier()
 
 
+# Run by a claim after the hand-over's commit, on a server that is the tenant's alone: before it,
+# every session there is one of ours (a kept one of another server process, one that logged in
+# while the hand-over ran), and none may stay in the tenant's server.
+END_OTHER_SESSIONS = sql.SQL(
+    "select pg_terminate_backend(pid) from pg_stat_activity"
+    " where backend_type = 'client backend' and pid <> pg_backend_pid()"
+)
+
+
+def require_pooled_database(conn: psycopg.Connection, pooled_db: str, what: str) -> psycopg.Connection:
+    """``conn``, when the pooled database ``pooled_db`` still exists; else ``conn`` is closed and
+    BackendError raised. A claim renames that database, so a login racing a claim is not kept."""
+    try:
+        still_pooled = database_exists(conn, pooled_db)
+    except BaseException:
+        conn.close()
+        raise
+    if not still_pooled:
+        conn.close()
+        raise BackendError(f"{what} was claimed already.")
+    return conn
+
+
 # What hand_over_tenant's statements read, looked up once by a session kept for a claim (see
 # ClaimConnections): the roles, the databases and the sessions.
 HAND_OVER_WARM_UP = (
