@@ -156,14 +156,19 @@ def benchmark(run: Run) -> int:
     creates_before = measure.time_file_creates(run.root)
     durability = measure.Durability(args.durability)
     run.results["postgraas"], run.results["burst"] = {}, {}
+    peers = {} if args.skip_peers else make_peers(run)
+    if peers and "cold" in args.modes:
+        run.results["notes"].append(
+            "each cold path alternates run by run with its peers, so that both meet the machine in the same state"
+        )
     for mode in args.modes:
-        section, bursts = measure_mode(run, mode, durability)
+        section, bursts = measure_mode(run, mode, durability, peers if mode == "cold" else {})
         run.results["postgraas"][mode] = section
         if bursts:
             run.results["burst"][mode] = bursts
     run.results["durability"] = durability.as_dict()
-    if not args.skip_peers:
-        run.results["peers"] = measure_peers(run)
+    if peers:
+        run.results["peers"] = measure_peers(run, peers)
     if args.list_rows:
         run.results["list"] = measure_list(run)
     creates_after = measure.time_file_creates(run.root)
@@ -212,6 +217,11 @@ def prepare(run: Run) -> None:
         run.pg.start()
         run.pg.check()
         say(f"throwaway PostgreSQL for the cluster backend on port {run.pg.port}")
+        marked = "marked" if run.pg.base_marked else "could not mark"
+        run.results["notes"].append(
+            f"the cluster backend's throwaway server: {marked} its base/ with chattr +T (FS_TOPDIR_FL), as the "
+            "README advises for a cluster serving Postgraas on ext4; the CREATE DATABASE peer runs on it too"
+        )
 
 
 def backends_config(run: Run, mode: str, pool_size: int | None) -> dict:
@@ -252,7 +262,9 @@ def redacted(config: dict) -> dict:
     }
 
 
-def measure_mode(run: Run, mode: str, durability: measure.Durability) -> tuple[dict, dict]:
+def measure_mode(
+    run: Run, mode: str, durability: measure.Durability, peers: dict[str, dict[str, measure.Peer]]
+) -> tuple[dict, dict]:
     args = run.args
     pool_size = args.pool_size if mode == "warm" else None
     config = server_config(run.root / f"s{mode[0]}", backends_config(run, mode, pool_size))
@@ -277,7 +289,14 @@ def measure_mode(run: Run, mode: str, durability: measure.Durability) -> tuple[d
     measured = list(args.backends)
     for backend in measured:
         section["backends"][backend] = measure.measure_creates(
-            server, backend, args.runs, durability, f"{mode} {backend}", pool_size, args.pool_timeout
+            server,
+            backend,
+            args.runs,
+            durability,
+            f"{mode} {backend}",
+            pool_size,
+            args.pool_timeout,
+            alongside=list(peers.get(backend, {}).values()),
         )
     bursts = {}
     for backend in measured if args.burst else ():
@@ -300,36 +319,47 @@ def sweep(run: Run, local_data_root: Path) -> dict:
     return {"containers": len(containers), "local_processes": len(processes)}
 
 
-def measure_peers(run: Run) -> dict:
+def make_peers(run: Run) -> dict[str, dict[str, measure.Peer]]:
+    """Per backend, the peers its figures are compared with, keyed as in the JSON's ``peers``."""
     args, peers = run.args, {}
     if "docker" in args.backends:
         client, image = run.client, args.image
-        peers["docker_run"] = measure.measure_peer(
-            "docker run", args.runs, lambda _: measure.time_docker_run(client, image)
-        )
-        peers["testcontainers"] = measure.measure_peer(
-            "testcontainers", args.runs, lambda _: measure.time_testcontainers(image)
-        )
+        peers["docker"] = {
+            "docker_run": measure.Peer("docker run", lambda _: measure.time_docker_run(client, image)),
+            "testcontainers": measure.Peer("testcontainers", lambda _: measure.time_testcontainers(image)),
+        }
         run.results["notes"].append(
             "testcontainers runs with its defaults: it waits by exec'ing psql in the container, polling every "
             f"{os.environ.get('TC_POOLING_INTERVAL', '1')} s (TC_POOLING_INTERVAL)"
         )
     if "cluster" in args.backends:
         pg = run.pg
-        with psycopg.connect(
+        admin = psycopg.connect(
             host=pg.host, port=pg.port, user=pg.username, password=pg.password, dbname="postgres", autocommit=True
-        ) as admin:
-            peers["create_database"] = measure.measure_peer(
-                "CREATE DATABASE", args.runs, lambda i: measure.time_create_database(admin, pg.host, pg.port, i)
+        )
+        run.cleanup.add("close the CREATE DATABASE peer's connection", admin.close)
+        peers["cluster"] = {
+            "create_database": measure.Peer(
+                "CREATE DATABASE", lambda i: measure.time_create_database(admin, pg.host, pg.port, i)
             )
+        }
     if "local" in args.backends:
         homes = run.root / "p"
         homes.mkdir(mode=0o755)
         bin_dir = run.bin_dir
-        peers["initdb_pg_ctl"] = measure.measure_peer(
-            "initdb+pg_ctl", args.runs, lambda i: measure.time_initdb(bin_dir, homes / str(i))
-        )
+        peers["local"] = {
+            "initdb_pg_ctl": measure.Peer("initdb+pg_ctl", lambda i: measure.time_initdb(bin_dir, homes / str(i)))
+        }
     return peers
+
+
+def measure_peers(run: Run, peers: dict[str, dict[str, measure.Peer]]) -> dict:
+    """The peers' figures; those not taken alongside a cold path (``--modes warm``) are measured now."""
+    results = {}
+    for by_key in peers.values():
+        for key, peer in by_key.items():
+            results[key] = peer.series.as_dict() if peer.measured else measure.measure_peer(peer, run.args.runs)
+    return results
 
 
 def measure_list(run: Run) -> dict:

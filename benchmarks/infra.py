@@ -23,6 +23,8 @@ import psycopg
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from postgraas_server.backends.top_directory import mark_top_directory
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = os.environ.get("POSTGRAAS_TEST_IMAGE", "postgraas/postgres-test:15")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -176,6 +178,7 @@ class ThrowawayPostgres:
     port: int = 0
     username: str = "postgres"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    base_marked: bool = False
 
     @property
     def data(self) -> Path:
@@ -190,6 +193,10 @@ class ThrowawayPostgres:
         initdb = [self.bin_dir / "initdb", "-D", self.data, "-U", self.username, f"--pwfile={pwfile}"]
         run_tool(as_postgres_user([*initdb, "--auth=scram-sha-256", "--no-instructions"]), "initdb")
         pwfile.unlink()
+        # As the README advises for a cluster serving Postgraas: each database's directory in block
+        # groups of its own. On this journal-less ext4, CREATE DATABASE took ~230 ms instead of ~18 ms
+        # without it once a few hundred files had been deleted (see top_directory).
+        self.base_marked = mark_top_directory(self.data / "base")
         self.port = free_port()
         with (self.data / "postgresql.conf").open("a") as conf:
             # Enough connections for a burst of creates plus pooled instances plus the server's own.

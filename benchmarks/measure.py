@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,8 +246,12 @@ def measure_creates(
     label: str,
     pool_size: int | None = None,
     pool_timeout: float = 120,
+    alongside: Sequence[Peer] = (),
 ) -> dict:
-    """``runs`` creates one after another, each deleted before the next; with a pool, each waits for it to be full."""
+    """``runs`` creates one after another, each deleted before the next; with a pool, each waits for it to be full.
+
+    ``alongside``: peers taking one attempt after each run, so that a path and its peers meet the
+    machine in the same state (on this disk, file creation slows down for a minute after many deletes)."""
     settle_machine()
     to_201, to_query, pool_waits = Series(), Series(), Series()
     delete_errors: list[str] = []
@@ -280,6 +284,8 @@ def measure_creates(
             )
         if error := delete_instance(server.url, created):
             delete_errors.append(error)
+        for peer in alongside:
+            peer.take(i, runs)
     result = {"post_to_201": to_201.as_dict(), "post_to_query": to_query.as_dict(), "delete_errors": delete_errors}
     if pool_size:
         result["pool_wait"] = pool_waits.as_dict()
@@ -486,16 +492,30 @@ def time_create_database(admin: psycopg.Connection, host: str, port: int, n: int
         admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
-def measure_peer(name: str, runs: int, attempt: Callable[[int], float]) -> dict:
-    settle_machine()
-    series = Series()
-    for i in range(runs):
-        if i:
-            settle_machine(max_wait=3.0)
+@dataclass
+class Peer:
+    """What a user would do instead of a Postgraas path, one attempt at a time."""
+
+    name: str
+    attempt: Callable[[int], float]
+    series: Series = field(default_factory=Series)
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.series.samples or self.series.errors)
+
+    def take(self, i: int, runs: int) -> None:
+        settle_machine(max_wait=3.0)
         try:
-            series.samples.append(attempt(i))
-            say(f"peer {name} {i + 1}/{runs}: {series.samples[-1]:.3f} s")
+            self.series.samples.append(self.attempt(i))
+            say(f"peer {self.name} {i + 1}/{runs}: {self.series.samples[-1]:.3f} s")
         except Exception as e:  # one failed run is a failure to count, not the end of the benchmark
-            series.errors.append(f"{type(e).__name__}: {e}")
-            say(f"peer {name} {i + 1}/{runs}: {series.errors[-1]}")
-    return series.as_dict()
+            self.series.errors.append(f"{type(e).__name__}: {e}")
+            say(f"peer {self.name} {i + 1}/{runs}: {self.series.errors[-1]}")
+
+
+def measure_peer(peer: Peer, runs: int) -> dict:
+    settle_machine()
+    for i in range(runs):
+        peer.take(i, runs)
+    return peer.series.as_dict()

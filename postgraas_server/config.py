@@ -131,6 +131,9 @@ class ClusterBackendSettings(_BackendSection):
     advertised_host: str | None = None  # type: ignore[assignment]
     advertised_port: int | None = None
     ready_timeout: float = Field(default=10.0, gt=0)
+    # "first": a tenant login proves the server lets tenants in on the backend's first create in
+    # a process; "every": on each create, for a pg_hba that decides per database or role.
+    login_proof: Literal["first", "every"] = "first"
 
     @model_validator(mode="after")
     def _admin_login(self) -> ClusterBackendSettings:

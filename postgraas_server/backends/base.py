@@ -108,7 +108,8 @@ class Backend(Protocol):
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         """Create the database and return only once a real login as ``spec.db_username`` to
-        ``spec.db_name`` over TCP succeeds.
+        ``spec.db_name`` over TCP succeeds. A backend whose server runs already (cluster) may
+        prove that once, on its first create, for the tenants after it (``login_proof``).
 
         Raises ``BackendUnavailable`` when the backend cannot be reached, ``Conflict`` when its
         object's name is taken, ``BackendTimeout`` when the database is not ready in time and

@@ -48,6 +48,7 @@ from .tenants import (
     hand_over_tenant,
     require_pooled_database,
 )
+from .top_directory import mark_top_directory
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,8 @@ class LocalBackend:
                 os.chown(self.data_root, run_as.uid, run_as.gid)
         except OSError as e:
             raise BackendUnavailable(f"data_root {self.data_root} cannot be prepared: {e.strerror}.") from e
+        # Each instance's tree in block groups of its own (see top_directory); a few syscalls.
+        mark_top_directory(self.data_root)
         if run_as:
             for parent in self.data_root.parents:
                 if not _traversable(parent, run_as):

@@ -14,9 +14,11 @@ import psycopg
 import pytest
 
 from postgraas_server.backends import Backend, DatabaseSpec, ObjectState, build_backend
+from postgraas_server.backends.top_directory import FS_TOPDIR_FL
 from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import Conflict, PostgraasError
 
+from ..file_flags import file_system_type, flags
 from .conftest import RUN_ID, RUN_LABEL, TEST_IMAGE
 
 BACKENDS = ["docker", "cluster", "local"]
@@ -330,6 +332,9 @@ def test_local_cluster_runs_unprivileged_and_private(creator_for, local_data_roo
     for path in (home, home / "data", home / "run"):
         assert path.stat().st_mode & 0o777 == 0o700, path
         assert path.stat().st_uid == owner
+    if file_system_type(local_data_root) == "ext4":
+        # Instances spread over block groups (see top_directory).
+        assert flags(local_data_root) & FS_TOPDIR_FL
 
 
 def test_cluster_refuses_to_copy_a_database_that_is_no_template(creator_for, pg_server):

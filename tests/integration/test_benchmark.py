@@ -84,10 +84,24 @@ def test_warm_pools_are_measured(quick_run):
 def test_peers_and_list(quick_run):
     for peer in PEERS:
         assert_measured(quick_run.results["peers"][peer], peer)
+        assert quick_run.results["peers"][peer]["n"] == 2
     listing = quick_run.results["list"]
     assert listing["rows"] == 100
     assert_measured(listing["get"], "list")
     assert listing["get"]["n"] == 20
+
+
+def test_each_cold_path_alternates_with_its_peers(quick_run):
+    progress = [line for line in quick_run.process.stderr.splitlines() if " 1/2" in line or " 2/2" in line]
+    steps = [line.split(": ", 1)[1].split(":", 1)[0] for line in progress]
+    for path, peers in (
+        ("cold docker", ["peer docker run", "peer testcontainers"]),
+        ("cold cluster", ["peer CREATE DATABASE"]),
+        ("cold local", ["peer initdb+pg_ctl"]),
+    ):
+        first = steps.index(f"{path} 1/2")
+        expected = [f"{path} 1/2", *(f"{p} 1/2" for p in peers), f"{path} 2/2", *(f"{p} 2/2" for p in peers)]
+        assert steps[first : first + len(expected)] == expected, progress
 
 
 def test_targets_and_machine(quick_run):
