@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 from flask import Flask, Response, after_this_request, has_request_context
-from sqlalchemy import Engine, create_engine, func, select, update
+from sqlalchemy import Engine, bindparam, create_engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
@@ -51,6 +51,42 @@ log = logging.getLogger(__name__)
 
 # How often a create tries the next pooled row when concurrent creates took the previous ones.
 TAKE_ATTEMPTS = 20
+
+
+# A claim's two statements, built once: building them per request cost 0.6 ms of Python (measured),
+# of a claim that answers in about 13. On the table, not the mapped class: an ORM-enabled
+# statement costs more Python for nothing here.
+_FIRST_POOLED = (
+    select(
+        INSTANCES.c.id,
+        INSTANCES.c.postgraas_instance_name,
+        INSTANCES.c.db_name,
+        INSTANCES.c.username,
+        INSTANCES.c.password_hash,
+        INSTANCES.c.container_id,
+    )
+    .where(INSTANCES.c.backend == bindparam("backend_name"), INSTANCES.c.status == InstanceStatus.POOLED)
+    .order_by(INSTANCES.c.id)
+    .limit(1)
+)
+_TAKE_POOLED = (
+    update(INSTANCES)
+    .where(INSTANCES.c.id == bindparam("pooled_id"), INSTANCES.c.status == InstanceStatus.POOLED)
+    .values(
+        status=InstanceStatus.CREATING,
+        status_detail=None,
+        status_changed_at=bindparam("now"),
+        heartbeat_at=bindparam("now"),
+        creation_timestamp=bindparam("now"),
+        postgraas_instance_name=bindparam("new_name"),
+        db_name=bindparam("new_db_name"),
+        username=bindparam("new_username"),
+        password_hash=bindparam("new_password_hash"),
+        owner=bindparam("new_owner"),
+        expires_at=bindparam("new_expires_at"),
+        durability=bindparam("new_durability"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -346,19 +382,7 @@ class InstanceService:
         gets each); what it was is read just before, to hand over or give back."""
         # Concurrent creates aim at the same first row; a loser tries the next while there are any.
         for _ in range(TAKE_ATTEMPTS):
-            found = db.session.execute(
-                select(
-                    DBInstance.id,
-                    DBInstance.postgraas_instance_name,
-                    DBInstance.db_name,
-                    DBInstance.username,
-                    DBInstance.password_hash,
-                    DBInstance.container_id,
-                )
-                .where(DBInstance.backend == backend_name, DBInstance.status == InstanceStatus.POOLED)
-                .order_by(DBInstance.id)
-                .limit(1)
-            ).first()
+            found = db.session.execute(_FIRST_POOLED, {"backend_name": backend_name}).first()
             if found is None:
                 db.session.rollback()
                 return None
@@ -367,23 +391,18 @@ class InstanceService:
             now = utcnow()
             try:
                 result = db.session.execute(
-                    # On the table: an ORM-enabled UPDATE costs more Python for nothing here.
-                    update(INSTANCES)
-                    .where(INSTANCES.c.id == pooled.id, INSTANCES.c.status == InstanceStatus.POOLED)
-                    .values(
-                        status=InstanceStatus.CREATING,
-                        status_detail=None,
-                        status_changed_at=now,
-                        heartbeat_at=now,
-                        creation_timestamp=now,
-                        postgraas_instance_name=request.postgraas_instance_name,
-                        db_name=request.db_name,
-                        username=request.db_username,
-                        password_hash=password_hash,
-                        owner=owner,
-                        expires_at=expires_at,
-                        durability=request.durability,
-                    )
+                    _TAKE_POOLED,
+                    {
+                        "pooled_id": pooled.id,
+                        "now": now,
+                        "new_name": request.postgraas_instance_name,
+                        "new_db_name": request.db_name,
+                        "new_username": request.db_username,
+                        "new_password_hash": password_hash,
+                        "new_owner": owner,
+                        "new_expires_at": expires_at,
+                        "new_durability": request.durability,
+                    },
                 )
                 db.session.commit()
             except IntegrityError:

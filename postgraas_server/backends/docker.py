@@ -26,7 +26,7 @@ from psycopg import sql
 from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
-from .claim_connections import ClaimConnections, NotClaimable
+from .claim_connections import ClaimConnections, NotClaimable, end_others_then_close
 from .pool_secret import pool_secret
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV, ImagePreparer
@@ -131,7 +131,7 @@ class DockerBackend:
         Every other session (another server process's kept one) is ended with it."""
         try:
             conn = self._claim_connections.take(ref)
-            with conn:
+            try:
                 port = conn.info.port
                 hand_over_tenant(
                     conn,
@@ -140,15 +140,18 @@ class DockerBackend:
                     before=[sql.SQL("set session authorization {}").format(sql.Identifier(BOOTSTRAP_USER))],
                     own_server=True,
                 )
-                # After the commit, so that a login racing the hand-over goes too (a later one
-                # fails: the pool's role is renamed).
-                conn.execute(END_OTHER_SESSIONS)
                 if spec.ephemeral:
                     # The container's postgres was started durable: ALTER SYSTEM and a reload
                     # (each outside a transaction, so one statement at a time).
                     for setting in EPHEMERAL_SETTINGS:
                         conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
                     conn.execute("select pg_reload_conf()")
+            except BaseException:
+                conn.close()
+                raise
+            # After the commit, so that a login racing the hand-over goes too (a later one fails:
+            # the pool's role is renamed).
+            end_others_then_close(conn, END_OTHER_SESSIONS, ref)
         except psycopg.Error as e:
             raise BackendError(f"Taking over pooled container {ref[:12]} failed: {str(e).strip()}") from e
         log.info("claimed container %s for instance %s on port %s", ref[:12], spec.instance_name, port)

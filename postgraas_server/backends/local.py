@@ -38,7 +38,7 @@ import psycopg
 from ..config import LocalBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
-from .claim_connections import ClaimConnections
+from .claim_connections import ClaimConnections, end_others_then_close
 from .postgres_client import NotReady, wait_for_login
 from .tenants import (
     END_OTHER_SESSIONS,
@@ -161,17 +161,20 @@ class LocalBackend:
         home = self._home(ref)
         try:
             conn = self._claim_connections.take(ref)
-            with conn:
+            try:
                 port = conn.info.port
                 hand_over_tenant(conn, pooled, spec, own_server=True)
-                # A claimed cluster holds no session of ours: one in template1 would make the
-                # tenant's CREATE DATABASE fail (a later login is refused, see _connect_claim).
-                conn.execute(END_OTHER_SESSIONS)
                 if spec.ephemeral:
                     # Into the file _configure writes (ALTER SYSTEM would cost a statement and an
                     # fsync each); all three take effect on this reload, no restart.
                     self._configure_durability(home)
                     conn.execute("select pg_reload_conf()")
+            except BaseException:
+                conn.close()
+                raise
+            # A claimed cluster holds no session of ours: one in template1 would make the
+            # tenant's CREATE DATABASE fail (a later login is refused, see _connect_claim).
+            end_others_then_close(conn, END_OTHER_SESSIONS, ref)
         except psycopg.Error as e:
             raise BackendError(f"The local cluster {home.name} failed: {str(e).strip()}") from e
         except OSError as e:

@@ -1,10 +1,13 @@
 """Connections kept for claims: one per pooled object, handed out once, replaced when broken."""
 
 import socket
+import threading
+import time
 
+import psycopg
 import pytest
 
-from postgraas_server.backends.claim_connections import ClaimConnections, NotClaimable
+from postgraas_server.backends.claim_connections import ClaimConnections, NotClaimable, end_others_then_close
 
 
 class FakeConnection:
@@ -101,3 +104,37 @@ def test_objects_that_refuse_our_login_are_reported(connect):
     kept = ClaimConnections(connect)
     assert kept.keep(["old", "new"]) == ["old"]
     assert [c.ref for c in connect.made] == ["new"]
+
+
+def wait_closed(conn: FakeConnection, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while not conn.closed and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return conn.closed
+
+
+def test_after_a_claim_the_other_sessions_are_ended_then_the_connection_closed_without_waiting():
+    conn = FakeConnection("a")
+    release = threading.Event()
+    conn.execute = lambda query: (release.wait(5), conn.executed.append(query))  # a slow server
+    end_others_then_close(conn, "end the others", "a")
+    # Back at once, before the statement ran.
+    assert conn.executed == [] and not conn.closed
+    release.set()
+    assert wait_closed(conn)
+    assert conn.executed == ["end the others"]
+
+
+def test_a_failure_to_end_the_other_sessions_still_closes_the_connection(caplog):
+    conn = FakeConnection("a")
+
+    def fail(query: str) -> None:
+        raise psycopg.OperationalError("server closed the connection")
+
+    conn.execute = fail
+    end_others_then_close(conn, "end the others", "a")
+    assert wait_closed(conn)
+    deadline = time.monotonic() + 5
+    while "could not end the other sessions" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert "could not end the other sessions in claimed object a" in caplog.text
