@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,8 @@ import docker.errors
 import psycopg
 import pytest
 import requests
+
+from postgraas_server.backends.local import find_bin_dir
 
 from .conftest import REPO_ROOT, Server, stop_server
 from .test_backend_contract import BACKENDS, backend_config
@@ -74,8 +78,13 @@ def kill_server(server: Server) -> None:
 
 @pytest.mark.parametrize("backend", ["docker", "local"])
 def test_server_killed_mid_create_leaves_nothing_behind(
-    backend, all_backends, docker_client, local_data_root, tmp_path
+    backend, all_backends, docker_client, local_data_root, tmp_path, request
 ):
+    if backend == "local":
+        # A local create takes under 0.2 s, less than it takes to see it and kill the server:
+        # its postgres starts 5 s late here, so that the kill lands mid-create.
+        slow_bin = str(request.getfixturevalue("slow_start_bin"))
+        all_backends = {**all_backends, "local": {**all_backends["local"], "bin_dir": slow_bin}}
     server = start(tmp_path, all_backends, lifecycle=FAST_REAPER)
     request = body(backend=backend)
     name = request["postgraas_instance_name"]
@@ -117,6 +126,25 @@ def test_server_killed_mid_create_leaves_nothing_behind(
             assert server.delete(rows[0]["postgraas_instance_id"], {"db_pwd": request["db_pwd"]}).status_code == 200
     finally:
         stop_server(server)
+
+
+@pytest.fixture
+def slow_start_bin() -> Iterator[Path]:
+    """The PostgreSQL binaries, with a ``pg_ctl start`` that waits 5 s first (a wrapped
+    ``postgres`` would not do: pg_ctl runs the one next to its own resolved path); outside
+    private directories, for the postgres OS user."""
+    real = find_bin_dir(None)
+    slow = Path(tempfile.mkdtemp(prefix="postgraas-slow-bin-", dir="/tmp"))
+    for tool in real.iterdir():
+        (slow / tool.name).symlink_to(tool)
+    (slow / "pg_ctl").unlink()
+    (slow / "pg_ctl").write_text(
+        f'#!/bin/sh\ncase " $* " in *" start "*) sleep 5 ;; esac\nexec {real / "pg_ctl"} "$@"\n'
+    )
+    (slow / "pg_ctl").chmod(0o755)
+    slow.chmod(0o755)
+    yield slow
+    shutil.rmtree(slow)
 
 
 def _swallow(call: Callable[[], object]) -> None:
