@@ -26,7 +26,7 @@ from psycopg import sql
 from ..config import DockerBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
-from .claim_connections import ClaimConnections, NotClaimable, end_others_then_close
+from .claim_connections import ClaimConnections, NotClaimable
 from .pool_secret import pool_secret
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV, ImagePreparer
@@ -78,7 +78,9 @@ class DockerBackend:
         self._client_lock = threading.Lock()
         self._preparer = ImagePreparer(self._limits)
         self._pool_secret = pool_secret()
-        self._claim_connections = ClaimConnections(self._connect_claim, warm_up=HAND_OVER_WARM_UP)
+        self._claim_connections = ClaimConnections(
+            self._connect_claim, warm_up=HAND_OVER_WARM_UP, end_others=END_OTHER_SESSIONS
+        )
 
     @property
     def supports_pool(self) -> bool:
@@ -130,8 +132,9 @@ class DockerBackend:
         tenant's own role can be renamed, and hand role and database over in one transaction.
         Every other session (another server process's kept one) is ended with it."""
         try:
-            conn = self._claim_connections.take(ref)
-            try:
+            # After the commit every other session ends, a login that raced the hand-over too (a
+            # later one fails: the pool's role is renamed).
+            with self._claim_connections.claiming(ref) as conn:
                 port = conn.info.port
                 hand_over_tenant(
                     conn,
@@ -146,12 +149,6 @@ class DockerBackend:
                     for setting in EPHEMERAL_SETTINGS:
                         conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
                     conn.execute("select pg_reload_conf()")
-            except BaseException:
-                conn.close()
-                raise
-            # After the commit, so that a login racing the hand-over goes too (a later one fails:
-            # the pool's role is renamed).
-            end_others_then_close(conn, END_OTHER_SESSIONS, ref)
         except psycopg.Error as e:
             raise BackendError(f"Taking over pooled container {ref[:12]} failed: {str(e).strip()}") from e
         log.info("claimed container %s for instance %s on port %s", ref[:12], spec.instance_name, port)

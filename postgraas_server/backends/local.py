@@ -38,7 +38,7 @@ import psycopg
 from ..config import LocalBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
-from .claim_connections import ClaimConnections, end_others_then_close
+from .claim_connections import ClaimConnections
 from .postgres_client import NotReady, wait_for_login
 from .tenants import (
     END_OTHER_SESSIONS,
@@ -110,7 +110,9 @@ class LocalBackend:
         self._bin_dir: Path | None = None
         self._template_dir: Path | None = None
         self._template_lock = threading.Lock()
-        self._claim_connections = ClaimConnections(self._connect_claim, warm_up=HAND_OVER_WARM_UP)
+        self._claim_connections = ClaimConnections(
+            self._connect_claim, warm_up=HAND_OVER_WARM_UP, end_others=END_OTHER_SESSIONS
+        )
 
     # -- the Backend contract ------------------------------------------------------------
 
@@ -160,8 +162,9 @@ class LocalBackend:
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
         home = self._home(ref)
         try:
-            conn = self._claim_connections.take(ref)
-            try:
+            # After it, a claimed cluster holds no session of ours: one in template1 would make
+            # the tenant's CREATE DATABASE fail (a later login is refused, see _connect_claim).
+            with self._claim_connections.claiming(ref) as conn:
                 port = conn.info.port
                 hand_over_tenant(conn, pooled, spec, own_server=True)
                 if spec.ephemeral:
@@ -169,12 +172,6 @@ class LocalBackend:
                     # fsync each); all three take effect on this reload, no restart.
                     self._configure_durability(home)
                     conn.execute("select pg_reload_conf()")
-            except BaseException:
-                conn.close()
-                raise
-            # A claimed cluster holds no session of ours: one in template1 would make the
-            # tenant's CREATE DATABASE fail (a later login is refused, see _connect_claim).
-            end_others_then_close(conn, END_OTHER_SESSIONS, ref)
         except psycopg.Error as e:
             raise BackendError(f"The local cluster {home.name} failed: {str(e).strip()}") from e
         except OSError as e:

@@ -138,3 +138,20 @@ def test_a_failure_to_end_the_other_sessions_still_closes_the_connection(caplog)
     while "could not end the other sessions" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.005)
     assert "could not end the other sessions in claimed object a" in caplog.text
+
+
+def test_a_claim_that_fails_closes_its_connection_and_ends_nothing(connect):
+    kept = ClaimConnections(connect, end_others="end the others")
+    kept.keep(["a"])
+    with pytest.raises(RuntimeError), kept.claiming("a") as conn:
+        raise RuntimeError("the hand-over failed")
+    assert conn.closed and conn.executed == []
+
+
+def test_a_claim_that_succeeds_ends_the_other_sessions_then_closes(connect):
+    kept = ClaimConnections(connect, end_others="end the others")
+    kept.keep(["a"])
+    with kept.claiming("a") as conn:
+        conn.execute("hand over")
+    assert wait_closed(conn)
+    assert conn.executed == ["hand over", "end the others"]
