@@ -245,7 +245,12 @@ class InstanceOut(BaseModel):
 
     @classmethod
     def from_row(cls, row: DBInstance, backend_state: str | None = None) -> InstanceOut:
-        return cls(
+        return cls(**cls.fields_of(row, backend_state))
+
+    @staticmethod
+    def fields_of(row: Any, backend_state: str | None = None) -> dict[str, Any]:
+        """The fields for a row, not yet validated: a list validates them all in one call."""
+        return dict(
             backend_state=backend_state,
             postgraas_instance_id=row.id,
             postgraas_instance_name=row.postgraas_instance_name,

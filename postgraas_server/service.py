@@ -89,6 +89,29 @@ _TAKE_POOLED = (
 )
 
 
+# What a list shows (InstanceOut.from_row), and nothing else: no password hash, and fewer
+# datetimes to convert, which are most of the Python a long list costs.
+_LISTED = (
+    select(
+        INSTANCES.c.id,
+        INSTANCES.c.postgraas_instance_name,
+        INSTANCES.c.db_name,
+        INSTANCES.c.username,
+        INSTANCES.c.hostname,
+        INSTANCES.c.port,
+        INSTANCES.c.container_id,
+        INSTANCES.c.backend,
+        INSTANCES.c.status,
+        INSTANCES.c.status_detail,
+        INSTANCES.c.durability,
+        INSTANCES.c.expires_at,
+        INSTANCES.c.creation_timestamp,
+    )
+    .where(INSTANCES.c.owner != POOL_OWNER)
+    .order_by(INSTANCES.c.id)
+)
+
+
 @dataclass(frozen=True)
 class _PooledRow:
     """A pooled row as it was before a create took it: what to hand over, or to give back."""
@@ -118,13 +141,17 @@ class InstanceService:
     # -- reading -----------------------------------------------------------------------------
 
     def list(self, principal: Principal | None = None) -> list[Any]:
-        """Read-only snapshots with the instances' columns as attributes (what InstanceOut.from_row
+        """Read-only snapshots with the listed columns as attributes (what InstanceOut.from_row
         reads). Not ORM objects, nor Rows, whose attribute access is slow: for a list of a thousand,
-        those were two thirds of the time."""
-        query = select(*DBInstance.__table__.columns).where(DBInstance.owner != POOL_OWNER).order_by(DBInstance.id)
+        those were two thirds of the time. Run on the session's connection, as Core: the ORM's
+        result handling added 1.5 ms per thousand rows."""
+        query = _LISTED
         if principal is not None and not principal.admin:
-            query = query.where(DBInstance.owner == principal.owner)
-        return [SimpleNamespace(**row) for row in db.session.execute(query).mappings()]
+            query = query.where(INSTANCES.c.owner == principal.owner)
+        result = db.session.connection().execute(query)
+        # Keys zipped once per row: a mapping's ``**`` builds a key view for every row.
+        keys = tuple(result.keys())
+        return [SimpleNamespace(**dict(zip(keys, row, strict=True))) for row in result]
 
     def get(self, instance_id: int, principal: Principal | None = None) -> DBInstance:
         """The instance, if it exists and ``principal`` may see it; another owner's instance is

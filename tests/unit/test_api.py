@@ -59,6 +59,18 @@ def test_get_and_list_never_show_the_password(client):
     assert item["connection_uri"] == f"postgresql://alice@db.example:{item['port']}/app"
 
 
+def test_the_list_shows_each_instance_as_its_get_does_without_backend_state(client):
+    first = create(client, ttl="1h").get_json()["postgraas_instance_id"]
+    second = create(client, postgraas_instance_name="demo2").get_json()["postgraas_instance_id"]
+    listed = client.get("/postgraas_instances").get_json()
+    assert [entry["postgraas_instance_id"] for entry in listed] == [first, second]
+    for entry in listed:
+        item = client.get(f"/postgraas_instances/{entry['postgraas_instance_id']}").get_json()
+        del item["backend_state"]
+        assert entry == item
+    assert listed[0]["expires_at"] is not None and listed[1]["expires_at"] is None
+
+
 def test_password_is_stored_as_a_salted_hash(app, client):
     create(client)
     create(client, postgraas_instance_name="demo2")
