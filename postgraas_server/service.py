@@ -89,7 +89,7 @@ _TAKE_POOLED = (
 )
 
 
-# What a list shows (InstanceOut.from_row), and nothing else: no password hash, and fewer
+# What a list shows (InstanceOut.fields_of), and nothing else: no password hash, and fewer
 # datetimes to convert, which are most of the Python a long list costs.
 _LISTED = (
     select(
@@ -141,7 +141,7 @@ class InstanceService:
     # -- reading -----------------------------------------------------------------------------
 
     def list(self, principal: Principal | None = None) -> list[Any]:
-        """Read-only snapshots with the listed columns as attributes (what InstanceOut.from_row
+        """Read-only snapshots with the listed columns as attributes (what InstanceOut.fields_of
         reads). Not ORM objects, nor Rows, whose attribute access is slow: for a list of a thousand,
         those were two thirds of the time. Run on the session's connection, as Core: the ORM's
         result handling added 1.5 ms per thousand rows."""
