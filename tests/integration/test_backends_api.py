@@ -84,10 +84,11 @@ def server(all_backends, tmp_path_factory):
     stop_server(server)
 
 
-def body(**overrides) -> dict:
+def body(prefix: str = "multi", **overrides) -> dict:
+    """A create request whose names and password no other request shares."""
     tag = uuid.uuid4().hex[:8]
     return {
-        "postgraas_instance_name": f"multi-{tag}",
+        "postgraas_instance_name": f"{prefix}-{tag}",
         "db_name": f"db_{tag}",
         "db_username": f"user_{tag}",
         "db_pwd": f"pw-{tag}",

@@ -20,6 +20,7 @@ from postgraas_server.errors import PostgraasError
 
 from .conftest import stop_server
 from .test_backend_contract import backend_config, make_backend
+from .test_backends_api import body as unique_create_body
 from .test_backends_api import start
 
 POOL = 2
@@ -27,16 +28,7 @@ BACKENDS = ("local", "cluster", "docker")
 
 
 def request_body(prefix: str, backend: str, **fields: str) -> dict:
-    tag = uuid.uuid4().hex[:8]
-    return {
-        "postgraas_instance_name": f"{prefix}-{tag}",
-        "db_name": f"db_{tag}",
-        "db_username": f"user_{tag}",
-        "db_pwd": f"pw-{tag}",
-        "backend": backend,
-        "ttl": "10m",
-        **fields,
-    }
+    return unique_create_body(prefix, backend=backend, ttl="10m", **fields)
 
 
 def metric(server, name: str, labels: dict[str, str]) -> float:
