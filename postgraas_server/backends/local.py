@@ -39,6 +39,7 @@ from ..config import LocalBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InUse
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .claim_connections import ClaimConnections
+from .directory_processes import end_processes_working_in
 from .postgres_client import NotReady, wait_for_login
 from .tenants import (
     END_OTHER_SESSIONS,
@@ -75,6 +76,10 @@ START_ATTEMPTS = 8
 # sun_path holds 108 bytes; the socket file name adds up to 18 (".s.PGSQL.NNNNN.lock").
 MAX_SOCKET_DIR_BYTES = 88
 LOG_TAIL_LINES = 20
+# What list_objects finds an instance by.
+META_FILE = "instance.json"
+# The programs that work in an instance's directory (as in /proc/<pid>/comm).
+INSTANCE_PROGRAMS = frozenset({"cp", "pg_ctl", "sh", "postgres"})
 
 
 @dataclass(frozen=True)
@@ -334,7 +339,7 @@ class LocalBackend:
         # Write then rename: a crash never leaves half a file for list_objects to trip on.
         partial = home / "instance.json.partial"
         partial.write_text(json.dumps(meta))
-        partial.replace(home / "instance.json")
+        partial.replace(home / META_FILE)
 
     def _port(self, home: Path) -> int | None:
         """The port from instance.json, else from the running server's postmaster.pid (line 4)."""
@@ -347,7 +352,7 @@ class LocalBackend:
     @staticmethod
     def _read_meta(home: Path) -> dict:
         try:
-            return json.loads((home / "instance.json").read_text())
+            return json.loads((home / META_FILE).read_text())
         except (OSError, ValueError):
             return {}
 
@@ -457,7 +462,8 @@ class LocalBackend:
         return result.returncode == 0
 
     def _destroy(self, home: Path, run_as: _RunAs | None) -> None:
-        """Stop the server (fast: sessions are terminated) and remove everything of the instance."""
+        """Stop the server (fast: sessions are terminated), end whatever else still works in the
+        instance's directory, and remove everything of the instance."""
         if (home / "data" / "postmaster.pid").exists():
             self._run(
                 [self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "fast", "-w", "stop"],
@@ -472,9 +478,33 @@ class LocalBackend:
                     "pg_ctl stop",
                     check=False,
                 )
-        shutil.rmtree(home, ignore_errors=True)
-        if home.exists():
-            raise BackendError(f"The local instance directory {home} could not be removed.")
+        # A pg_ctl start whose server died mid-create has no postmaster.pid yet to stop it by.
+        if ended := end_processes_working_in(home, INSTANCE_PROGRAMS):
+            log.warning("ended the processes %s still working in %s", ended, home)
+        self._remove_home(home)
+
+    @staticmethod
+    def _remove_home(home: Path) -> None:
+        """instance.json goes last: a removal cut short (a process writing there meanwhile) leaves
+        a home that list_objects still finds, so the reaper tries again."""
+        if not home.exists():
+            return
+        try:
+            for entry in home.iterdir():
+                if entry.name == META_FILE:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            left = sorted(entry.name for entry in home.iterdir() if entry.name != META_FILE)
+            if not left:
+                (home / META_FILE).unlink(missing_ok=True)
+                home.rmdir()
+        except OSError as e:
+            raise BackendError(f"The local instance directory {home} could not be removed: {e}.") from e
+        if left:
+            raise BackendError(f"The local instance directory {home} could not be removed: {', '.join(left)} remain.")
 
     @staticmethod
     def _connect_superuser(home: Path, port: int | None, connect_timeout: float) -> psycopg.Connection:

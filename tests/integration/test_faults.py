@@ -24,10 +24,13 @@ import psycopg
 import pytest
 import requests
 
-from postgraas_server.backends.local import find_bin_dir
+from postgraas_server.backends import DatabaseSpec
+from postgraas_server.backends.directory_processes import processes_working_in
+from postgraas_server.backends.local import INSTANCE_PROGRAMS, find_bin_dir
+from postgraas_server.errors import BackendError, PostgraasError
 
 from .conftest import REPO_ROOT, Server, stop_server
-from .test_backend_contract import BACKENDS, backend_config
+from .test_backend_contract import BACKENDS, backend_config, make_backend
 from .test_backends_api import body, start
 
 # Fast enough for a test run; the defaults are minutes, not seconds.
@@ -152,6 +155,76 @@ def _swallow(call: Callable[[], object]) -> None:
         call()
     except requests.RequestException:
         pass
+
+
+def test_removing_a_local_instance_ends_a_start_still_under_way(slow_start_bin, local_data_root, request):
+    """A server that dies mid-create leaves its ``pg_ctl start`` running on its own, with no
+    postmaster.pid yet to stop it by: the removal ends it, so no postgres comes up afterwards in
+    the directory being removed (CI saw one come up as the reaper removed it, which left it)."""
+    backend = make_backend("local", request, bin_dir=str(slow_start_bin))
+    tag = uuid.uuid4().hex[:8]
+    spec = DatabaseSpec(990100, f"late-start-{tag}", f"db_{tag}", f"user_{tag}", "pw")
+    outcome: list[BaseException | object] = []
+    creating = threading.Thread(target=lambda: outcome.append(_outcome(lambda: backend.create(spec))), daemon=True)
+    creating.start()
+
+    def starting() -> bool:
+        homes = local_homes_named(local_data_root, spec.instance_name)
+        return bool(homes) and "pg_ctl" in processes_working_in(homes[0], INSTANCE_PROGRAMS).values()
+
+    eventually(starting, 30, "the (slow) pg_ctl start is under way")
+    home = local_homes_named(local_data_root, spec.instance_name)[0]
+    backend.delete(home.name, spec.credentials, force=True)
+
+    assert not home.exists()
+    assert _pgrep(home) == []
+    creating.join(15)
+    # The create learns that its start was ended, and has nothing left to clean up.
+    assert isinstance(outcome[0], PostgraasError) and "pg_ctl start failed" in outcome[0].msg
+    assert not home.exists()
+    assert _pgrep(home) == []
+
+
+def test_a_local_removal_cut_short_is_found_again_and_finished(local_data_root, request, monkeypatch):
+    """A postgres that writes into the directory while it is removed cuts the removal short: the
+    instance's home keeps its instance.json, so the reaper, which lists homes by it, tries again."""
+    backend = make_backend("local", request)
+    tag = uuid.uuid4().hex[:8]
+    spec = DatabaseSpec(990101, f"cut-short-{tag}", f"db_{tag}", f"user_{tag}", "pw")
+    ref = backend.create(spec).ref
+    home = local_data_root / ref
+    real_rmtree = shutil.rmtree
+    written: list[Path] = []
+
+    def rmtree_as_postgres_writes(path, *args, **kwargs):
+        real_rmtree(path, *args, **kwargs)
+        if not written and Path(path) in (home, home / "data"):
+            written.append(home / "data" / "postmaster.pid")
+            written[0].parent.mkdir(parents=True, exist_ok=True)
+            written[0].write_text("")
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_as_postgres_writes)
+    try:
+        with pytest.raises(BackendError, match="could not be removed"):
+            backend.delete(ref, spec.credentials, force=True)
+        assert written and ref in [o.ref for o in backend.list_objects()]
+    finally:
+        monkeypatch.undo()
+        backend.delete(ref, spec.credentials, force=True)
+    assert not home.exists()
+    assert ref not in [o.ref for o in backend.list_objects()]
+    assert _pgrep(home) == []
+
+
+def _outcome(call: Callable[[], object]) -> BaseException | object:
+    try:
+        return call()
+    except Exception as e:
+        return e
+
+
+def _pgrep(directory: Path) -> list[str]:
+    return subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True).stdout.split()
 
 
 def test_docker_engine_stopped_then_back(all_backends, docker_client, tmp_path):

@@ -1,0 +1,86 @@
+"""Finding and ending the processes that work in a directory, with real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from postgraas_server.backends.directory_processes import end_processes_working_in, processes_working_in
+
+# Exits 3 on SIGQUIT, as a postgres ends its immediate shutdown on its own.
+QUITS = "signal.signal(signal.SIGQUIT, lambda *_: sys.exit(3))"
+# Ignores SIGQUIT, as a postgres that is stuck would.
+STUCK = "signal.signal(signal.SIGQUIT, signal.SIG_IGN)"
+
+
+@pytest.fixture
+def spawn(tmp_path) -> Iterator:
+    started: list[subprocess.Popen] = []
+
+    def _spawn(program: str, on_quit: str, *args: Path) -> subprocess.Popen:
+        """Python under the name ``program`` (a link: /proc/<pid>/comm shows it), with ``args``;
+        returns once its SIGQUIT handler is set."""
+        link = tmp_path / "bin" / program
+        link.parent.mkdir(exist_ok=True)
+        if not link.exists():
+            link.symlink_to(sys.executable)
+        code = f"import signal, sys, time; {on_quit}; print('ready', flush=True); time.sleep(60)"
+        process = subprocess.Popen([link, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout.readline() == "ready\n"
+        return process
+
+    yield _spawn
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def test_only_the_named_programs_working_in_the_directory_are_found(tmp_path, spawn):
+    home = tmp_path / "1-ab"
+    inside = spawn("postgres", QUITS, "-D", home / "data")
+    itself = spawn("pg_ctl", QUITS, home)
+    # Another instance's directory, whose name starts with this one's.
+    other = spawn("postgres", QUITS, "-D", tmp_path / "1-abc" / "data")
+    # A program not named, reading a log there.
+    reader = spawn("tail", QUITS, home / "postgres.log")
+
+    found = processes_working_in(home, frozenset({"postgres", "pg_ctl"}))
+
+    assert found == {inside.pid: "postgres", itself.pid: "pg_ctl"}
+    assert other.pid not in processes_working_in(home, frozenset({"postgres"}))
+    assert reader.pid in processes_working_in(home, frozenset({"tail"}))
+
+
+def test_a_postgres_is_asked_to_quit_and_the_others_are_killed(tmp_path, spawn):
+    home = tmp_path / "1-ab"
+    postgres = spawn("postgres", QUITS, "-D", home / "data")
+    pg_ctl = spawn("pg_ctl", QUITS, "-D", home / "data", "start")
+    other = spawn("postgres", QUITS, "-D", tmp_path / "1-abc" / "data")
+
+    ended = end_processes_working_in(home, frozenset({"postgres", "pg_ctl"}), grace=5)
+
+    assert sorted(ended) == sorted([postgres.pid, pg_ctl.pid])
+    assert postgres.wait(5) == 3  # it quit on SIGQUIT
+    assert pg_ctl.wait(5) == -signal.SIGKILL
+    assert other.poll() is None
+    assert processes_working_in(home, frozenset({"postgres", "pg_ctl"})) == {}
+
+
+def test_a_postgres_that_does_not_quit_is_killed_after_the_grace(tmp_path, spawn):
+    home = tmp_path / "1-ab"
+    stuck = spawn("postgres", STUCK, "-D", home / "data")
+
+    assert end_processes_working_in(home, frozenset({"postgres"}), grace=0.3) == [stuck.pid]
+    assert stuck.wait(5) == -signal.SIGKILL
+
+
+def test_with_nothing_working_there_nobody_is_signalled(tmp_path):
+    assert end_processes_working_in(tmp_path / "nothing-here", frozenset({"postgres", "sh"})) == []
