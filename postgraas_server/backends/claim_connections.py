@@ -40,7 +40,7 @@ class ClaimConnections:
         # Run on each kept connection once: a new session reads the catalogs a claim needs
         # from disk into its caches (4 ms of a claim, 2.4 once warmed, on this 2-core machine).
         self._warm_up = warm_up
-        # Run after a claim (see claiming): ends every other session in the claimed server.
+        # Run after a claim (see claiming): ends every other session of ours in the claimed server.
         self._end_others = end_others
         self._kept: dict[str, psycopg.Connection] = {}
         # Taken by a claim of this process: never connected to again.
@@ -114,9 +114,10 @@ class ClaimConnections:
 
 
 def end_others_then_close(conn: psycopg.Connection, end_others: sql.Composable, ref: str) -> None:
-    """After a claim's commit: run ``end_others`` (which ends every other session in the claimed
-    server, all ours: other processes' kept connections) on ``conn``, then close it; on a thread of
-    its own, so that the claim answers without waiting for it. Ending sessions is signals and
+    """After a claim's commit: run ``end_others`` (which ends every other session of ours in the
+    claimed server: other processes' kept connections; not the tenant's, who may have logged in by
+    then) on ``conn``, then close it; on a thread of its own, so that the claim answers without
+    waiting for it. Ending sessions is signals and
     exits that compete with the answer for two cores (1.5 to 4 ms of a 13 ms claim, measured); they
     are gone a moment after the answer, and a keeper's login meanwhile is refused."""
 

@@ -30,7 +30,7 @@ from .claim_connections import ClaimConnections, NotClaimable
 from .pool_secret import pool_secret
 from .postgres_client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV, ImagePreparer
-from .tenants import END_OTHER_SESSIONS, HAND_OVER_WARM_UP, hand_over_tenant, require_pooled_database
+from .tenants import END_OTHER_SESSIONS, HAND_OVER_WARM_UP, OUR_SESSIONS, hand_over_tenant, require_pooled_database
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,10 @@ class DockerBackend:
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
         """Log in as the pooled tenant (a superuser), act as the image's bootstrap superuser so the
         tenant's own role can be renamed, and hand role and database over in one transaction.
-        Every other session (another server process's kept one) is ended with it."""
+        Every other session of ours (another server process's kept one) is ended after it."""
         try:
-            # After the commit every other session ends, a login that raced the hand-over too (a
-            # later one fails: the pool's role is renamed).
+            # After the commit every other session of ours ends, a login that raced the hand-over
+            # too (a later one fails: the pool's role is renamed).
             with self._claim_connections.claiming(ref) as conn:
                 port = conn.info.port
                 hand_over_tenant(
@@ -245,6 +245,7 @@ class DockerBackend:
                 dbname=BOOTSTRAP_USER,
                 autocommit=True,
                 connect_timeout=5,
+                application_name=OUR_SESSIONS,
             )
         except psycopg.OperationalError as e:
             if "password authentication failed" in str(e):

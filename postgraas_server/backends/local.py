@@ -44,6 +44,7 @@ from .postgres_client import NotReady, wait_for_login
 from .tenants import (
     END_OTHER_SESSIONS,
     HAND_OVER_WARM_UP,
+    OUR_SESSIONS,
     count_sessions,
     create_tenant,
     hand_over_tenant,
@@ -515,6 +516,7 @@ class LocalBackend:
             dbname=ADMIN_DATABASE,
             autocommit=True,
             connect_timeout=connect_timeout,
+            application_name=OUR_SESSIONS,
         )
 
     def _connect_claim(self, ref: str) -> psycopg.Connection:

@@ -182,13 +182,17 @@ def _verifier_for(conn: psycopg.Connection, spec: DatabaseSpec) -> str:
     return spec.scram_verifier()
 
 
-# Run by a claim after the hand-over's commit, on a server that is the tenant's alone: before it,
-# every session there is one of ours (a kept one of another server process, one that logged in
-# while the hand-over ran), and none may stay in the tenant's server.
+# The application_name of the sessions Postgraas opens in a server that becomes a tenant's.
+OUR_SESSIONS = "postgraas"
+
+# Run by a claim after the hand-over's commit, on a server that is the tenant's alone: ends our
+# sessions there (a kept one of another server process, one that logged in while the hand-over
+# ran), none of which may stay. It runs after the answer is sent, by when the tenant may have
+# logged in already: its sessions are told from ours by their application_name.
 END_OTHER_SESSIONS = sql.SQL(
     "select pg_terminate_backend(pid) from pg_stat_activity"
-    " where backend_type = 'client backend' and pid <> pg_backend_pid()"
-)
+    " where backend_type = 'client backend' and pid <> pg_backend_pid() and application_name = {}"
+).format(sql.Literal(OUR_SESSIONS))
 
 
 def require_pooled_database(conn: psycopg.Connection, pooled_db: str, what: str) -> psycopg.Connection:

@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from postgraas_server.backends import Credentials, DatabaseSpec
+from postgraas_server.backends import Credentials, DatabaseSpec, claim_connections
 from postgraas_server.backends.claim_connections import NotClaimable
 from postgraas_server.errors import PostgraasError
 
@@ -222,9 +222,10 @@ def test_an_ephemeral_claim_turns_durability_off(server, backend):
 
 
 @pytest.mark.parametrize("backend_name", ["local", "docker"])
-def test_a_claim_ends_every_other_session_of_ours(request, backend_name):
+def test_a_claim_ends_every_other_session_of_ours_and_none_of_the_tenants(request, backend_name, monkeypatch):
     """Another server process's kept connection (opened as a keeper opens it) does not survive a
-    claim, and a keeper connecting after the claim is refused."""
+    claim, and a keeper connecting after the claim is refused. The tenant's session, opened as
+    soon as the claim answered and before our sessions are ended (on a thread), survives."""
     backend = make_backend(backend_name, request)
     tag = uuid.uuid4().hex[:8]
     instance_id = 980000 + int(tag[:4], 16)
@@ -233,12 +234,21 @@ def test_a_claim_ends_every_other_session_of_ours(request, backend_name):
     try:
         other_process = backend._connect_claim(ref)  # what another process's keeper holds
         spec = DatabaseSpec(instance_id, f"warm-{tag}", f"db_{tag}", f"user_{tag}", f"pw-{tag}")
+        ending = []
+        monkeypatch.setattr(claim_connections, "end_others_then_close", lambda *args: ending.append(args))
         provisioned = backend.claim(ref, Credentials(pooled.db_name, pooled.db_username, ""), spec)
+        tenant = psycopg.connect(
+            host="127.0.0.1", port=provisioned.port, user=spec.db_username, password=spec.db_pwd, dbname=spec.db_name
+        )
+        monkeypatch.undo()
+        claim_connections.end_others_then_close(*ending[0])
         with pytest.raises(psycopg.OperationalError):
             for _ in range(50):  # the termination is a signal: a moment later at most
                 other_process.execute("select 1")
                 time.sleep(0.02)
         other_process.close()
+        with tenant:
+            assert tenant.execute("select current_user").fetchone() == (spec.db_username,)
         # local: the pool's database is gone; docker: the pool's role too (NotClaimable, which the
         # service ignores for a row no longer pooled).
         with pytest.raises((PostgraasError, NotClaimable)):
