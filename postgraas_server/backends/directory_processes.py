@@ -6,7 +6,8 @@ When that server dies mid-create, a ``pg_ctl start`` can still be on its way: on
 looked for ``postmaster.pid``, or while it removes the directory, a postgres comes up in it and
 keeps files there. Each of these programs names the instance's directory in its arguments, so
 that is how they are found, among the programs the caller names (an admin's ``tail -f`` of a log
-there is left alone); a postgres child names only its role, and ends with its postmaster.
+there is left alone) and the processes this server may signal. A postgres child names only its
+role: it ends with its postmaster, or is killed with it.
 
 Linux only (``/proc``), as the local backend is.
 """
@@ -31,17 +32,12 @@ def processes_working_in(directory: Path, programs: frozenset[str]) -> dict[int,
     # The path, not followed by a character that would make it another path ("…/1-ab" vs "…/1-abc").
     naming = re.compile(re.escape(os.fsencode(directory)) + rb"(?![\w.-])")
     found = {}
-    try:
-        entries = list(os.scandir(PROC))
-    except FileNotFoundError:
-        return {}
-    for entry in entries:
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid in _pids():
         try:
-            comm = (PROC / entry.name / "comm").read_text().strip()
-            if comm in programs and naming.search((PROC / entry.name / "cmdline").read_bytes()):
-                found[int(entry.name)] = comm
+            # Any bytes (a name cut at 15 bytes, mid-character): decoded as file names are.
+            comm = os.fsdecode((PROC / str(pid) / "comm").read_bytes().rstrip(b"\n"))
+            if comm in programs and naming.search((PROC / str(pid) / "cmdline").read_bytes()):
+                found[pid] = comm
         except OSError:
             continue  # gone meanwhile
     return found
@@ -50,23 +46,59 @@ def processes_working_in(directory: Path, programs: frozenset[str]) -> dict[int,
 def end_processes_working_in(directory: Path, programs: frozenset[str], grace: float = 2.0) -> list[int]:
     """End the ``programs`` working in ``directory``; the pids it signalled.
 
-    A postgres gets SIGQUIT first (an immediate shutdown that still frees its shared memory); what
-    is left after ``grace`` seconds, and every other program at once, gets SIGKILL. Raises
+    A postgres is sent SIGQUIT (an immediate shutdown that still frees its shared memory); one
+    still there after ``grace`` seconds is killed with its children, and every other program at
+    once. A process this server may not signal is not one of its own, and is left alone. Raises
     BackendError if any of them outlives twice ``grace``.
     """
     signalled: list[int] = []
+    not_ours: set[int] = set()
     started = time.monotonic()
-    while found := processes_working_in(directory, programs):
+    while found := {
+        pid: comm for pid, comm in processes_working_in(directory, programs).items() if pid not in not_ours
+    }:
         waited = time.monotonic() - started
         if waited > 2 * grace:
             raise BackendError(f"The processes {sorted(found)} working in {directory} did not end.")
         for pid, comm in found.items():
-            polite = comm == "postgres" and waited < grace
-            try:
-                os.kill(pid, signal.SIGQUIT if polite else signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-            if pid not in signalled:
-                signalled.append(pid)
+            if comm == "postgres" and waited < grace:
+                if pid in signalled:
+                    continue  # asked once; its shutdown takes a moment
+                targets, sig = [pid], signal.SIGQUIT
+            else:
+                # Its children first: once it is gone they belong to init, and are not found by it.
+                targets, sig = [*(_children(pid) if comm == "postgres" else []), pid], signal.SIGKILL
+            for target in targets:
+                try:
+                    os.kill(target, sig)
+                except ProcessLookupError:
+                    continue
+                except PermissionError:
+                    not_ours.add(target)
+                    continue
+                if target not in signalled:
+                    signalled.append(target)
         time.sleep(POLL_S)
     return signalled
+
+
+def _pids() -> list[int]:
+    try:
+        return [
+            int(entry.name) for entry in os.scandir(PROC) if entry.name.isdigit() and int(entry.name) != os.getpid()
+        ]
+    except FileNotFoundError:
+        return []
+
+
+def _children(parent: int) -> list[int]:
+    children = []
+    for pid in _pids():
+        try:
+            # The fields after the command's name, which may hold spaces and parentheses: state, ppid.
+            fields = (PROC / str(pid) / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            children.append(pid)
+    return children

@@ -500,8 +500,15 @@ class LocalBackend:
                     entry.unlink(missing_ok=True)
             left = sorted(entry.name for entry in home.iterdir() if entry.name != META_FILE)
             if not left:
-                (home / META_FILE).unlink(missing_ok=True)
-                home.rmdir()
+                meta = home / META_FILE
+                kept = meta.read_bytes() if meta.exists() else None
+                meta.unlink(missing_ok=True)
+                try:
+                    home.rmdir()
+                except OSError:
+                    if kept is not None:  # something was written meanwhile: stay listed
+                        meta.write_bytes(kept)
+                    raise
         except OSError as e:
             raise BackendError(f"The local instance directory {home} could not be removed: {e}.") from e
         if left:

@@ -188,7 +188,8 @@ OUR_SESSIONS = "postgraas"
 # Run by a claim after the hand-over's commit, on a server that is the tenant's alone: ends our
 # sessions there (a kept one of another server process, one that logged in while the hand-over
 # ran), none of which may stay. It runs after the answer is sent, by when the tenant may have
-# logged in already: its sessions are told from ours by their application_name.
+# logged in already: its sessions are told from ours by their application_name. (A session of a
+# server too old to name it is closed by its own keeper, which sees the object claimed.)
 END_OTHER_SESSIONS = sql.SQL(
     "select pg_terminate_backend(pid) from pg_stat_activity"
     " where backend_type = 'client backend' and pid <> pg_backend_pid() and application_name = {}"

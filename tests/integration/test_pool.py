@@ -237,17 +237,18 @@ def test_a_claim_ends_every_other_session_of_ours_and_none_of_the_tenants(reques
         ending = []
         monkeypatch.setattr(claim_connections, "end_others_then_close", lambda *args: ending.append(args))
         provisioned = backend.claim(ref, Credentials(pooled.db_name, pooled.db_username, ""), spec)
-        tenant = psycopg.connect(
+        with psycopg.connect(
             host="127.0.0.1", port=provisioned.port, user=spec.db_username, password=spec.db_pwd, dbname=spec.db_name
-        )
-        monkeypatch.undo()
-        claim_connections.end_others_then_close(*ending[0])
-        with pytest.raises(psycopg.OperationalError):
-            for _ in range(50):  # the termination is a signal: a moment later at most
-                other_process.execute("select 1")
-                time.sleep(0.02)
-        other_process.close()
-        with tenant:
+        ) as tenant:
+            monkeypatch.undo()
+            claim_connections.end_others_then_close(*ending[0])
+            try:
+                with pytest.raises(psycopg.OperationalError):
+                    for _ in range(50):  # the termination is a signal: a moment later at most
+                        other_process.execute("select 1")
+                        time.sleep(0.02)
+            finally:
+                other_process.close()
             assert tenant.execute("select current_user").fetchone() == (spec.db_username,)
         # local: the pool's database is gone; docker: the pool's role too (NotClaimable, which the
         # service ignores for a row no longer pooled).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +23,18 @@ STUCK = "signal.signal(signal.SIGQUIT, signal.SIG_IGN)"
 def spawn(tmp_path) -> Iterator:
     started: list[subprocess.Popen] = []
 
-    def _spawn(program: str, on_quit: str, *args: Path) -> subprocess.Popen:
+    def _spawn(program: str, on_quit: str, *args: Path, announce: str = "'ready'") -> subprocess.Popen:
         """Python under the name ``program`` (a link: /proc/<pid>/comm shows it), with ``args``;
-        returns once its SIGQUIT handler is set."""
+        returns once its SIGQUIT handler is set and it printed ``announce`` (``.announced``)."""
         link = tmp_path / "bin" / program
         link.parent.mkdir(exist_ok=True)
         if not link.exists():
             link.symlink_to(sys.executable)
-        code = f"import signal, sys, time; {on_quit}; print('ready', flush=True); time.sleep(60)"
+        code = f"import signal, subprocess, sys, time; {on_quit}; print({announce}, flush=True); time.sleep(60)"
         process = subprocess.Popen([link, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True)
         started.append(process)
-        assert process.stdout.readline() == "ready\n"
+        process.announced = process.stdout.readline().strip()
+        assert process.announced, f"{program} did not start"
         return process
 
     yield _spawn
@@ -80,6 +82,32 @@ def test_a_postgres_that_does_not_quit_is_killed_after_the_grace(tmp_path, spawn
 
     assert end_processes_working_in(home, frozenset({"postgres"}), grace=0.3) == [stuck.pid]
     assert stuck.wait(5) == -signal.SIGKILL
+
+
+def test_a_postgres_killed_after_the_grace_takes_its_children_along(tmp_path, spawn):
+    """A postgres child names only its role, so it is found as the killed postmaster's child."""
+    home = tmp_path / "1-ab"
+    child = "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])"
+    stuck = spawn("postgres", STUCK, "-D", home / "data", announce=f"{child}.pid")
+    child_pid = int(stuck.announced)
+
+    ended = end_processes_working_in(home, frozenset({"postgres"}), grace=0.3)
+
+    assert ended == [stuck.pid, child_pid] or ended == [child_pid, stuck.pid]
+    assert stuck.wait(5) == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while _alive(child_pid):
+        assert time.monotonic() < deadline, "the child outlived its killed postgres"
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie (which its new parent may not reap at once)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def test_with_nothing_working_there_nobody_is_signalled(tmp_path):
