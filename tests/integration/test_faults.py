@@ -113,8 +113,7 @@ def test_server_killed_mid_create_leaves_nothing_behind(
             if backend == "docker":
                 return row_ok and containers_named(docker_client, name) == []
             # Neither its directory nor any process working in it (initdb, postgres) is left.
-            running = subprocess.run(["pgrep", "-f", str(made[0])], capture_output=True, text=True).stdout
-            return row_ok and not made[0].exists() and running.strip() == ""
+            return row_ok and not made[0].exists() and _pgrep(made[0]) == []
 
         # A dead creation is noticed after heartbeat_timeout; the dead server's lease lapses
         # within two intervals; then one pass does it (plus a little for the removal itself).
