@@ -51,23 +51,24 @@ def end_processes_working_in(directory: Path, programs: frozenset[str], grace: f
     once. A process this server may not signal is not one of its own, and is left alone. Raises
     BackendError if any of them outlives twice ``grace``.
     """
-    signalled: list[int] = []
+    sent: dict[int, signal.Signals] = {}  # the last signal each was sent; in the order first sent
     not_ours: set[int] = set()
     started = time.monotonic()
-    while found := {
-        pid: comm for pid, comm in processes_working_in(directory, programs).items() if pid not in not_ours
-    }:
+    while True:
+        found = processes_working_in(directory, programs)
+        for pid in not_ours:
+            found.pop(pid, None)
+        if not found:
+            return list(sent)
         waited = time.monotonic() - started
         if waited > 2 * grace:
             raise BackendError(f"The processes {sorted(found)} working in {directory} did not end.")
         for pid, comm in found.items():
-            if comm == "postgres" and waited < grace:
-                if pid in signalled:
-                    continue  # asked once; its shutdown takes a moment
-                targets, sig = [pid], signal.SIGQUIT
-            else:
-                # Its children first: once it is gone they belong to init, and are not found by it.
-                targets, sig = [*(_children(pid) if comm == "postgres" else []), pid], signal.SIGKILL
+            sig = signal.SIGQUIT if comm == "postgres" and waited < grace else signal.SIGKILL
+            if sent.get(pid) == sig:
+                continue  # sent once; ending takes a moment
+            # A postgres killed takes its children first: once it is gone they are init's, unfound.
+            targets = [*_children(pid), pid] if comm == "postgres" and sig == signal.SIGKILL else [pid]
             for target in targets:
                 try:
                     os.kill(target, sig)
@@ -76,10 +77,8 @@ def end_processes_working_in(directory: Path, programs: frozenset[str], grace: f
                 except PermissionError:
                     not_ours.add(target)
                     continue
-                if target not in signalled:
-                    signalled.append(target)
+                sent[target] = sig
         time.sleep(POLL_S)
-    return signalled
 
 
 def _pids() -> list[int]:
