@@ -134,11 +134,26 @@ class ClusterBackendSettings(_BackendSection):
     # "first": a tenant login proves the server lets tenants in on the backend's first create in
     # a process; "every": on each create, for a pg_hba that decides per database or role.
     login_proof: Literal["first", "every"] = "first"
+    # The databases a request's "template" may name, designated by the cluster's admin: never
+    # template1 (open to every role) nor a tenant's database (a tenant can flag its own as a template).
+    templates: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]] = Field(default_factory=list)
+    # Seconds an admin statement may wait for a lock, and run, before it is given up (a delete is
+    # then retried by the reaper): a tenant's open transaction must not stall deletes and the reaper.
+    lock_timeout: float = Field(default=5.0, gt=0)
+    statement_timeout: float = Field(default=300.0, gt=0)
+    # Revoke CONNECT and TEMPORARY from PUBLIC on the cluster's postgres and template1 databases
+    # (and the admin database), so a tenant reaches only its own. False where other users of the
+    # cluster rely on PUBLIC's default rights there (see docs/cluster.md).
+    close_shared_databases: bool = True
 
     @model_validator(mode="after")
     def _admin_login(self) -> ClusterBackendSettings:
         if self.dsn is None and not (self.host and self.username):
             raise ValueError("give either 'dsn' or 'host' and 'username' for the admin connection")
+        if any(name.lower() == "template1" for name in self.templates):
+            raise ValueError(
+                "templates: template1 is open to every role of the cluster; name a database of the admin's"
+            )
         return self
 
 

@@ -1,5 +1,5 @@
-"""Heartbeats of the creations running in this process, so the reaper can tell a live creation
-from one whose server died (see Reaper and LifecycleSettings.heartbeat_timeout).
+"""Heartbeats of the creations and deletes running in this process, so the reaper can tell a live
+one from one whose server died (see Reaper and LifecycleSettings.heartbeat_timeout).
 
 One thread per process renews ``heartbeat_at`` of every row being created here, in one UPDATE
 per beat: a create costs a set insertion, not a thread of its own (starting and joining one took
@@ -55,7 +55,10 @@ class Heartbeats:
                 with engine.begin() as conn:
                     conn.execute(
                         update(DBInstance)
-                        .where(DBInstance.id.in_(ids), DBInstance.status == InstanceStatus.CREATING)
+                        .where(
+                            DBInstance.id.in_(ids),
+                            DBInstance.status.in_((InstanceStatus.CREATING, InstanceStatus.DELETING)),
+                        )
                         .values(heartbeat_at=utcnow())
                     )
             except Exception:

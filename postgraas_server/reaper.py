@@ -18,13 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import Row, delete, or_, select, update
 
 from .backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
 from .config import LifecycleSettings
 from .errors import PostgraasError
 from .metrics import REAPER_ACTIONS
-from .models import ALL_STATUSES, DBInstance, InstanceStatus, Lease, db, move_status, utcnow
+from .models import ALL_STATUSES, INSTANCES, InstanceStatus, Lease, db, move_status, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,15 @@ class Reaper:
         self._trim_pools(report)
         return report
 
-    def _rows(self, *statuses: str) -> list[DBInstance]:
-        db.session.expire_all()
-        query = select(DBInstance).where(DBInstance.status.in_(statuses)).order_by(DBInstance.id)
-        return list(db.session.execute(query).scalars())
+    @staticmethod
+    def _rows(*statuses: str) -> list[Row]:
+        """Snapshots of the rows, not ORM objects: a request may change or delete a row during the
+        pass (an ORM object of a deleted row raises on its next read). Every action is a conditional
+        statement that re-checks the row as it is then."""
+        query = select(INSTANCES).where(INSTANCES.c.status.in_(statuses)).order_by(INSTANCES.c.id)
+        rows = list(db.session.execute(query).all())
+        db.session.rollback()
+        return rows
 
     def _list_objects(self) -> dict[str, list[ManagedObject] | None]:
         listed: dict[str, list[ManagedObject] | None] = {}
@@ -156,11 +161,11 @@ class Reaper:
             if row.expires_at is None or row.expires_at > now:
                 continue
             # Still expired at the moment of the claim: a PATCH meanwhile wins.
-            still_expired = DBInstance.expires_at <= now
+            still_expired = INSTANCES.c.expires_at <= now
             if not self._claim(row, row.status, InstanceStatus.DELETING, "expired", still_expired):
                 continue
             if self._remove_object(row, "expired"):
-                self._forget(row)
+                self._forget(row, InstanceStatus.DELETING)
                 report.add(
                     "expired",
                     row.backend,
@@ -175,7 +180,7 @@ class Reaper:
                 continue
             detail = "creation interrupted: the server creating it stopped; what it made is removed"
             # Still silent at the moment of the claim: a heartbeat meanwhile wins.
-            still_silent = or_(DBInstance.heartbeat_at.is_(None), DBInstance.heartbeat_at <= stale)
+            still_silent = or_(INSTANCES.c.heartbeat_at.is_(None), INSTANCES.c.heartbeat_at <= stale)
             if self._claim(row, InstanceStatus.CREATING, InstanceStatus.FAILED, detail, still_silent):
                 report.add(
                     "creation_died",
@@ -185,16 +190,19 @@ class Reaper:
                 )
 
     def _retry_deletes(self, now: datetime, listed: dict, report: PassReport) -> None:
-        # Old enough that no request is still working on it.
+        # Silent long enough that no request is still working on it: a request's delete beats.
         stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
         for row in self._rows(InstanceStatus.DELETING):
-            if (row.status_changed_at or row.creation_timestamp) > stale:
+            signs = (row.heartbeat_at, row.status_changed_at or row.creation_timestamp)
+            if max(sign for sign in signs if sign is not None) > stale:
                 continue
+            if not self._take_over_delete(row.id, stale):
+                continue  # it beat meanwhile, or is gone
             removed = self._remove_object(row, "retrying a delete")
             for obj in self._objects_of(row, listed):
                 removed &= self._remove(row.backend, obj, "retrying a delete")
             if removed:
-                self._forget(row)
+                self._forget(row, InstanceStatus.DELETING)
                 report.add(
                     "delete_finished",
                     row.backend,
@@ -228,14 +236,21 @@ class Reaper:
     def _mark_lost(self, listed: dict, report: PassReport) -> None:
         for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
             objects = listed.get(row.backend)
-            if objects is None or not row.container_id or row.container_id in {o.ref for o in objects}:
+            if objects is None or not row.container_id:
+                continue
+            holders = {o.instance_id for o in objects if o.ref == row.container_id}
+            if row.id in holders:
                 continue
             backend = self._backend(row.backend)
-            try:
-                if backend is None or backend.describe(row.container_id).state != ObjectState.MISSING:
-                    continue
-            except PostgraasError:
+            if backend is None:
                 continue
+            # Held by another instance: this one's object vanished and its name was taken since.
+            if not holders:
+                try:
+                    if backend.describe(row.container_id).state != ObjectState.MISSING:
+                        continue
+                except PostgraasError:
+                    continue
             detail = f"its {backend.type_name} object {row.container_id} vanished"
             if self._claim(row, row.status, InstanceStatus.LOST, detail):
                 name = row.postgraas_instance_name
@@ -251,8 +266,8 @@ class Reaper:
                 continue
             self._keep_lease()
             db.session.execute(
-                update(DBInstance)
-                .where(DBInstance.id == row.id, DBInstance.port == row.port)
+                update(INSTANCES)
+                .where(INSTANCES.c.id == row.id, INSTANCES.c.port == row.port)
                 .values(port=obj.port)
                 .execution_options(synchronize_session=False)
             )
@@ -267,7 +282,7 @@ class Reaper:
     def _trim_pools(self, report: PassReport) -> None:
         """Pooled instances beyond a backend's pool_size (keepers of several workers overshoot;
         a pool made smaller, or no longer configured) go, newest first."""
-        pooled: dict[str, list[DBInstance]] = {}
+        pooled: dict[str, list[Row]] = {}
         for row in self._rows(InstanceStatus.POOLED):
             pooled.setdefault(row.backend, []).append(row)
         for backend_name, rows in pooled.items():
@@ -276,7 +291,7 @@ class Reaper:
                 if not self._claim(row, InstanceStatus.POOLED, InstanceStatus.DELETING, "pool surplus"):
                     continue  # taken by a create meanwhile
                 if self._remove_object(row, "pool surplus"):
-                    self._forget(row)
+                    self._forget(row, InstanceStatus.DELETING)
                     report.add("pool_trimmed", backend_name, f"removed surplus pooled instance (id {row.id})")
 
     def _forget_old_rows(self, now: datetime, report: PassReport) -> None:
@@ -288,9 +303,16 @@ class Reaper:
             changed = row.status_changed_at or row.creation_timestamp
             if changed > now - timedelta(seconds=retention[row.status]):
                 continue
-            if row.status == InstanceStatus.LOST and not self._remove_object(row, "retention"):
+            status = row.status
+            if status == InstanceStatus.LOST:
+                # Deleting first, as a request's delete would: the two cannot both act on it.
+                if not self._claim(row, status, InstanceStatus.DELETING, "lost, past its retention"):
+                    continue
+                status = InstanceStatus.DELETING
+                if not self._remove_object(row, "retention"):
+                    continue
+            if not self._forget(row, status):
                 continue
-            self._forget(row)
             report.add(
                 "forgotten",
                 row.backend,
@@ -303,10 +325,10 @@ class Reaper:
         return self.backends.backends.get(name)
 
     @staticmethod
-    def _objects_of(row: DBInstance, listed: dict) -> list[ManagedObject]:
+    def _objects_of(row: Row, listed: dict) -> list[ManagedObject]:
         return [o for o in listed.get(row.backend) or [] if o.instance_id == row.id and o.ref != row.container_id]
 
-    def _remove_object(self, row: DBInstance, why: str) -> bool:
+    def _remove_object(self, row: Row, why: str) -> bool:
         if not row.container_id:
             return True
         obj = ManagedObject(
@@ -321,17 +343,38 @@ class Reaper:
             return False
         self._keep_lease()
         try:
-            backend.delete(obj.ref, obj.credentials, force=True)
-            return True
+            left = backend.delete(obj.ref, obj.credentials, instance_id=obj.instance_id, force=True)
         except PostgraasError as e:
             log.warning("reaper: could not remove %s from backend %s (%s): %s", obj.ref, backend_name, why, e.msg)
             return False
+        if left:
+            log.warning("reaper: instance id %s in backend %s (%s): %s", obj.instance_id, backend_name, why, left)
+        return True
 
-    def _claim(self, row: DBInstance, expected: str, new: str, detail: str, *conditions: Any) -> bool:
+    def _take_over_delete(self, instance_id: int, stale: datetime) -> bool:
+        """Beat for a delete whose request went silent, unless it beat meanwhile: one conditional
+        UPDATE, so a request still working on it keeps it."""
+        self._keep_lease()
+        result = db.session.execute(
+            update(INSTANCES)
+            .where(
+                INSTANCES.c.id == instance_id,
+                INSTANCES.c.status == InstanceStatus.DELETING,
+                or_(INSTANCES.c.heartbeat_at.is_(None), INSTANCES.c.heartbeat_at <= stale),
+                or_(INSTANCES.c.status_changed_at.is_(None), INSTANCES.c.status_changed_at <= stale),
+            )
+            .values(heartbeat_at=utcnow())
+        )
+        db.session.commit()
+        return result.rowcount == 1
+
+    def _claim(self, row: Row, expected: str, new: str, detail: str, *conditions: Any) -> bool:
         self._keep_lease()
         return move_status(row.id, expected, new, detail, *conditions)
 
     @staticmethod
-    def _forget(row: DBInstance) -> None:
-        db.session.execute(delete(DBInstance).where(DBInstance.id == row.id))
+    def _forget(row: Row, status: str) -> bool:
+        """Remove the row if it is still ``status`` (a request may have moved it meanwhile)."""
+        result = db.session.execute(delete(INSTANCES).where(INSTANCES.c.id == row.id, INSTANCES.c.status == status))
         db.session.commit()
+        return result.rowcount == 1

@@ -293,10 +293,10 @@ class InstanceService:
         except BaseException:
             db.session.rollback()
             log.warning("meta db update failed for %s; removing what was created", spec.instance_name)
-            self._remove_quietly(backend, provisioned.ref, spec.credentials)
+            self._remove_quietly(backend, provisioned.ref, spec.credentials, spec.instance_id)
             raise
         if marked is None:
-            self._remove_quietly(backend, provisioned.ref, spec.credentials)
+            self._remove_quietly(backend, provisioned.ref, spec.credentials, spec.instance_id)
             row = db.session.get(DBInstance, spec.instance_id)
             if row is not None and row.status == InstanceStatus.FAILED:
                 # The reaper gave the creation up (no heartbeat came through): the row says so.
@@ -388,7 +388,7 @@ class InstanceService:
             log.warning("pooled object %s of backend %s failed (%s)", pooled.ref, backend_name, reason)
             # claim() left it with the pool's names or removed it: only the pool's role is named here,
             # never the requested one, which in a shared cluster may be another tenant's.
-            self._remove_quietly(backend, pooled.ref, credentials)
+            self._remove_quietly(backend, pooled.ref, credentials, pooled.id)
             self._release(pooled.id)
             if not isinstance(e, PostgraasError):
                 raise
@@ -479,7 +479,9 @@ class InstanceService:
             ):
                 continue
             try:
-                backend.delete(row.container_id, Credentials(row.db_name, row.username, ""), force=True)
+                backend.delete(
+                    row.container_id, Credentials(row.db_name, row.username, ""), instance_id=row.id, force=True
+                )
             except PostgraasError as e:
                 # The reaper finds the deleting row and tries again.
                 log.warning("could not remove unclaimable pooled object %s: %s", row.container_id, e.msg)
@@ -547,10 +549,13 @@ class InstanceService:
         previous = row.status
         self._claim(row, DELETABLE, InstanceStatus.DELETING)
         backend = self.backends.holding(row.backend)
+        left = None
         try:
             if row.container_id:
                 credentials = Credentials(row.db_name, row.username, request.db_pwd or "")
-                backend.delete(row.container_id, credentials, force=request.force)
+                # Beating: the reaper retries a delete only once its request stopped working on it.
+                with self._heartbeats.beating(instance_id):
+                    left = backend.delete(row.container_id, credentials, instance_id=instance_id, force=request.force)
         except Conflict:
             # In use: the instance stays as it was.
             self._set_status(instance_id, InstanceStatus.DELETING, previous)
@@ -566,7 +571,7 @@ class InstanceService:
             raise
         self._forget(instance_id)
         log.info("instance %s (id %s) deleted (force=%s)", name, instance_id, request.force)
-        return f"Deleted instance {name!r} (id {instance_id})."
+        return f"Deleted instance {name!r} (id {instance_id})." + (f" {left}" if left else "")
 
     # -- time to live ------------------------------------------------------------------------
 
@@ -635,7 +640,9 @@ class InstanceService:
         Over a limit the row is released (``release``), else the caller gives it back."""
         owner_limit = principal.max_instances if principal is not None else None
         if owner_limit is not None:
-            owned = self._count(DBInstance.owner == owner)
+            # What the owner asked to delete is no longer the owner's to count, even while its
+            # removal waits for the reaper; the backend's capacity still counts it below.
+            owned = self._count((DBInstance.owner == owner) & (DBInstance.status != InstanceStatus.DELETING))
             if owned > owner_limit:
                 if release:
                     self._release(instance_id)
@@ -739,9 +746,9 @@ class InstanceService:
             db.session.commit()
 
     @staticmethod
-    def _remove_quietly(backend: Backend, ref: str, credentials: Credentials) -> None:
+    def _remove_quietly(backend: Backend, ref: str, credentials: Credentials, instance_id: int) -> None:
         try:
-            backend.delete(ref, credentials, force=True)
+            backend.delete(ref, credentials, instance_id=instance_id, force=True)
         except Exception:
             # The reaper finds it again by its deployment and instance id.
             log.exception("could not remove %s object %s", backend.type_name, ref)

@@ -68,14 +68,19 @@ class FakeBackend:
         self.kept_ready = list(refs)
         return [ref for ref in refs if ref in self.unclaimable]
 
-    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+    def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> str | None:
         time.sleep(self.delete_delay)
         if self.fail_delete is not None:
             raise self.fail_delete
         if not force and self.sessions.get(ref):
             raise Conflict("in use")
+        held = self.objects.get(ref)
+        if held is not None and held.instance_id != instance_id:
+            # As a real backend: another instance's object (its name reused) is left alone.
+            return f"{ref} was left: it is instance {held.instance_id}'s"
         self.objects.pop(ref, None)
         self.deleted.append((ref, force))
+        return None
 
     def exists(self, ref: str) -> bool:
         return ref in self.objects

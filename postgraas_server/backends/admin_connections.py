@@ -13,7 +13,35 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
+
+# What a database's owner may set on it (ALTER DATABASE ... SET) and that would otherwise reach the
+# admin's sessions there: become the owner's role, read-only transactions, a search_path with the
+# owner's functions ahead of pg_catalog's, a library that refuses every login. Options given at
+# connect outrank per-database settings.
+_PINNED = (
+    "role=none",
+    "search_path=pg_catalog,pg_temp",
+    "default_transaction_read_only=off",
+    "local_preload_libraries=",
+    "idle_session_timeout=0",
+    "idle_in_transaction_session_timeout=0",
+)
+
+
+def guarded_conninfo(conninfo: str, *, lock_timeout: float, statement_timeout: float) -> str:
+    """``conninfo`` for admin sessions that no database owner can steer, and that give up a lock
+    wait after ``lock_timeout`` seconds and a statement after ``statement_timeout``, rather than
+    wait on whatever a tenant holds."""
+    settings = (
+        *_PINNED,
+        f"lock_timeout={round(lock_timeout * 1000)}",
+        f"statement_timeout={round(statement_timeout * 1000)}",
+    )
+    given = str(conninfo_to_dict(conninfo).get("options") or "")
+    options = " ".join([given, *(f"-c {setting}" for setting in settings)]).strip()
+    return make_conninfo(conninfo, options=options)
 
 
 class AdminConnections:

@@ -143,12 +143,19 @@ class Backend(Protocol):
         A backend whose claims need nothing held does nothing."""
         ...
 
-    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
-        """Remove the backend object ``ref`` and all its storage.
+    def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> str | None:
+        """Remove the backend object ``ref`` of instance ``instance_id`` and all its storage.
+
+        Never removes what is not that instance's: where a ref is a name that another instance may
+        take once the object is gone (a database in a shared cluster), the object is checked to be
+        this instance's, and left alone otherwise. Returns None, or a sentence saying what was left
+        and why.
 
         Unless ``force``, raises ``Conflict`` while other sessions are connected; with ``force``
         they are terminated. Idempotent: an object that is already gone is not an error.
-        Raises ``BackendUnavailable`` when the backend cannot be reached (nothing was removed).
+        Raises ``BackendUnavailable`` when the backend cannot be reached (nothing was removed),
+        ``BackendTimeout`` when a step waited too long on something outside the instance (the
+        caller tries again later).
         """
         ...
 

@@ -12,20 +12,24 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..config import ClusterBackendSettings
-from ..errors import BackendError, BackendTimeout, BackendUnavailable
-from .admin_connections import AdminConnections
+from ..errors import BackendError, BackendTimeout, BackendUnavailable, InvalidRequest
+from .admin_connections import AdminConnections, guarded_conninfo
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
+from .tenant_removal import drop_tenant
 from .tenants import (
+    ANY_MARKER,
     adopt_template_objects,
     create_tenant,
     database_exists,
-    drop_tenant,
     hand_over_tenant,
     list_tenants,
     lock_down_public_schema,
     tenant_marker,
 )
+
+# Databases every role may connect to by default, which no tenant needs (see close_shared_databases).
+SHARED_DATABASES = ("postgres", "template1")
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,9 @@ class ClusterBackend:
                 password=settings.password,
                 connect_timeout=CONNECT_TIMEOUT_S,
             )
+        self._conninfo = guarded_conninfo(
+            self._conninfo, lock_timeout=settings.lock_timeout, statement_timeout=settings.statement_timeout
+        )
         params = conninfo_to_dict(self._conninfo)
         admin_host = str(params.get("host") or "localhost")
         admin_port = int(params.get("port") or 5432)
@@ -57,11 +64,15 @@ class ClusterBackend:
         self.port = settings.advertised_port or admin_port
         self._probe = (settings.probe_host or self.host, self.port)
         self._login_proven = False
+        self._shared_closed = not settings.close_shared_databases
         self._connections = AdminConnections(self._conninfo)
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn:
+            self._close_shared_databases(conn)
+            if spec.template is not None:
+                self._check_template(conn, spec.template)
             create_tenant(conn, spec, marker=marker)
             # PostgreSQL 15 and later no longer let PUBLIC create in the public schema: a copy of
             # template0 needs no connection of its own to lock it down.
@@ -85,8 +96,7 @@ class ClusterBackend:
                 wait_for_login(*self._probe, spec.credentials, timeout=self.settings.ready_timeout)
                 self._login_proven = True
         except BaseException as e:
-            with self._admin() as conn:
-                drop_tenant(conn, spec.db_name, spec.db_username, force=True, connect=self._admin)
+            self._drop(spec.db_name, spec.db_username, spec.instance_id, force=True)
             if isinstance(e, NotReady):
                 raise BackendTimeout(
                     f"The new role could not log in to its database within {self.settings.ready_timeout:g} s "
@@ -100,6 +110,7 @@ class ClusterBackend:
         # The marker names the database, which list_objects reports as the object's ref.
         marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn:
+            self._close_shared_databases(conn)
             # One transaction: when it fails, nothing changed and the object is still the pool's.
             hand_over_tenant(conn, pooled, spec, marker=marker)
         try:
@@ -111,8 +122,7 @@ class ClusterBackend:
         except BaseException:
             # Handed over already: the names are this instance's now, so they are dropped here
             # (the caller only ever names the pool's).
-            with self._admin() as conn:
-                drop_tenant(conn, spec.db_name, spec.db_username, force=True, connect=self._admin)
+            self._drop(spec.db_name, spec.db_username, spec.instance_id, force=True)
             raise
         log.info("claimed database %s as %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
         return ProvisionedDatabase(ref=spec.db_name, host=self.host, port=self.port)
@@ -124,10 +134,67 @@ class ClusterBackend:
         """Nothing per pooled object: claims use the kept admin connections."""
         return []
 
-    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
-        with self._admin() as conn:
-            drop_tenant(conn, ref, credentials.db_username, force=force, connect=self._admin)
+    def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> str | None:
+        left = self._drop(ref, credentials.db_username, instance_id, force=force)
         log.info("dropped database %s and role %s (force=%s)", ref, credentials.db_username, force)
+        return left
+
+    def _drop(self, db_name: str, role: str, instance_id: int, *, force: bool) -> str | None:
+        with self._admin() as conn:
+            return drop_tenant(
+                conn,
+                db_name,
+                role,
+                deployment=self.deployment,
+                instance_id=instance_id,
+                force=force,
+                connect=self._admin,
+            )
+
+    def _check_template(self, conn: psycopg.Connection, template: str) -> None:
+        """Only what the cluster's admin designated: copying any other database (another tenant's,
+        flagged a template by its owner; template1, open to every role) hands its contents over."""
+        designated = ", ".join(self.settings.templates) or "none"
+        if template not in self.settings.templates:
+            raise InvalidRequest(
+                f"{template!r} is not a template of this backend (designated by the cluster's admin: {designated}).",
+                {"template": "is not one of this backend's templates"},
+            )
+        row = conn.execute(
+            "select shobj_description(datdba, 'pg_authid') like %s from pg_database where datname = %s",
+            (ANY_MARKER, template),
+        ).fetchone()
+        if row is None or row[0]:
+            # Missing, or owned by a tenant (the admin named a database it does not hold).
+            log.warning("template %s is designated but %s", template, "missing" if row is None else "a tenant's")
+            raise InvalidRequest(
+                f"The template {template!r} is not available in the cluster.",
+                {"template": "is not available"},
+            )
+
+    def _close_shared_databases(self, conn: psycopg.Connection) -> None:
+        """Once per process: tenants may not connect to the databases every role could open by
+        default, where they could hold locks or own objects outside their own database."""
+        if self._shared_closed:
+            return
+        row = conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()
+        if not (row and row[0]):
+            log.warning(
+                "the cluster's admin login is not a superuser: CONNECT on %s stays open to PUBLIC; "
+                "revoke it by hand (see docs/cluster.md)",
+                ", ".join(SHARED_DATABASES),
+            )
+        else:
+            names = {*SHARED_DATABASES, conn.info.dbname}
+            present = [
+                r[0] for r in conn.execute("select datname from pg_database where datname = any(%s)", (list(names),))
+            ]
+            for name in sorted(present):
+                conn.execute(
+                    sql.SQL("revoke connect, temporary on database {} from public").format(sql.Identifier(name))
+                )
+            log.info("tenants cannot connect to %s (CONNECT revoked from PUBLIC)", ", ".join(present))
+        self._shared_closed = True
 
     def exists(self, ref: str) -> bool:
         with self._admin() as conn:

@@ -163,12 +163,13 @@ class DockerBackend:
         """Hold a login to each pooled container, for their claims; returns those that refuse it."""
         return self._claim_connections.keep(refs)
 
-    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+    def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
+        # A container id is never reused: the ref is this instance's object or none at all.
         with self._engine("remove the container"):
             try:
                 container = self.client.containers.get(ref)
             except docker.errors.NotFound:
-                return
+                return None
             if not force and container.status == "running":
                 self._refuse_if_in_use(container, credentials)
             try:
@@ -176,8 +177,9 @@ class DockerBackend:
                 # v=True removes the anonymous data volume with it.
                 container.remove(force=True, v=True)
             except docker.errors.NotFound:
-                return
+                return None
         log.info("removed container %s (force=%s)", container.name, force)
+        return None
 
     def exists(self, ref: str) -> bool:
         with self._engine("look up the container"):

@@ -194,10 +194,11 @@ class LocalBackend:
         """Hold a superuser connection to each of the pooled ``refs``, for their claims."""
         return self._claim_connections.keep(refs)
 
-    def delete(self, ref: str, credentials: Credentials, *, force: bool = False) -> None:
+    def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
+        # The ref starts with the instance id and ends with random bytes: it is never another's.
         home = self._home(ref)
         if not home.exists():
-            return
+            return None
         run_as = self._run_as()
         if not force and self._running(home, run_as):
             port = self._port(home)
@@ -210,6 +211,7 @@ class LocalBackend:
                 raise InUse(sessions)
         self._destroy(home, run_as)
         log.info("removed local cluster %s (force=%s)", ref, force)
+        return None
 
     def exists(self, ref: str) -> bool:
         return self._home(ref).is_dir()

@@ -8,14 +8,13 @@ Identifiers are composed with ``sql.Identifier``, never with string formatting.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from datetime import datetime
 
 import psycopg
 from psycopg import sql
 
-from ..errors import BackendError, Conflict, InUse, InvalidRequest
+from ..errors import BackendError, Conflict
 from .base import Credentials, DatabaseSpec, ManagedObject
 from .scram import SCRAM_ITERATIONS, scram_sha256_verifier
 
@@ -51,15 +50,6 @@ def create_tenant(
         raise Conflict(
             f"A database named {spec.db_name!r} already exists in the cluster.", {"db_name": "already exists"}
         )
-    if spec.template is not None and not is_template(conn, spec.template):
-        # Only databases the cluster's admin marked as templates: copying any other database
-        # (another tenant's, the admin's) would hand its contents to the requester.
-        raise InvalidRequest(
-            f"There is no template database {spec.template!r} (the cluster's admin marks templates with "
-            "ALTER DATABASE ... IS_TEMPLATE true).",
-            {"template": "is not a template database of the cluster"},
-        )
-
     # The server only ever sees a SCRAM verifier, so the password cannot reach its log.
     verifier = _verifier_for(conn, spec)
     # Role and marker in one transaction: no crash can leave a role list_tenants cannot find.
@@ -226,6 +216,14 @@ def tenant_marker(deployment: str, spec: DatabaseSpec, created_at: datetime) -> 
 
 
 _MARKER_RE = re.compile(r"postgraas deployment=(\S+) instance=(\d+) db=(\S+) created=(\S+)")
+# The start of every deployment's markers: a role carrying one is a tenant's, whichever Postgraas made it.
+ANY_MARKER = "postgraas deployment=%"
+
+
+def marked_instance(comment: str | None, deployment: str) -> int | None:
+    """The instance id a role's marker names, where it is a marker of ``deployment``."""
+    match = _MARKER_RE.fullmatch(comment or "")
+    return int(match.group(2)) if match and match.group(1) == deployment else None
 
 
 def list_tenants(conn: psycopg.Connection, deployment: str) -> list[ManagedObject]:
@@ -252,45 +250,6 @@ def count_sessions(conn: psycopg.Connection, db_name: str) -> int:
         "select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()", (db_name,)
     ).fetchone()
     return int(row[0]) if row else 0
-
-
-def drop_tenant(
-    conn: psycopg.Connection,
-    db_name: str,
-    role: str,
-    *,
-    force: bool,
-    connect: Callable[[str], AbstractContextManager[psycopg.Connection]],
-) -> None:
-    """Drop the database (refusing while sessions are open, unless force), whatever the role
-    owns elsewhere in the cluster, then the role. ``connect(dbname)`` gives an admin
-    connection to another database of the cluster."""
-    owner = conn.execute("select pg_get_userbyid(datdba) from pg_database where datname = %s", (db_name,)).fetchone()
-    # Only the role's own database: a database of that name owned by another role (another
-    # instance's, made after this one failed) is not ours to drop.
-    if owner is not None and owner[0] == role:
-        sessions = count_sessions(conn, db_name)
-        if sessions and not force:
-            raise InUse(sessions)
-        drop = sql.SQL("drop database if exists {}").format(sql.Identifier(db_name))
-        _run(conn, (drop + sql.SQL(" with (force)")) if force else drop)
-    if not role_exists(conn, role):
-        return
-    # A role can own objects in every database it may connect to (a large object in
-    # "postgres", say); DROP ROLE fails until they are gone, so drop them first.
-    reachable = conn.execute(
-        "select datname from pg_database where datallowconn and has_database_privilege(%s, datname, 'CONNECT')",
-        (role,),
-    ).fetchall()
-    for (other_db,) in reachable:
-        with connect(other_db) as other:
-            _run(other, sql.SQL("drop owned by {}").format(sql.Identifier(role)))
-    _run(conn, sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
-
-
-def is_template(conn: psycopg.Connection, db_name: str) -> bool:
-    row = conn.execute("select datistemplate from pg_database where datname = %s", (db_name,)).fetchone()
-    return bool(row and row[0])
 
 
 def _is_superuser(conn: psycopg.Connection) -> bool:

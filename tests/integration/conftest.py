@@ -162,6 +162,8 @@ def pg_server() -> Iterator[PostgresServer]:
         conf.write(
             f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{home}'\n"
             "max_connections = 300\n"
+            # A tenant's prepared transaction is one of the things a delete must get past.
+            "max_prepared_transactions = 10\n"
         )
     subprocess.run(
         as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-l", home / "log", "-w", "start"]),

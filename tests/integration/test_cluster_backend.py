@@ -28,7 +28,7 @@ def test_the_admin_connection_is_kept_and_a_server_restart_costs_no_request(requ
     with backend._admin() as conn:
         # The same session served the create: no connect, no login on the request path.
         assert conn.info.backend_pid == first
-    backend.delete(created.ref, wanted.credentials, force=True)
+    backend.delete(created.ref, wanted.credentials, instance_id=wanted.instance_id, force=True)
 
     pg_server.restart()
     after = spec(2)
@@ -39,7 +39,7 @@ def test_the_admin_connection_is_kept_and_a_server_restart_costs_no_request(requ
         assert conn.execute("select current_user").fetchone() == (after.db_username,)
         # PostgreSQL 15: PUBLIC cannot create in the public schema, and no lock-down was needed for it.
         assert conn.execute("select has_schema_privilege('public', 'public', 'create')").fetchone() == (False,)
-    backend.delete(created.ref, after.credentials, force=True)
+    backend.delete(created.ref, after.credentials, instance_id=after.instance_id, force=True)
 
 
 class LoginSpy:
@@ -91,7 +91,7 @@ def test_the_first_create_proves_a_tenant_login_and_the_later_ones_rely_on_it(re
             log_in(pg_server, wanted)
     finally:
         for wanted in made:
-            backend.delete(wanted.db_name, wanted.credentials, force=True)
+            backend.delete(wanted.db_name, wanted.credentials, instance_id=wanted.instance_id, force=True)
 
 
 def test_login_proof_every_proves_each_create(request, pg_server, monkeypatch):
@@ -104,7 +104,7 @@ def test_login_proof_every_proves_each_create(request, pg_server, monkeypatch):
         assert logins.calls == 2
     finally:
         for wanted in made:
-            backend.delete(wanted.db_name, wanted.credentials, force=True)
+            backend.delete(wanted.db_name, wanted.credentials, instance_id=wanted.instance_id, force=True)
 
 
 def test_a_first_create_whose_login_fails_leaves_nothing_and_the_next_create_proves_again(
@@ -127,4 +127,4 @@ def test_a_first_create_whose_login_fails_leaves_nothing_and_the_next_create_pro
         log_in(pg_server, third)
     finally:
         for wanted in (second, third):
-            backend.delete(wanted.db_name, wanted.credentials, force=True)
+            backend.delete(wanted.db_name, wanted.credentials, instance_id=wanted.instance_id, force=True)

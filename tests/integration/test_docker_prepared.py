@@ -86,7 +86,7 @@ def create(docker_client) -> Iterator[Create]:
 
     yield _create
     for backend, spec, provisioned in made:
-        backend.delete(provisioned.ref, spec.credentials, force=True)
+        backend.delete(provisioned.ref, spec.credentials, instance_id=spec.instance_id, force=True)
 
 
 def derived_image(docker_client, name: str, extra: str = "") -> Iterator[str]:

@@ -26,7 +26,7 @@ def settings_of(backend_name: str, request, ephemeral: bool) -> dict[str, str]:
                 for name in ("fsync", "synchronous_commit", "full_page_writes")
             }
     finally:
-        backend.delete(created.ref, spec.credentials, force=True)
+        backend.delete(created.ref, spec.credentials, instance_id=spec.instance_id, force=True)
 
 
 @pytest.mark.parametrize("backend_name", ["local", "cluster", "docker"])

@@ -173,7 +173,7 @@ def test_removing_a_local_instance_ends_a_start_still_under_way(slow_start_bin, 
 
     eventually(starting, 30, "the (slow) pg_ctl start is under way")
     home = local_homes_named(local_data_root, spec.instance_name)[0]
-    backend.delete(home.name, spec.credentials, force=True)
+    backend.delete(home.name, spec.credentials, instance_id=spec.instance_id, force=True)
 
     assert not home.exists()
     assert _pgrep(home) == []
@@ -205,11 +205,11 @@ def test_a_local_removal_cut_short_is_found_again_and_finished(local_data_root, 
     monkeypatch.setattr(shutil, "rmtree", rmtree_as_postgres_writes)
     try:
         with pytest.raises(BackendError, match="could not be removed"):
-            backend.delete(ref, spec.credentials, force=True)
+            backend.delete(ref, spec.credentials, instance_id=spec.instance_id, force=True)
         assert written and ref in [o.ref for o in backend.list_objects()]
     finally:
         monkeypatch.undo()
-        backend.delete(ref, spec.credentials, force=True)
+        backend.delete(ref, spec.credentials, instance_id=spec.instance_id, force=True)
     assert not home.exists()
     assert ref not in [o.ref for o in backend.list_objects()]
     assert _pgrep(home) == []

@@ -259,4 +259,4 @@ def test_a_claim_ends_every_other_session_of_ours_and_none_of_the_tenants(reques
         ) as conn:
             assert conn.execute("select current_user").fetchone() == (spec.db_username,)
     finally:
-        backend.delete(ref, Credentials(pooled.db_name, pooled.db_username, ""), force=True)
+        backend.delete(ref, Credentials(pooled.db_name, pooled.db_username, ""), instance_id=instance_id, force=True)

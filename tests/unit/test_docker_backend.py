@@ -550,9 +550,9 @@ def test_delete_is_idempotent(client, logins):
     made = backend(client)
     ref = made.create(SPEC).ref
     assert made.exists(ref)
-    made.delete(ref, Credentials("app", "alice", "s3cret"), force=True)
+    made.delete(ref, Credentials("app", "alice", "s3cret"), instance_id=SPEC.instance_id, force=True)
     assert not made.exists(ref)
-    made.delete(ref, Credentials("app", "alice", "s3cret"), force=True)
+    made.delete(ref, Credentials("app", "alice", "s3cret"), instance_id=SPEC.instance_id, force=True)
 
 
 # -- the prepared image's parts --------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The reaper's decisions, against the meta db and an in-memory backend."""
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import update
 
 from postgraas_server.backends import DatabaseSpec
@@ -11,6 +13,7 @@ from postgraas_server.errors import BackendUnavailable
 from postgraas_server.models import DBInstance, db
 from postgraas_server.reaper import Reaper
 
+from ..conftest import make_app
 from .test_api import BODY, create, rows
 
 LONG_AGO = datetime.now(UTC) - timedelta(days=30)
@@ -166,3 +169,62 @@ def test_an_expired_lease_can_be_taken(app, reaper):
     assert reaper.acquire(0.01)
     time.sleep(0.05)
     assert other.acquire(60)
+
+
+def test_a_row_deleted_by_a_request_during_a_pass_does_not_stop_it(app, client, reaper, fake_backend, monkeypatch):
+    first = create(client, ttl=60).get_json()
+    second = create(client, postgraas_instance_name="second", ttl=60).get_json()
+    for body in (first, second):
+        set_row(body["postgraas_instance_id"], expires_at=LONG_AGO)
+    real_delete = fake_backend.delete
+
+    def delete_and_meanwhile_a_request_deletes_the_second(*args, **kwargs):
+        # A request in another worker removes the second row while the pass works on the first.
+        with db.engine.begin() as other:
+            other.execute(sa_delete(DBInstance).where(DBInstance.id == second["postgraas_instance_id"]))
+        return real_delete(*args, **kwargs)
+
+    monkeypatch.setattr(fake_backend, "delete", delete_and_meanwhile_a_request_deletes_the_second)
+    report = reaper.run_pass()
+    assert report.actions == [f"deleted expired instance demo (id {first['postgraas_instance_id']}) in backend fake"]
+    assert rows(app) == []
+
+
+def test_a_delete_still_at_work_is_not_retried_beside_its_request(tmp_path, fake_backend):
+    """The request's delete outlives heartbeat_timeout; it beats, so the reaper leaves it alone."""
+    app = make_app(tmp_path, fake_backend, lifecycle={"reaper_interval": 0, "heartbeat_timeout": 1})
+    state = app.extensions["postgraas"]
+    with app.test_client() as client:
+        instance_id = create(client).get_json()["postgraas_instance_id"]
+    fake_backend.delete_delay = 3.0
+    answers = []
+
+    def delete():
+        with app.test_client() as client:
+            answers.append(
+                client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code
+            )
+
+    request = threading.Thread(target=delete)
+    request.start()
+    time.sleep(2.0)  # past heartbeat_timeout, the delete still at work
+    with app.app_context():
+        assert Reaper(state.backends, state.settings.lifecycle).run_pass().actions == []
+    request.join()
+    assert answers == [200]
+    assert [ref for ref, _ in fake_backend.deleted] == [f"fake-{instance_id}"]  # removed once, by the request
+
+
+def test_an_object_whose_name_another_instance_took_makes_the_row_lost_and_is_never_removed(
+    app, client, reaper, fake_backend
+):
+    body = create(client).get_json()
+    ref, instance_id = body["container_id"], body["postgraas_instance_id"]
+    # Its object vanished, and another instance (id 777) holds the same name now.
+    fake_backend.objects[ref] = DatabaseSpec(777, "theirs", "app", "someone", "pw")
+    report = reaper.run_pass()
+    assert report.actions == [
+        f"marked instance demo (id {instance_id}) in backend fake lost: its fake object {ref} vanished"
+    ]
+    assert client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code == 200
+    assert fake_backend.objects[ref].instance_id == 777 and fake_backend.deleted == []
