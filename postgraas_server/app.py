@@ -14,6 +14,7 @@ from .backends import BackendRegistry
 from .config import ConfigError, Settings, load_settings
 from .models import Deployment, db
 from .service import InstanceService
+from .sqlite_file import keep_private
 
 # SQLite waits this long for a competing writer before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None, *, backends: BackendRegistry | 
         MAX_CONTENT_LENGTH=settings.application.max_body_bytes,
         DEBUG=settings.application.debug,
     )
+    # Also where init-db ran under an older version, or the file was copied in.
+    keep_private(url)
     db.init_app(app)
     with app.app_context():
         _tune_sqlite(db.engine)

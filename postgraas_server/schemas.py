@@ -61,14 +61,27 @@ def _db_name(value: str) -> str:
     return value
 
 
+# Role names PostgreSQL refuses (public, none) or reads as something else where a role is named
+# (current_user, ...), and the superuser's. Compared in lower case: the docker image's entrypoint
+# and some clients fold a name to lower case.
+RESERVED_USERNAMES = ("postgres", "public", "none", "current_user", "current_role", "session_user", "system_user")
+
+
 def _username(value: str) -> str:
     # The superuser name (and 2.x's user@server form of it) would hand out the cluster's admin.
     if value.lower() == "postgres" or value.lower().startswith("postgres@"):
         raise PydanticCustomError("reserved", "'postgres' is reserved; choose another user name")
     _identifier(value)
+    if value.lower() in RESERVED_USERNAMES:
+        raise PydanticCustomError("invalid", f"{value.lower()!r} is reserved by PostgreSQL; choose another user name")
     if value.lower().startswith("pg_"):
         raise PydanticCustomError("invalid", "names starting with 'pg_' are reserved by PostgreSQL")
     return value
+
+
+def _any_case(word: str) -> str:
+    """A JSON-schema regex (no inline flags there) matching ``word`` in any case."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
 
 
 def _password(value: str) -> str:
@@ -134,10 +147,11 @@ DbName = Annotated[
     AfterValidator(_db_name),
     WithJsonSchema({"type": "string", "pattern": f"^(?![tT][eE][mM][pP][lL][aA][tT][eE][01]$){_IDENT}$"}),
 ]
+_NOT_RESERVED = "".join(f"(?!{_any_case(name)}$)" for name in RESERVED_USERNAMES)
 Username = Annotated[
     StrictStr,
     AfterValidator(_username),
-    WithJsonSchema({"type": "string", "pattern": f"^(?![pP][oO][sS][tT][gG][rR][eE][sS]$)(?![pP][gG]_){_IDENT}$"}),
+    WithJsonSchema({"type": "string", "pattern": f"^{_NOT_RESERVED}(?!{_any_case('pg_')}){_IDENT}$"}),
 ]
 Password = Annotated[
     StrictStr,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, Response, current_app, g, request
 from flask_restful import Api
 from sqlalchemy import text
@@ -16,6 +18,8 @@ from ..tokens import authenticate
 from . import request_log
 from .errors import error_response
 from .instances import InstanceCollection, InstanceItem
+
+log = logging.getLogger(__name__)
 
 # postgraas_server 2.x clients use the /api/v2 prefix.
 PREFIXES = ("", "/api/v2")
@@ -44,7 +48,7 @@ def _meta_db_check() -> str:
         db.session.execute(text("select 1"))
         return "ok"
     except SQLAlchemyError as e:
-        return f"unreachable: {type(e.orig or e).__name__}"
+        return f"unreachable: {type(getattr(e, 'orig', None) or e).__name__}"
     finally:
         db.session.remove()
 
@@ -69,6 +73,15 @@ def _authenticate() -> None:
     if principal is None:
         raise Unauthenticated("The token is not valid (unknown, malformed or revoked).")
     g.principal = principal
+
+
+def _admin_token_sent() -> bool:
+    """An endpoint open to all may tell an admin more: a valid admin token (auth.mode token) was sent."""
+    if current_app.extensions["postgraas"].settings.auth.mode != "token":
+        return False
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    principal = authenticate(presented.strip()) if scheme.lower() == "bearer" and presented.strip() else None
+    return principal is not None and principal.admin
 
 
 class PostgraasApi(Api):
@@ -105,12 +118,18 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/ready")
     def ready() -> tuple[dict[str, object], int]:
-        """The meta db and every backend reachable: 200; else 503 saying which is not."""
+        """The meta db and every backend reachable: 200; else 503 saying which is not. Why not
+        (addresses, driver errors) goes to the log, and only to an admin token in the answer."""
         checks = {
             "metadb": _meta_db_check(),
             **{name: _backend_check(b) for name, b in state.backends.backends.items()},
         }
+        for name, result in checks.items():
+            if result != "ok":
+                log.warning("readiness: %s is not ready: %s", name, result)
         ok = all(result == "ok" for result in checks.values())
+        if not _admin_token_sent():
+            checks = {name: "ok" if result == "ok" else "failed" for name, result in checks.items()}
         return {"status": "ok" if ok else "failed", "checks": checks}, 200 if ok else 503
 
     @app.get("/metrics")

@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 
+from ..sqlite_file import keep_private
+
 HERE = Path(__file__).parent
 
 
@@ -22,6 +24,7 @@ def upgrade(url: str, legacy_backend: str = "docker") -> None:
 
     ``legacy_backend``: the backend name given to instances found in a postgraas_server 2.x meta db.
     """
+    keep_private(url)
     engine = create_engine(url)
     try:
         if engine.dialect.name == "sqlite":

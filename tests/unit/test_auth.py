@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from postgraas_server.cli import main
+from postgraas_server.errors import BackendUnavailable
 from postgraas_server.tokens import issue_token, revoke_token
 
 from ..conftest import make_app
@@ -144,3 +145,15 @@ def test_names_are_per_owner_so_a_409_reveals_nothing_of_others(client, tokens):
     assert client.post("/postgraas_instances", json=body, headers=bearer(tokens["bob"])).status_code == 201
     again = client.post("/postgraas_instances", json=body, headers=bearer(tokens["bob"]))
     assert again.status_code == 409
+
+
+def test_ready_tells_why_only_to_an_admin_token(client, tokens, fake_backend):
+    why = "The Docker engine at tcp://10.1.2.3:2376 cannot be reached."
+    fake_backend.health = lambda: (_ for _ in ()).throw(BackendUnavailable(why))
+    for headers in ({}, bearer(tokens["alice"]), bearer("nonsense")):
+        response = client.get("/ready", headers=headers)
+        assert response.status_code == 503
+        assert response.get_json()["checks"] == {"metadb": "ok", "fake": "failed"}
+    response = client.get("/ready", headers=bearer(tokens["root"]))
+    assert response.status_code == 503
+    assert response.get_json()["checks"] == {"metadb": "ok", "fake": why}

@@ -1,5 +1,7 @@
 """init-db: creates the schema, is safe to run twice, and upgrades a postgraas_server 2.x meta db."""
 
+import os
+
 import pytest
 import sqlalchemy as sa
 
@@ -98,3 +100,29 @@ def test_an_upgraded_sqlite_meta_db_is_in_wal_mode(tmp_path):
             assert connection.exec_driver_sql("pragma journal_mode").scalar() == "wal"
     finally:
         engine.dispose()
+
+
+def test_the_sqlite_meta_db_and_its_side_files_are_private(tmp_path):
+    # Created 0600 under the usual umask, which would give SQLite's own files 0644; -wal and -shm alike.
+    before = os.umask(0o022)
+    try:
+        url = f"sqlite:///{tmp_path / 'meta.sqlite'}"
+        upgrade(url)
+    finally:
+        os.umask(before)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select count(*) from db_instance")
+        files = sorted(tmp_path.glob("meta.sqlite*"))
+        assert [f.name for f in files] == ["meta.sqlite", "meta.sqlite-shm", "meta.sqlite-wal"]
+        assert {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"}
+    engine.dispose()
+
+
+def test_a_world_readable_meta_db_of_an_older_version_is_made_private(tmp_path):
+    path = tmp_path / "meta.sqlite"
+    upgrade(f"sqlite:///{path}")
+    for file in tmp_path.glob("meta.sqlite*"):
+        file.chmod(0o644)
+    upgrade(f"sqlite:///{path}")
+    assert {oct(f.stat().st_mode & 0o777) for f in tmp_path.glob("meta.sqlite*")} == {"0o600"}

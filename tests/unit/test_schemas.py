@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from postgraas_server.errors import InvalidRequest, Unprocessable
@@ -103,3 +105,23 @@ def test_connection_uri_is_percent_encoded():
     uri = connection_uri("alice", "p@ss:w/rd %?#", "db.example", 5432, "app")
     assert uri == "postgresql://alice:p%40ss%3Aw%2Frd%20%25%3F%23@db.example:5432/app"
     assert connection_uri("a", None, "::1", 1, "d") == "postgresql://a@[::1]:1/d"
+
+
+@pytest.mark.parametrize(
+    "username",
+    ["public", "PUBLIC", "none", "None", "current_user", "CURRENT_ROLE", "session_user", "system_user", "pg_monitor"],
+)
+def test_role_names_postgresql_keeps_for_itself_are_400_naming_the_field(username):
+    error = errors_of({**VALID, "db_username": username})
+    assert error.code == 400
+    assert list(error.errors) == ["db_username"]
+    # The OpenAPI document refuses them too, so a client checking against it learns the same.
+    pattern = CreateInstanceRequest.model_json_schema()["properties"]["db_username"]["pattern"]
+    assert re.fullmatch(pattern, username) is None
+
+
+@pytest.mark.parametrize("username", ["public_user", "nonee", "my_current_user", "publicity", "pgadmin"])
+def test_names_that_only_start_like_a_reserved_one_are_fine(username):
+    assert parse_request(CreateInstanceRequest, {**VALID, "db_username": username}).db_username == username
+    pattern = CreateInstanceRequest.model_json_schema()["properties"]["db_username"]["pattern"]
+    assert re.fullmatch(pattern, username)
