@@ -20,6 +20,7 @@ setup(
         "alembic>=1.13,<2",
         "docker>=7.1,<8",
         "gunicorn>=25.1",
+        "h11>=0.14,<1",
         "pydantic>=2.7,<3",
         "click>=8.1,<9",
         "prometheus-client>=0.20,<1",

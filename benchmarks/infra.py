@@ -250,6 +250,8 @@ class PostgraasServer:
     home: Path
     config: dict
     workers: int = 2
+    # More options of `serve`, e.g. ("--worker-class", "gthread") for benchmarks/slow_clients.py.
+    serve_args: tuple[str, ...] = ()
     url: str = ""
     process: subprocess.Popen | None = None
 
@@ -279,7 +281,7 @@ class PostgraasServer:
     def serve(self) -> PostgraasServer:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        command = self._cli("serve", "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers))
+        command = self._cli("serve", "--bind", f"127.0.0.1:{port}", "--workers", str(self.workers), *self.serve_args)
         with self.log_path.open("a") as log:
             # Own session: a Ctrl-C at the terminal reaches only us, and we stop the server in order.
             self.process = subprocess.Popen(

@@ -60,10 +60,19 @@ def init_db(settings: Settings) -> None:
     default=16,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Threads per worker; a create waits for its database, so several run at once.",
+    help="Request threads per worker; a create waits for its database, so several run at once. A request gets "
+    "a thread only once all of it has arrived.",
+)
+@click.option(
+    "--worker-class",
+    type=click.Choice(["ours", "gthread"]),
+    default="ours",
+    show_default=True,
+    help="For comparisons only (benchmarks/slow_clients.py): gthread is gunicorn's own worker, which slow or idle "
+    "clients can stop (docs/serving.md).",
 )
 @click.pass_obj
-def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
+def serve(settings: Settings, bind: str, workers: int, threads: int, worker_class: str) -> None:
     """Serve the API under gunicorn."""
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger
@@ -92,12 +101,19 @@ def serve(settings: Settings, bind: str, workers: int, threads: int) -> None:
             bind,
         )
 
+    from .serving import Limits
+
     class Server(BaseApplication):  # type: ignore[misc]
+        # Read by the worker (postgraas_server/serving/worker.py): the deadlines it puts on clients.
+        serving_limits = Limits.from_settings(settings.application)
+
         def load_config(self) -> None:
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set(
+                "worker_class", "gthread" if worker_class == "gthread" else "postgraas_server.serving.worker.Worker"
+            )
             # A create may wait its backend's ready_timeout for the database.
             slowest = max(backend.ready_timeout for backend in settings.backends.values())
             self.cfg.set("timeout", int(slowest) + 60)

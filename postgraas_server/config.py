@@ -195,6 +195,17 @@ class ApplicationSettings(_Section):
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     # The backend used when a request names none; default: the only one configured.
     default_backend: str | None = None
+    # How `serve` treats clients (see docs/serving.md): a request's line and headers must arrive
+    # within request_header_timeout seconds, its body within request_body_timeout, and its answer
+    # be read within send_timeout; an idle kept-alive connection is closed after keepalive_timeout.
+    # No thread serves a request before all of it has arrived.
+    request_header_timeout: float = Field(default=10.0, gt=0)
+    request_body_timeout: float = Field(default=30.0, gt=0)
+    send_timeout: float = Field(default=30.0, gt=0)
+    keepalive_timeout: float = Field(default=5.0, gt=0)
+    # Open client connections per worker process; beyond it, the longest-waiting connection that
+    # has not sent a whole request is closed to make room.
+    max_connections: int = Field(default=1000, ge=16)
 
 
 def _duration(value: object) -> object:
