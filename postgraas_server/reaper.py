@@ -23,6 +23,7 @@ from sqlalchemy import Row, delete, or_, select, update
 from .backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
 from .config import LifecycleSettings
 from .errors import PostgraasError
+from .heartbeats import Heartbeats
 from .metrics import REAPER_ACTIONS
 from .models import ALL_STATUSES, INSTANCES, InstanceStatus, Lease, db, move_status, utcnow
 
@@ -54,6 +55,7 @@ class Reaper:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._lease_seconds: float | None = None
+        self._heartbeats = Heartbeats(lambda: db.engine, every=max(0.5, lifecycle.heartbeat_timeout / 4))
 
     # -- the lease ---------------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class Reaper:
         self._fail_dead_creations(now, report)
         self._retry_deletes(now, listed, report)
         self._remove_stray_objects(now, listed, report)
-        self._mark_lost(listed, report)
+        self._mark_lost(listed, now, report)
         self._follow_ports(listed, report)
         self._forget_old_rows(now, report)
         self._trim_pools(report)
@@ -233,10 +235,14 @@ class Reaper:
                             f"left in backend {backend_name}",
                         )
 
-    def _mark_lost(self, listed: dict, report: PassReport) -> None:
+    def _mark_lost(self, listed: dict, listed_at: datetime, report: PassReport) -> None:
+        """``listed_at``: when the backends were listed, which was before this pass read the rows. A
+        row that changed since (made, or a pooled one claimed) may hold an object the listing missed,
+        or a name another instance held then: it is left to the next pass."""
         for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
             objects = listed.get(row.backend)
-            if objects is None or not row.container_id:
+            changed = row.status_changed_at or row.creation_timestamp
+            if objects is None or not row.container_id or changed >= listed_at:
                 continue
             holders = {o.instance_id for o in objects if o.ref == row.container_id}
             if row.id in holders:
@@ -252,7 +258,8 @@ class Reaper:
                 except PostgraasError:
                     continue
             detail = f"its {backend.type_name} object {row.container_id} vanished"
-            if self._claim(row, row.status, InstanceStatus.LOST, detail):
+            unchanged = or_(INSTANCES.c.status_changed_at.is_(None), INSTANCES.c.status_changed_at < listed_at)
+            if self._claim(row, row.status, InstanceStatus.LOST, detail, unchanged):
                 name = row.postgraas_instance_name
                 report.add(
                     "lost", row.backend, f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}"
@@ -343,9 +350,15 @@ class Reaper:
             return False
         self._keep_lease()
         try:
-            left = backend.delete(obj.ref, obj.credentials, instance_id=obj.instance_id, force=True)
+            # Beating, as a request's delete does: no other reaper takes the row over meanwhile.
+            with self._heartbeats.beating(obj.instance_id):
+                left = backend.delete(obj.ref, obj.credentials, instance_id=obj.instance_id, force=True)
         except PostgraasError as e:
             log.warning("reaper: could not remove %s from backend %s (%s): %s", obj.ref, backend_name, why, e.msg)
+            return False
+        except Exception:
+            # One object must not stop the pass for every other.
+            log.exception("reaper: removing %s from backend %s (%s) failed", obj.ref, backend_name, why)
             return False
         if left:
             log.warning("reaper: instance id %s in backend %s (%s): %s", obj.instance_id, backend_name, why, left)

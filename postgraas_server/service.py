@@ -640,9 +640,15 @@ class InstanceService:
         Over a limit the row is released (``release``), else the caller gives it back."""
         owner_limit = principal.max_instances if principal is not None else None
         if owner_limit is not None:
-            # What the owner asked to delete is no longer the owner's to count, even while its
-            # removal waits for the reaper; the backend's capacity still counts it below.
-            owned = self._count((DBInstance.owner == owner) & (DBInstance.status != InstanceStatus.DELETING))
+            # What the owner asked to delete is no longer the owner's to count while its removal
+            # waits for the reaper (on a lock nobody of the owner's holds), up to as many again as
+            # the limit: past that, deletes that do not finish count, so none can be a way around
+            # the limit. The backend's capacity counts them all, below.
+            deleting = DBInstance.status == InstanceStatus.DELETING
+            everything, being_deleted = db.session.execute(
+                select(func.count(), func.count().filter(deleting)).where(DBInstance.owner == owner)
+            ).one()
+            owned = everything - being_deleted + max(0, being_deleted - owner_limit)
             if owned > owner_limit:
                 if release:
                     self._release(instance_id)

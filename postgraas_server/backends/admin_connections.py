@@ -18,10 +18,14 @@ from psycopg.pq import TransactionStatus
 
 # What a database's owner may set on it (ALTER DATABASE ... SET) and that would otherwise reach the
 # admin's sessions there: become the owner's role, read-only transactions, a search_path with the
-# owner's functions ahead of pg_catalog's, a library that refuses every login. Options given at
-# connect outrank per-database settings.
+# owner's functions ahead of pg_catalog's, a library that refuses every login, an encoding the
+# driver has no codec for, backslashes as escapes. Options given at connect outrank per-database
+# settings.
 _PINNED = (
     "role=none",
+    "client_encoding=UTF8",
+    "standard_conforming_strings=on",
+    "DateStyle=ISO",
     "search_path=pg_catalog,pg_temp",
     "default_transaction_read_only=off",
     "local_preload_libraries=",

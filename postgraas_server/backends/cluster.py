@@ -14,6 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..config import ClusterBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InvalidRequest
 from .admin_connections import AdminConnections, guarded_conninfo
+from .admin_steps import end_tenant_sessions_in
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
 from .tenant_removal import drop_tenant
@@ -30,6 +31,16 @@ from .tenants import (
 
 # Databases every role may connect to by default, which no tenant needs (see close_shared_databases).
 SHARED_DATABASES = ("postgres", "template1")
+REVOKE_FROM_PUBLIC = "revoke connect, temporary on database {} from public"
+
+# Of a database: owned by a tenant; open to PUBLIC; anything of a tenant's role in it.
+_TEMPLATE_STATE = """
+select shobj_description(d.datdba, 'pg_authid') like %(marker)s,
+       has_database_privilege('public', d.oid, 'CONNECT'),
+       exists (select 1 from pg_shdepend s join pg_roles r on r.oid = s.refobjid
+               where s.dbid = d.oid and shobj_description(r.oid, 'pg_authid') like %(marker)s)
+from pg_database d where d.datname = %(name)s
+"""
 
 log = logging.getLogger(__name__)
 
@@ -153,23 +164,26 @@ class ClusterBackend:
 
     def _check_template(self, conn: psycopg.Connection, template: str) -> None:
         """Only what the cluster's admin designated: copying any other database (another tenant's,
-        flagged a template by its owner; template1, open to every role) hands its contents over."""
+        flagged a template by its owner; template1, open to every role) hands its contents over.
+        A designated one is closed to PUBLIC here, and refused while a tenant holds anything in it:
+        what a tenant planted there would be copied into every database made from it."""
         designated = ", ".join(self.settings.templates) or "none"
         if template not in self.settings.templates:
             raise InvalidRequest(
                 f"{template!r} is not a template of this backend (designated by the cluster's admin: {designated}).",
                 {"template": "is not one of this backend's templates"},
             )
-        row = conn.execute(
-            "select shobj_description(datdba, 'pg_authid') like %s from pg_database where datname = %s",
-            (ANY_MARKER, template),
-        ).fetchone()
-        if row is None or row[0]:
-            # Missing, or owned by a tenant (the admin named a database it does not hold).
-            log.warning("template %s is designated but %s", template, "missing" if row is None else "a tenant's")
+        row = conn.execute(_TEMPLATE_STATE, {"name": template, "marker": ANY_MARKER}).fetchone()
+        if row is not None and row[1] and not row[0]:
+            # Open to every role: close it, and end the tenants' sessions that got in meanwhile.
+            conn.execute(sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(template)))
+            end_tenant_sessions_in(conn, template)
+            row = conn.execute(_TEMPLATE_STATE, {"name": template, "marker": ANY_MARKER}).fetchone()
+        why = _unavailable(row)
+        if why is not None:
+            log.warning("template %s is designated but %s; refusing it", template, why)
             raise InvalidRequest(
-                f"The template {template!r} is not available in the cluster.",
-                {"template": "is not available"},
+                f"The template {template!r} is not available in the cluster.", {"template": "is not available"}
             )
 
     def _close_shared_databases(self, conn: psycopg.Connection) -> None:
@@ -181,18 +195,14 @@ class ClusterBackend:
         if not (row and row[0]):
             log.warning(
                 "the cluster's admin login is not a superuser: CONNECT on %s stays open to PUBLIC; "
-                "revoke it by hand (see docs/cluster.md)",
+                "revoke it by hand (see docs/tenants.md)",
                 ", ".join(SHARED_DATABASES),
             )
         else:
-            names = {*SHARED_DATABASES, conn.info.dbname}
-            present = [
-                r[0] for r in conn.execute("select datname from pg_database where datname = any(%s)", (list(names),))
-            ]
-            for name in sorted(present):
-                conn.execute(
-                    sql.SQL("revoke connect, temporary on database {} from public").format(sql.Identifier(name))
-                )
+            names = sorted({*SHARED_DATABASES, conn.info.dbname})
+            present = [r[0] for r in conn.execute("select datname from pg_database where datname = any(%s)", (names,))]
+            for name in present:
+                conn.execute(sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(name)))
             log.info("tenants cannot connect to %s (CONNECT revoked from PUBLIC)", ", ".join(present))
         self._shared_closed = True
 
@@ -234,3 +244,17 @@ class ClusterBackend:
                 raise BackendUnavailable(f"The connection to the PostgreSQL cluster failed: {str(e).strip()}") from e
             except psycopg.Error as e:
                 raise BackendError(f"The PostgreSQL cluster refused: {str(e).strip()}") from e
+
+
+def _unavailable(state: tuple[bool, bool, bool] | None) -> str | None:
+    """Why a designated template (its _TEMPLATE_STATE) may not be copied, or None."""
+    if state is None:
+        return "missing"
+    owned_by_tenant, open_to_public, holds_tenant_objects = state
+    if owned_by_tenant:
+        return "a tenant's database"
+    if open_to_public:
+        return "open to PUBLIC (the admin login cannot revoke that)"
+    if holds_tenant_objects:
+        return "holding objects or grants of a tenant's role"
+    return None

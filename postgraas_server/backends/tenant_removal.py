@@ -6,33 +6,28 @@ Two rules hold whatever other tenants do:
   (a comment no tenant can set), and a database that role owns. Names alone prove nothing: after
   an admin dropped an instance's objects, another instance may have taken the same names.
 - nothing another tenant did can stop the removal for good: grants to the role, default
-  privileges and policies naming it, in any database, are revoked by DROP OWNED there (found in
-  the shared catalog pg_shdepend, so databases the role could not even connect to are covered);
-  flags the owner may set on its database are undone first; a tenant session that holds a lock a
-  step needs is ended; any other wait ends at the session's lock_timeout with BackendTimeout,
-  and the caller (the reaper) tries again.
+  privileges and policies naming it, objects it made where another tenant let it (with what
+  others built on them), in any database, go by DROP OWNED ... CASCADE there (found in the shared
+  catalog pg_shdepend, so databases the role could not even connect to are covered); flags an
+  owner may set on a database are undone first; what a tenant holds in a step's way is ended
+  (admin_steps); any other wait ends at the session's lock_timeout with BackendTimeout, and the
+  caller (the reaper) tries again.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
 
-from ..errors import BackendError, BackendTimeout, Conflict, InUse
-from .tenants import ANY_MARKER, count_sessions, marked_instance
+from ..errors import BackendError, InUse
+from .admin_steps import Connect, rollback_prepared, run_step
+from .tenants import count_sessions, marked_instance
 
 log = logging.getLogger(__name__)
-
-# Gives another connection to the server: to the named database, or to the admin database (None).
-Connect = Callable[[str | None], AbstractContextManager[psycopg.Connection]]
-
-# A lock wait shorter than this is left alone; after it, a tenant session that blocks is ended.
-PATIENCE_S = 1.0
 
 
 def drop_tenant(
@@ -75,13 +70,13 @@ def drop_tenant(
     if role_oid is not None and force:
         # First, so that its login is gone even if a later step has to wait for the reaper. (A delete
         # that is not forced may still be refused for sessions, and the instance must then work on.)
-        _step(conn, nologin, connect)
-    _rollback_prepared(conn, db_name, role, connect)
+        run_step(conn, nologin, connect)
+    _rollback_prepared_of(conn, db_name, role, connect)
     if database is not None:
         _drop_database(conn, db_name, is_template=database[2], force=force, connect=connect)
     if role_oid is not None:
         if not force:
-            _step(conn, nologin, connect)
+            run_step(conn, nologin, connect)
         _end_sessions_of(conn, role)
         _drop_role(conn, role, role_oid, connect)
     if not left:
@@ -100,9 +95,13 @@ def _drop_database(conn: psycopg.Connection, db_name: str, *, is_template: bool,
     database = sql.Identifier(db_name)
     if is_template:
         # An owner may flag its database a template, which DROP DATABASE refuses.
-        _step(conn, sql.SQL("alter database {} is_template false").format(database), connect)
+        run_step(conn, sql.SQL("alter database {} is_template false").format(database), connect)
     drop = sql.SQL("drop database if exists {}").format(database)
-    _step(conn, drop + sql.SQL(" with (force)") if force else drop, connect)
+    if force:
+        run_step(conn, drop + sql.SQL(" with (force)"), connect)
+    else:
+        # Sessions opened between the count and the drop: the instance stays, as with any in use.
+        run_step(conn, drop, connect, in_use="conflict")
 
 
 def _end_sessions_of(conn: psycopg.Connection, role: str) -> None:
@@ -110,14 +109,14 @@ def _end_sessions_of(conn: psycopg.Connection, role: str) -> None:
     conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", (role,))
 
 
-def _rollback_prepared(conn: psycopg.Connection, db_name: str, role: str, connect: Connect) -> None:
+def _rollback_prepared_of(conn: psycopg.Connection, db_name: str, role: str, connect: Connect) -> None:
     """A prepared transaction keeps its database in use with no session left, and its owner alive."""
     prepared = conn.execute(
         "select gid, database from pg_prepared_xacts where database = %s or owner = %s", (db_name, role)
     ).fetchall()
     for gid, datname in prepared:
-        with _in_database(conn, datname, connect) as other:
-            _step(other, sql.SQL("rollback prepared {}").format(sql.Literal(gid)), connect)
+        with _in_database(conn, datname, connect):
+            rollback_prepared(gid, datname, connect)
 
 
 # How often DROP OWNED and DROP ROLE are tried when another tenant keeps granting the role something.
@@ -129,7 +128,7 @@ def _drop_role(conn: psycopg.Connection, role: str, role_oid: int, connect: Conn
     for attempt in range(1, DROP_ATTEMPTS + 1):
         _drop_everything_of(conn, role, role_oid, connect)
         try:
-            _step(conn, drop, connect)
+            run_step(conn, drop, connect)
             return
         except BackendError as e:
             # Another tenant granted the role something again meanwhile: revoke that too.
@@ -139,86 +138,42 @@ def _drop_role(conn: psycopg.Connection, role: str, role_oid: int, connect: Conn
 
 def _drop_everything_of(conn: psycopg.Connection, role: str, role_oid: int, connect: Connect) -> None:
     """DROP OWNED in every database where the role owns something or is named by a grant, a
-    default privilege or a policy; then once more here for what it holds on shared objects."""
+    default privilege or a policy; then once more here for what it holds on shared objects.
+    CASCADE: what another tenant built on the role's objects (a view on its table) goes with them,
+    or that tenant could keep the role alive for good."""
     databases = conn.execute(
         "select distinct d.datname from pg_shdepend s join pg_database d on d.oid = s.dbid"
         " where s.refclassid = 'pg_authid'::regclass and s.refobjid = %s",
         (role_oid,),
     ).fetchall()
-    statement = sql.SQL("drop owned by {}").format(sql.Identifier(role))
+    statement = sql.SQL("drop owned by {} cascade").format(sql.Identifier(role))
     for (datname,) in databases:
         with _in_database(conn, datname, connect) as other:
-            _step(other, statement, connect)
+            run_step(other, statement, connect)
     shared = conn.execute(
         "select 1 from pg_shdepend where dbid = 0 and refclassid = 'pg_authid'::regclass and refobjid = %s limit 1",
         (role_oid,),
     ).fetchone()
     if shared:
-        _step(conn, statement, connect)
+        run_step(conn, statement, connect)
 
 
 @contextmanager
 def _in_database(conn: psycopg.Connection, datname: str, connect: Connect) -> Iterator[psycopg.Connection]:
-    """A connection to ``datname``, even where its owner disallowed connections (undone after)."""
-    row = conn.execute("select datallowconn from pg_database where datname = %s", (datname,)).fetchone()
-    closed = row is not None and not row[0]
+    """A connection to ``datname``, even where its owner disallowed connections or limited them to
+    none (both undone for the while, then restored)."""
+    row = conn.execute("select datallowconn, datconnlimit from pg_database where datname = %s", (datname,)).fetchone()
+    closed, limit = (not row[0], row[1]) if row is not None else (False, -1)
     database = sql.Identifier(datname)
     if closed:
-        _step(conn, sql.SQL("alter database {} allow_connections true").format(database), connect)
+        run_step(conn, sql.SQL("alter database {} allow_connections true").format(database), connect)
+    if limit >= 0:
+        run_step(conn, sql.SQL("alter database {} connection limit -1").format(database), connect)
     try:
         with connect(datname) as other:
             yield other
     finally:
+        if limit >= 0:
+            run_step(conn, sql.SQL("alter database {} connection limit {}").format(database, limit), connect)
         if closed:
-            _step(conn, sql.SQL("alter database {} allow_connections false").format(database), connect)
-
-
-# Tenant sessions that block the given backend: another tenant's open transaction that granted
-# something to the role being removed, say. Only tenants' sessions: others are waited on.
-_END_TENANT_BLOCKERS = (
-    "select a.pid, a.usename, pg_terminate_backend(a.pid) from pg_stat_activity a"
-    " join pg_roles r on r.rolname = a.usename"
-    " where a.pid = any(pg_blocking_pids(%s)) and shobj_description(r.oid, 'pg_authid') like %s"
-)
-
-
-def _step(conn: psycopg.Connection, statement: sql.Composable, connect: Connect) -> None:
-    """Run one statement of the removal. A tenant session blocking it for PATIENCE_S is ended (from
-    a connection of its own); a wait on anybody else's ends at lock_timeout, as BackendTimeout."""
-    done = threading.Event()
-    watcher = threading.Thread(
-        target=_end_tenant_blockers, args=(conn.info.backend_pid, done, connect), daemon=True, name="blockers"
-    )
-    watcher.start()
-    try:
-        conn.execute(statement)
-    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as e:
-        raise BackendTimeout(
-            f"The cluster gave up a step of the removal: {e.diag.message_primary}, waiting on a session that is "
-            "not a tenant's. The removal is retried by the reaper."
-        ) from e
-    except psycopg.errors.ObjectInUse as e:
-        # Sessions opened between the count and the drop, in a delete that was not forced.
-        raise Conflict(
-            f'The cluster refused: {e.diag.message_primary}. Close the sessions or use "force": true.'
-        ) from e
-    except psycopg.Error as e:
-        raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
-    finally:
-        done.set()
-        watcher.join()
-
-
-def _end_tenant_blockers(pid: int, done: threading.Event, connect: Connect) -> None:
-    if done.wait(PATIENCE_S):
-        return
-    try:
-        with connect(None) as watcher:
-            while not done.is_set():
-                for blocker, role, _ in watcher.execute(_END_TENANT_BLOCKERS, (pid, ANY_MARKER)).fetchall():
-                    log.warning("ended session %s of tenant role %s: it held a lock a removal needed", blocker, role)
-                if done.wait(0.2):
-                    return
-    except Exception:
-        # The statement then waits until its lock_timeout, as it would without this watch.
-        log.warning("could not watch a removal's lock waits", exc_info=True)
+            run_step(conn, sql.SQL("alter database {} allow_connections false").format(database), connect)

@@ -265,9 +265,8 @@ def _run(conn: psycopg.Connection, statement: sql.Composable) -> None:
         # UniqueViolation: a concurrent request took the name between our check and our rename.
         raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
     except psycopg.errors.ObjectInUse as e:
-        raise Conflict(
-            f'The cluster refused: {e.diag.message_primary}. Close the sessions or use "force": true.'
-        ) from e
+        # A create whose template has a session in it: nothing was made; another try may succeed.
+        raise Conflict(f"The cluster refused: {e.diag.message_primary}. Try again later.") from e
     except psycopg.Error as e:
         raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
 

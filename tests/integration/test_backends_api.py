@@ -143,7 +143,7 @@ def test_template_only_where_supported(server):
     assert "template" in response.json()["errors"]
     response = server.post(body(backend="cluster", template="no_such_template"))
     assert response.status_code == 400
-    assert response.json()["errors"] == {"template": "is not a template database of the cluster"}
+    assert response.json()["errors"] == {"template": "is not one of this backend's templates"}
     assert server.get().json() == []
 
 

@@ -259,6 +259,8 @@ def test_postgres_accepts_the_verifier(pg_server, password):
     role = f"scram_{uuid.uuid4().hex[:8]}"
     with pg_server.admin() as admin:
         admin.execute(f"create role {role} login password '{scram_sha256_verifier(password)}'")
+        # The cluster backend closes "postgres" to PUBLIC in this server.
+        admin.execute(f"grant connect on database postgres to {role}")
     try:
         with psycopg.connect(
             host=pg_server.host, port=pg_server.port, user=role, password=password, dbname="postgres"
@@ -268,4 +270,5 @@ def test_postgres_accepts_the_verifier(pg_server, password):
             psycopg.connect(host=pg_server.host, port=pg_server.port, user=role, password="wrong", dbname="postgres")
     finally:
         with pg_server.admin() as admin:
+            admin.execute(f"revoke connect on database postgres from {role}")
             admin.execute(f"drop role {role}")

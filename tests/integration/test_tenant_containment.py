@@ -78,6 +78,12 @@ PLANTS: dict[str, Callable[[psycopg.Connection, str, str], None]] = {
     "admin steered to the owner's functions": lambda a, b, db: a.execute(
         f"grant select on loot to {b}; alter database {db} set search_path = side, pg_catalog"
     ),
+    "admin steered to an encoding without a codec": lambda a, b, db: a.execute(
+        f"grant select on loot to {b}; alter database {db} set client_encoding = 'EUC_TW'"
+    ),
+    "database limited to no connections": lambda a, b, db: a.execute(
+        f"grant select on loot to {b}; alter database {db} connection limit 0"
+    ),
     "admin logins refused": lambda a, b, db: a.execute(
         f"grant select on loot to {b}; alter database {db} set local_preload_libraries = 'no_such_library'"
     ),
@@ -118,9 +124,16 @@ def test_a_dependency_another_tenant_plants_cannot_block_my_delete(tenants, pg_s
     assert delete(tenants, victim, force=force) is None
     assert gone(pg_server, victim)
     # The attacker's database is as it was, apart from what named the victim.
-    if kind != "admin logins refused":
-        with tenant_session(attacker) as a:
-            assert a.execute("select v from public.loot").fetchone() == (7,)
+    # Read as the admin, past what the attacker set on its database for whoever connects.
+    with psycopg.connect(
+        host=pg_server.host,
+        port=pg_server.port,
+        user=pg_server.username,
+        password=pg_server.password,
+        dbname=attacker.spec.db_name,
+        options="-c local_preload_libraries= -c client_encoding=UTF8 -c role=none",
+    ) as admin:
+        assert admin.execute("select v from public.loot").fetchone() == (7,)
     assert delete(tenants, attacker, force=True) is None
     assert gone(pg_server, attacker)
 
@@ -299,20 +312,24 @@ def test_a_role_postgraas_never_made_is_never_dropped(tenants, pg_server):
             admin.execute(f"drop role {made.spec.db_username}")
 
 
-def test_a_tenant_race_regranting_during_my_delete_is_revoked_too(tenants, pg_server):
+def test_a_tenant_granting_to_my_role_in_a_loop_cannot_stall_my_delete(tenants, pg_server):
+    """A GRANT in a tight loop (reconnecting when ended) makes DROP OWNED fail with "tuple
+    concurrently updated", no lock wait in sight."""
     attacker, victim = tenants(), tenants()
     with tenant_session(attacker) as a:
         a.execute("create table loot (v int)")
     stop = threading.Event()
 
     def regrant() -> None:
-        with tenant_session(attacker) as a:
-            while not stop.is_set():
-                try:
-                    a.execute(f"grant select on loot to {victim.spec.db_username}")
-                except psycopg.Error:
-                    return  # the role is gone
-                time.sleep(0.02)
+        while not stop.is_set():
+            try:
+                with tenant_session(attacker) as a:
+                    while not stop.is_set():
+                        a.execute(f"grant select on loot to {victim.spec.db_username}")
+            except psycopg.errors.UndefinedObject:
+                return  # the role is gone
+            except psycopg.Error:
+                continue  # ended: in again at once
 
     thread = threading.Thread(target=regrant)
     thread.start()
@@ -323,3 +340,67 @@ def test_a_tenant_race_regranting_during_my_delete_is_revoked_too(tenants, pg_se
         stop.set()
         thread.join()
     assert gone(pg_server, victim)
+
+
+def test_what_another_tenant_built_on_my_objects_cannot_keep_my_role(tenants, pg_server):
+    attacker, victim = tenants(), tenants()
+    with pg_server.admin() as admin:
+        # The attacker lets the victim in (as its owner may): CONNECT and CREATE in its schema.
+        admin.execute(f"set role {attacker.spec.db_username}")
+        admin.execute(f"grant connect on database {attacker.spec.db_name} to {victim.spec.db_username}")
+    with tenant_session(attacker) as a:
+        a.execute(f"grant create, usage on schema public to {victim.spec.db_username}")
+    with tenant_session(victim, dbname=attacker.spec.db_name) as b:
+        b.execute("create table public.bait (v int)")
+        b.execute(f"grant select on public.bait to {attacker.spec.db_username}")
+    with tenant_session(attacker) as a:
+        a.execute("create view keep_alive as select * from public.bait")
+    assert delete(tenants, victim, force=True) is None
+    assert gone(pg_server, victim)
+    with tenant_session(attacker) as a:
+        # What it built on the victim's table went with the table.
+        assert a.execute("select count(*) from pg_views where viewname = 'keep_alive'").fetchone() == (0,)
+
+
+def test_another_tenants_prepared_transaction_cannot_stall_my_delete(tenants, pg_server):
+    attacker, victim = tenants(), tenants()
+    with tenant_session(attacker) as a:
+        a.execute("create table loot (v int)")
+        a.execute(f"grant select on loot to {victim.spec.db_username}")
+    with attacker.connect() as a:
+        a.execute(f"grant insert on loot to {victim.spec.db_username}")
+        a.execute("prepare transaction 'in_the_way'")
+    started = time.monotonic()
+    assert delete(tenants, victim, force=True) is None
+    assert time.monotonic() - started < 4
+    assert gone(pg_server, victim)
+    with pg_server.admin() as admin:
+        assert admin.execute("select count(*) from pg_prepared_xacts where gid = 'in_the_way'").fetchone() == (0,)
+
+
+def test_a_designated_template_is_closed_to_tenants_and_refused_while_one_holds_anything_in_it(
+    request, pg_server, tenants
+):
+    template = f"tmpl_{uuid.uuid4().hex[:8]}"
+    with pg_server.admin() as admin:
+        admin.execute(f"create database {template}")  # CONNECT for PUBLIC, as CREATE DATABASE leaves it
+    tenant = tenants()
+    copier = Creator(make_backend("cluster", request, templates=[template]))
+    try:
+        with tenant_session(tenant, dbname=template) as planter:
+            planter.execute("select lo_from_bytea(0, 'planted')")
+        with pytest.raises(PostgraasError) as refused:
+            copier(template=template)
+        assert refused.value.code == 400 and refused.value.errors == {"template": "is not available"}
+        # Closed on the way: no tenant gets in any more.
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            tenant_session(tenant, dbname=template)
+        with pg_server.admin(template) as admin:
+            admin.execute("select lo_unlink(oid) from pg_largeobject_metadata")
+        made = copier(template=template)
+        with tenant_session(made) as conn:
+            assert conn.execute("select count(*) from pg_largeobject_metadata").fetchone() == (0,)
+    finally:
+        copier.cleanup()
+        with pg_server.admin() as admin:
+            admin.execute(f"drop database {template} with (force)")

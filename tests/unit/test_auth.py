@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from postgraas_server.cli import main
-from postgraas_server.errors import BackendUnavailable
+from postgraas_server.errors import BackendTimeout, BackendUnavailable
 from postgraas_server.tokens import issue_token, revoke_token
 
 from ..conftest import make_app
@@ -157,3 +157,22 @@ def test_ready_tells_why_only_to_an_admin_token(client, tokens, fake_backend):
     response = client.get("/ready", headers=bearer(tokens["root"]))
     assert response.status_code == 503
     assert response.get_json()["checks"] == {"metadb": "ok", "fake": why}
+
+
+def test_deletes_the_reaper_must_finish_count_only_beyond_the_limit(client, tokens, fake_backend):
+    """alice may hold 2: what she asked to delete does not count while it waits for the reaper, up
+    to 2 more; beyond, it does, so deletes that never finish are no way around the limit."""
+    headers = bearer(tokens["alice"])
+    fake_backend.fail_delete = BackendTimeout("waiting on a lock")
+    for n in range(4):
+        made = client.post(
+            "/postgraas_instances", json={**BODY, "postgraas_instance_name": f"a{n}", "ttl": 60}, headers=headers
+        )
+        assert made.status_code == 201, made.get_json()
+        stuck = client.delete(f"/postgraas_instances/{made.get_json()['postgraas_instance_id']}", headers=headers)
+        assert stuck.status_code == 504
+    # Four deleting: two beyond the limit count, so alice is at hers.
+    refused = client.post(
+        "/postgraas_instances", json={**BODY, "postgraas_instance_name": "a9", "ttl": 60}, headers=headers
+    )
+    assert refused.status_code == 429

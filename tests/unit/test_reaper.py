@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import update
 
-from postgraas_server.backends import DatabaseSpec
+from postgraas_server.backends import Credentials, DatabaseSpec, ManagedObject
 from postgraas_server.errors import BackendUnavailable
 from postgraas_server.models import DBInstance, db
 from postgraas_server.reaper import Reaper
@@ -228,3 +228,36 @@ def test_an_object_whose_name_another_instance_took_makes_the_row_lost_and_is_ne
     ]
     assert client.delete(f"/postgraas_instances/{instance_id}", json={"db_pwd": BODY["db_pwd"]}).status_code == 200
     assert fake_backend.objects[ref].instance_id == 777 and fake_backend.deleted == []
+
+
+def test_a_row_made_ready_after_the_listing_is_not_judged_by_it(app, client, reaper, fake_backend, monkeypatch):
+    """The listing is taken first: an instance made meanwhile, with a name another instance held
+    at the listing, is alive, not lost (else the reaper would drop it after lost_retention)."""
+    body = create(client).get_json()
+    ref, instance_id = body["container_id"], body["postgraas_instance_id"]
+
+    def listing_from_before_it_was_made():
+        set_row(instance_id, status_changed_at=datetime.now(UTC))  # became ready during the listing
+        return [ManagedObject(ref, instance_id + 1, datetime.now(UTC), Credentials("app", "someone", ""))]
+
+    monkeypatch.setattr(fake_backend, "list_objects", listing_from_before_it_was_made)
+    assert reaper.run_pass().actions == []
+    assert rows(app)[0].status == "ready"
+
+
+def test_an_unexpected_error_removing_one_object_does_not_stop_the_pass(app, client, reaper, fake_backend):
+    broken = create(client, ttl=60).get_json()
+    other = create(client, postgraas_instance_name="other", ttl=60).get_json()
+    for body in (broken, other):
+        set_row(body["postgraas_instance_id"], expires_at=LONG_AGO)
+    real_delete = fake_backend.delete
+
+    def delete(ref, credentials, **kwargs):
+        if ref == broken["container_id"]:
+            raise UnicodeEncodeError("latin-1", "p€", 1, 2, "cannot encode")
+        return real_delete(ref, credentials, **kwargs)
+
+    fake_backend.delete = delete
+    report = reaper.run_pass()
+    assert report.actions == [f"deleted expired instance other (id {other['postgraas_instance_id']}) in backend fake"]
+    assert [(r.id, r.status) for r in rows(app)] == [(broken["postgraas_instance_id"], "deleting")]
