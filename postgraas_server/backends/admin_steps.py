@@ -4,8 +4,9 @@
   to the role being removed, say) is ended, from a connection of its own; a tenant's prepared
   transaction that blocks it is rolled back.
 - A tenant that keeps changing the same catalog rows (GRANT in a loop) makes the statement fail with
-  "tuple concurrently updated" without any lock wait to see: the tenants' sessions in that database
-  are ended and the statement tried again.
+  "tuple concurrently updated" without any lock wait to see: tenants are kept out of that database
+  (its connection limit 0 for the while, where a tenant owns it) and their sessions there ended,
+  and the statement is tried again.
 - Anybody else (the cluster's admin, another application) is waited on until the session's
   lock_timeout: BackendTimeout, and the caller (the reaper) tries again later.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -31,8 +31,8 @@ Connect = Callable[[str | None], AbstractContextManager[psycopg.Connection]]
 
 # A lock wait shorter than this is left alone; after it, what a tenant holds in the way goes.
 PATIENCE_S = 1.0
-# Tries of a statement that a tenant's concurrent catalog updates keep failing.
-CONCURRENT_UPDATE_ATTEMPTS = 5
+# Tries of a statement that a tenant's concurrent catalog updates failed, with tenants kept out.
+CONCURRENT_UPDATE_ATTEMPTS = 3
 
 _TENANT = "shobj_description(r.oid, 'pg_authid') like %(marker)s"
 
@@ -59,6 +59,12 @@ where {_TENANT} and (
         where w.pid = %(pid)s and not w.granted))
 """
 
+# The connection limit of a database a tenant owns (none for any other database).
+_TENANT_DATABASE_LIMIT = (
+    "select d.datconnlimit from pg_database d join pg_roles r on r.oid = d.datdba"
+    f" where d.datname = %(datname)s and {_TENANT}"
+)
+
 _END_TENANT_SESSIONS_IN = (
     "select pg_terminate_backend(a.pid) from pg_stat_activity a join pg_roles r on r.rolname = a.usename"
     f" where a.datname = %(datname)s and a.pid <> pg_backend_pid() and {_TENANT}"
@@ -69,32 +75,60 @@ def run_step(conn: psycopg.Connection, statement: sql.Composable, connect: Conne
     """Run ``statement`` on the autocommit ``conn``. ``in_use="conflict"``: sessions in a database
     being dropped are the caller's 409 (a delete that was not forced), else a BackendError.
     Raises BackendTimeout (a wait on a session that is not a tenant's gave up) or BackendError."""
-    for attempt in range(1, CONCURRENT_UPDATE_ATTEMPTS + 1):
+    try:
         try:
             _watched(conn, statement, connect)
-            return
         except psycopg.errors.InternalError_ as e:
-            if "concurrently" not in (e.diag.message_primary or "") or attempt == CONCURRENT_UPDATE_ATTEMPTS:
-                raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
-            ended = _end_tenant_sessions_in(conn.info.dbname, connect)
-            log.warning("a tenant changed what a removal step changes (%d session(s) ended); trying again", ended)
-            time.sleep(0.05 * attempt)
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as e:
-            raise BackendTimeout(
-                f"The cluster gave up a step of the removal: {e.diag.message_primary}, waiting on a session that "
-                "is not a tenant's. The removal is retried by the reaper."
+            if not _concurrently_updated(e):
+                raise
+            _retry_with_tenants_kept_out(conn, statement, connect)
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as e:
+        raise BackendTimeout(
+            f"The cluster gave up a step of the removal: {e.diag.message_primary}, waiting on a session that "
+            "is not a tenant's. The removal is retried by the reaper."
+        ) from e
+    except psycopg.errors.ObjectInUse as e:
+        if in_use == "conflict":
+            raise Conflict(
+                f'The cluster refused: {e.diag.message_primary}. Close the sessions or use "force": true.'
             ) from e
-        except psycopg.errors.ObjectInUse as e:
-            if in_use == "conflict":
-                raise Conflict(
-                    f'The cluster refused: {e.diag.message_primary}. Close the sessions or use "force": true.'
-                ) from e
-            raise BackendError(f"The cluster refused: {e.diag.message_primary}.") from e
-        except psycopg.Error as e:
-            raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
-        except Exception as e:
-            # Whatever else (a name the client encoding cannot carry): the caller's error, never a crash.
-            raise BackendError(f"A removal step failed: {type(e).__name__}: {e}.") from e
+        raise BackendError(f"The cluster refused: {e.diag.message_primary}.") from e
+    except psycopg.Error as e:
+        raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
+    except Exception as e:
+        # Whatever else (a name the client encoding cannot carry): the caller's error, never a crash.
+        raise BackendError(f"A removal step failed: {type(e).__name__}: {e}.") from e
+
+
+def _concurrently_updated(e: psycopg.Error) -> bool:
+    return "concurrently" in (e.diag.message_primary or "")
+
+
+def _retry_with_tenants_kept_out(conn: psycopg.Connection, statement: sql.Composable, connect: Connect) -> None:
+    """A tenant keeps changing what ``statement`` changes: keep tenants out of the database (no new
+    connection to a tenant's database, theirs ended) while it is tried again, then let them back."""
+    datname = conn.info.dbname
+    with connect(None) as admin:
+        row = admin.execute(_TENANT_DATABASE_LIMIT, {"datname": datname, "marker": ANY_MARKER}).fetchone()
+        limit = row[0] if row is not None else None
+        database = sql.Identifier(datname)
+        try:
+            if limit is not None:
+                # Checked at connect only: the sessions of ours in it stay; superusers are exempt anyway.
+                admin.execute(sql.SQL("alter database {} connection limit 0").format(database))
+            ended = end_tenant_sessions_in(admin, datname)
+            log.warning("a tenant kept changing what a removal step changes in %s; ended %d session(s)", datname, ended)
+            for attempt in range(1, CONCURRENT_UPDATE_ATTEMPTS + 1):
+                try:
+                    _watched(conn, statement, connect)
+                    return
+                except psycopg.errors.InternalError_ as e:
+                    if not _concurrently_updated(e) or attempt == CONCURRENT_UPDATE_ATTEMPTS:
+                        raise
+                    end_tenant_sessions_in(admin, datname)
+        finally:
+            if limit is not None:
+                admin.execute(sql.SQL("alter database {} connection limit {}").format(database, limit))
 
 
 def _watched(conn: psycopg.Connection, statement: sql.Composable, connect: Connect) -> None:
@@ -141,8 +175,3 @@ def rollback_prepared(gid: str, datname: str, connect: Connect) -> None:
 def end_tenant_sessions_in(admin: psycopg.Connection, datname: str) -> int:
     """End every tenant session in ``datname``; how many there were."""
     return len(admin.execute(_END_TENANT_SESSIONS_IN, {"datname": datname, "marker": ANY_MARKER}).fetchall())
-
-
-def _end_tenant_sessions_in(datname: str, connect: Connect) -> int:
-    with connect(None) as admin:
-        return end_tenant_sessions_in(admin, datname)

@@ -122,15 +122,46 @@ def as_postgres_user(argv: list) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer]:
-    """A throwaway PostgreSQL server (the cluster backend's "existing cluster"), with a superuser."""
+def require_local_postgres(component: str = "PostgreSQL server binaries") -> Path:
+    """The PostgreSQL binaries' directory, and (as root) the postgres OS user to run them as."""
     try:
         bin_dir = find_bin_dir(None)
         if os.geteuid() == 0:
             pwd.getpwnam("postgres")
     except (BackendUnavailable, KeyError) as e:
-        require("PostgreSQL server", str(e))
+        require(component, str(e))
+    return bin_dir
+
+
+class AdminHeldLock:
+    """The cluster's own admin (no tenant, so never ended by Postgraas) in an open transaction that
+    changed a grant to ``role``: removing the role waits on it until ``release``."""
+
+    def __init__(self, server: PostgresServer, role: str) -> None:
+        self.server = server
+        self.table = f"public.held_{uuid.uuid4().hex[:8]}"
+        with server.admin() as admin:
+            admin.execute(f"create table {self.table} (v int)")
+            admin.execute(f"grant select on {self.table} to {role}")
+        self.holder = server.admin()
+        self.holder.autocommit = False
+        self.holder.execute(f"grant insert on {self.table} to {role}")
+
+    def release(self) -> None:
+        if not self.holder.closed:
+            self.holder.rollback()
+            self.holder.close()
+
+    def drop(self) -> None:
+        self.release()
+        with self.server.admin() as admin:
+            admin.execute(f"drop table if exists {self.table}")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server (the cluster backend's "existing cluster"), with a superuser."""
+    bin_dir = require_local_postgres("PostgreSQL server")
     home = Path(f"/tmp/postgraas-test-pg-{RUN_ID}")
     home.mkdir(mode=0o700)
     if os.geteuid() == 0:

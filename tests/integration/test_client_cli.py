@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -22,10 +21,9 @@ import pytest
 import requests
 
 from postgraas_server.backends.local import find_bin_dir
-from postgraas_server.errors import BackendUnavailable
 
 from ..conftest import require
-from .conftest import Server, stop_server
+from .conftest import Server, require_local_postgres, stop_server
 from .test_backend_contract import backend_config
 from .test_backends_api import start
 
@@ -36,12 +34,7 @@ ENV_LINE = re.compile(r"[A-Z_]+=\S+")
 def start_local_server(request: pytest.FixtureRequest, tmp_path: Path, local: dict | None = None, **kwargs) -> Server:
     """A server with only the local backend (``local``: settings of it to override); a default
     ttl so that nothing a failed test left outlives it."""
-    try:
-        find_bin_dir(None)
-        if os.geteuid() == 0:
-            pwd.getpwnam("postgres")
-    except (BackendUnavailable, KeyError) as e:
-        require("PostgreSQL server binaries", str(e))
+    require_local_postgres()
     if not POSTGRAAS.exists():
         require("postgraas console script", f"{POSTGRAAS} is missing (pip install -e .)")
     backends = {"local": backend_config("local", request, **(local or {}))}

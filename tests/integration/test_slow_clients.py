@@ -3,8 +3,6 @@ a create still works, and the server itself closes the slow connections at reque
 
 from __future__ import annotations
 
-import os
-import pwd
 import threading
 import time
 
@@ -13,11 +11,8 @@ import pytest
 import requests
 
 from benchmarks.slow_clients import Siege
-from postgraas_server.backends.local import find_bin_dir
-from postgraas_server.errors import BackendUnavailable
 
-from ..conftest import require
-from .conftest import stop_server
+from .conftest import require_local_postgres, stop_server
 from .test_backend_contract import backend_config
 from .test_backends_api import body, start
 
@@ -30,12 +25,7 @@ MEASURE_SECONDS = 12.0
 
 @pytest.fixture
 def server(request, tmp_path):
-    try:
-        find_bin_dir(None)
-        if os.geteuid() == 0:
-            pwd.getpwnam("postgres")
-    except (BackendUnavailable, KeyError) as e:
-        require("PostgreSQL server binaries", str(e))
+    require_local_postgres()
     server = start(
         tmp_path,
         {"local": backend_config("local", request)},

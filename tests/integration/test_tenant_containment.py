@@ -15,6 +15,7 @@ import pytest
 from postgraas_server.backends import DatabaseSpec
 from postgraas_server.errors import BackendTimeout, PostgraasError
 
+from .conftest import AdminHeldLock
 from .test_backend_contract import Creator, Made, make_backend
 
 
@@ -215,13 +216,7 @@ def test_a_tenant_holding_a_lock_my_delete_needs_is_ended_not_waited_on(tenants,
 @pytest.mark.parametrize("force", [True, False], ids=["force", "no-force"])
 def test_a_lock_held_by_someone_not_a_tenant_times_out_and_a_retry_finishes(tenants, pg_server, force):
     victim = tenants()
-    with pg_server.admin() as admin:
-        admin.execute("create table if not exists public.admin_things (v int)")
-        admin.execute(f"grant select on public.admin_things to {victim.spec.db_username}")
-    # The cluster's own admin (no tenant) holds the row the revoke must update: never ended by us.
-    holder = pg_server.admin()
-    holder.autocommit = False
-    holder.execute(f"grant insert on public.admin_things to {victim.spec.db_username}")
+    lock = AdminHeldLock(pg_server, victim.spec.db_username)
     try:
         started = time.monotonic()
         with pytest.raises(BackendTimeout, match="retried by the reaper"):
@@ -230,13 +225,11 @@ def test_a_lock_held_by_someone_not_a_tenant_times_out_and_a_retry_finishes(tena
         # Whatever went already stays gone; its login is gone with the first step.
         with pytest.raises(psycopg.OperationalError):
             victim.connect()
+        lock.release()
+        assert delete(tenants, victim, force=True) is None
+        assert gone(pg_server, victim)
     finally:
-        holder.rollback()
-        holder.close()
-    assert delete(tenants, victim, force=True) is None
-    assert gone(pg_server, victim)
-    with pg_server.admin() as admin:
-        admin.execute("drop table public.admin_things")
+        lock.drop()
 
 
 def test_a_prepared_transaction_does_not_keep_a_database_alive(tenants, pg_server):

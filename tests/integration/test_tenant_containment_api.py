@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import requests
 
-from .conftest import RUN_ID, RUN_LABEL, Server, stop_server
+from .conftest import RUN_ID, RUN_LABEL, AdminHeldLock, Server, stop_server
 from .test_backend_contract import BACKENDS, backend_config
 from .test_backends_api import body, start
 
@@ -92,13 +92,7 @@ def test_a_delete_stuck_on_a_lock_answers_at_once_and_the_reaper_finishes_it(sha
     bob = Owner(shared, make_token(shared, f"bob-{tag}", "--max-instances", "1"))
     request = body("bob")
     mine = bob.post(request).json()
-    role = request["db_username"]
-    with pg_server.admin() as admin:
-        admin.execute(f"create table public.held_{tag} (v int)")
-        admin.execute(f"grant select on public.held_{tag} to {role}")
-    holder = pg_server.admin()  # the cluster's admin, no tenant: waited on, never ended
-    holder.autocommit = False
-    holder.execute(f"grant insert on public.held_{tag} to {role}")
+    lock = AdminHeldLock(pg_server, request["db_username"])
     try:
         started = time.monotonic()
         answer = bob.delete(mine["postgraas_instance_id"], force=True)
@@ -109,42 +103,36 @@ def test_a_delete_stuck_on_a_lock_answers_at_once_and_the_reaper_finishes_it(sha
         again = bob.post(body("bob"))
         assert again.status_code == 201, again.text
         assert bob.delete(again.json()["postgraas_instance_id"]).status_code == 200
+        lock.release()
+        deadline = time.monotonic() + 30
+        while bob.get(mine["postgraas_instance_id"]).status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert bob.get(mine["postgraas_instance_id"]).status_code == 404
+        assert request["db_username"] not in pg_server.roles()
     finally:
-        holder.rollback()
-        holder.close()
-    deadline = time.monotonic() + 30
-    while bob.get(mine["postgraas_instance_id"]).status_code != 404 and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert bob.get(mine["postgraas_instance_id"]).status_code == 404
-    assert role not in pg_server.roles()
-    with pg_server.admin() as admin:
-        admin.execute(f"drop table public.held_{tag}")
+        lock.drop()
 
 
 def test_the_reaper_does_not_retry_a_delete_its_request_is_still_at(shared, pg_server):
-    """The request's delete waits (a lock, 3 s) past heartbeat_timeout (1 s) while the reaper
-    passes every 0.5 s: it beats, so the reaper leaves it to its request."""
+    """The request's delete waits on a lock past heartbeat_timeout (1 s) while the reaper passes
+    every 0.5 s: it beats, so the reaper leaves it to its request."""
     tag = uuid.uuid4().hex[:6]
     owner = Owner(shared, make_token(shared, f"carol-{tag}"))
     request = body("carol")
     mine = owner.post(request).json()
-    role = request["db_username"]
-    with pg_server.admin() as admin:
-        admin.execute(f"create table public.slow_{tag} (v int)")
-        admin.execute(f"grant select on public.slow_{tag} to {role}")
-    holder = pg_server.admin()
-    holder.autocommit = False
-    holder.execute(f"grant insert on public.slow_{tag} to {role}")
+    lock = AdminHeldLock(pg_server, request["db_username"])
     # Released within lock_timeout (2 s) of the first wait, after heartbeat_timeout has passed.
-    releaser = threading.Timer(1.6, lambda: (holder.rollback(), holder.close()))
+    releaser = threading.Timer(1.6, lock.release)
     releaser.start()
-    answer = owner.delete(mine["postgraas_instance_id"], force=True)
-    releaser.join()
-    assert answer.status_code == 200, answer.text
-    assert role not in pg_server.roles()
-    assert f"finished deleting instance {request['postgraas_instance_name']}" not in shared.log()
-    with pg_server.admin() as admin:
-        admin.execute(f"drop table public.slow_{tag}")
+    try:
+        answer = owner.delete(mine["postgraas_instance_id"], force=True)
+        releaser.join()
+        assert answer.status_code == 200, answer.text
+        assert request["db_username"] not in pg_server.roles()
+        assert f"finished deleting instance {request['postgraas_instance_name']}" not in shared.log()
+    finally:
+        releaser.join()
+        lock.drop()
 
 
 def test_a_lost_instance_past_its_retention_leaves_whoever_took_its_names(shared, pg_server):
