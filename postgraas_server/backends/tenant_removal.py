@@ -71,7 +71,9 @@ def drop_tenant(
         # First, so that its login is gone even if a later step has to wait for the reaper. (A delete
         # that is not forced may still be refused for sessions, and the instance must then work on.)
         run_step(conn, nologin, connect)
-    _rollback_prepared_of(conn, db_name, role, connect)
+    _rollback_prepared_of(
+        conn, db_name if database is not None else None, role if role_oid is not None else None, connect
+    )
     if database is not None:
         _drop_database(conn, db_name, is_template=database[2], force=force, connect=connect)
     if role_oid is not None:
@@ -109,8 +111,11 @@ def _end_sessions_of(conn: psycopg.Connection, role: str) -> None:
     conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", (role,))
 
 
-def _rollback_prepared_of(conn: psycopg.Connection, db_name: str, role: str, connect: Connect) -> None:
-    """A prepared transaction keeps its database in use with no session left, and its owner alive."""
+def _rollback_prepared_of(conn: psycopg.Connection, db_name: str | None, role: str | None, connect: Connect) -> None:
+    """A prepared transaction keeps its database in use with no session left, and its owner alive.
+    Only those in this instance's database or of its role (None: not this instance's)."""
+    if db_name is None and role is None:
+        return
     prepared = conn.execute(
         "select gid, database from pg_prepared_xacts where database = %s or owner = %s", (db_name, role)
     ).fetchall()

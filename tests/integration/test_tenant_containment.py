@@ -252,10 +252,17 @@ def test_deleting_a_lost_instance_leaves_whoever_took_its_names(tenants, pg_serv
     taker = tenants(db_name=lost.spec.db_name, db_username=lost.spec.db_username)
     with tenant_session(taker) as conn:
         conn.execute("create table mine (v int)")
+    with taker.connect() as conn:
+        conn.execute("insert into mine values (1)")
+        conn.execute("prepare transaction 'takers_own'")
     left = delete(tenants, lost, force=True)
     assert left is not None and "no longer this instance's" in left
+    with pg_server.admin(taker.spec.db_name) as admin:
+        # Nothing of the taker's was touched, its prepared transaction included.
+        assert admin.execute("select count(*) from pg_prepared_xacts where gid = 'takers_own'").fetchone() == (1,)
+        admin.execute("commit prepared 'takers_own'")
     with tenant_session(taker) as conn:
-        assert conn.execute("select count(*) from mine").fetchone() == (0,)
+        assert conn.execute("select count(*) from mine").fetchone() == (1,)
     assert delete(tenants, taker, force=True) is None
     assert gone(pg_server, taker)
 
