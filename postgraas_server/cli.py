@@ -133,7 +133,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
             if state.backends.pools:
                 PoolKeeper(state.service).start(app)
             if settings.lifecycle.reaper_interval > 0:
-                Reaper(state.backends, settings.lifecycle).start(app)
+                Reaper(state.backends, settings.lifecycle, state.service.heartbeats).start(app)
             return app
 
     Server().run()
@@ -148,7 +148,7 @@ def reap(settings: Settings, once: bool) -> None:
 
     app = _app(settings)
     state = app.extensions["postgraas"]
-    reaper = Reaper(state.backends, settings.lifecycle)
+    reaper = Reaper(state.backends, settings.lifecycle, state.service.heartbeats)
     with app.app_context():
         if not once:
             if settings.lifecycle.reaper_interval <= 0:

@@ -49,13 +49,17 @@ class LeaseLost(Exception):
 
 
 class Reaper:
-    def __init__(self, backends: BackendRegistry, lifecycle: LifecycleSettings) -> None:
+    def __init__(
+        self, backends: BackendRegistry, lifecycle: LifecycleSettings, heartbeats: Heartbeats | None = None
+    ) -> None:
         self.backends = backends
         self.lifecycle = lifecycle
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._lease_seconds: float | None = None
-        self._heartbeats = Heartbeats(lambda: db.engine, every=max(0.5, lifecycle.heartbeat_timeout / 4))
+        # The process's own (InstanceService.heartbeats), so that one thread beats for all; a reaper
+        # run alone (reap --once, tests) beats with its own.
+        self._heartbeats = heartbeats or Heartbeats(lambda: db.engine, every=max(0.5, lifecycle.heartbeat_timeout / 4))
 
     # -- the lease ---------------------------------------------------------------------------
 

@@ -136,7 +136,7 @@ class InstanceService:
         self.pool_keeper: Any = None
         self._beat_engine: Engine | None = None
         self._engine_lock = threading.Lock()
-        self._heartbeats = Heartbeats(self._heartbeat_engine, every=max(0.5, lifecycle.heartbeat_timeout / 4))
+        self.heartbeats = Heartbeats(self._heartbeat_engine, every=max(0.5, lifecycle.heartbeat_timeout / 4))
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -283,7 +283,7 @@ class InstanceService:
         then mark the row ready and return it as it is now; a row cancelled meanwhile gets its
         object removed (and the row with it) instead."""
         started = time.monotonic()
-        with self._heartbeats.beating(spec.instance_id):
+        with self.heartbeats.beating(spec.instance_id):
             if pooled is not None and ref is not None:
                 provisioned = backend.claim(ref, pooled, spec)
             else:
@@ -554,7 +554,7 @@ class InstanceService:
             if row.container_id:
                 credentials = Credentials(row.db_name, row.username, request.db_pwd or "")
                 # Beating: the reaper retries a delete only once its request stopped working on it.
-                with self._heartbeats.beating(instance_id):
+                with self.heartbeats.beating(instance_id):
                     left = backend.delete(row.container_id, credentials, instance_id=instance_id, force=request.force)
         except Conflict:
             # In use: the instance stays as it was.

@@ -66,10 +66,10 @@ def _authenticate() -> None:
     g.principal = None
     if current_app.extensions["postgraas"].settings.auth.mode != "token" or request.endpoint in PUBLIC_ENDPOINTS:
         return
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    presented = _bearer_token()
+    if presented is None:
         raise Unauthenticated("This server needs a token: send Authorization: Bearer <token>.")
-    principal = authenticate(presented.strip())
+    principal = authenticate(presented)
     if principal is None:
         raise Unauthenticated("The token is not valid (unknown, malformed or revoked).")
     g.principal = principal
@@ -79,9 +79,14 @@ def _admin_token_sent() -> bool:
     """An endpoint open to all may tell an admin more: a valid admin token (auth.mode token) was sent."""
     if current_app.extensions["postgraas"].settings.auth.mode != "token":
         return False
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    principal = authenticate(presented.strip()) if scheme.lower() == "bearer" and presented.strip() else None
+    presented = _bearer_token()
+    principal = authenticate(presented) if presented is not None else None
     return principal is not None and principal.admin
+
+
+def _bearer_token() -> str | None:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return presented.strip() if scheme.lower() == "bearer" and presented.strip() else None
 
 
 class PostgraasApi(Api):

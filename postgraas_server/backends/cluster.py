@@ -20,10 +20,12 @@ from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
 from .tenant_removal import drop_tenant
 from .tenants import (
     ANY_MARKER,
+    REVOKE_FROM_PUBLIC,
     adopt_template_objects,
     create_tenant,
     database_exists,
     hand_over_tenant,
+    is_superuser,
     list_tenants,
     lock_down_public_schema,
     tenant_marker,
@@ -31,7 +33,6 @@ from .tenants import (
 
 # Databases every role may connect to by default, which no tenant needs (see close_shared_databases).
 SHARED_DATABASES = ("postgres", "template1")
-REVOKE_FROM_PUBLIC = "revoke connect, temporary on database {} from public"
 
 # Of a database: owned by a tenant; open to PUBLIC; anything of a tenant's role in it.
 _TEMPLATE_STATE = """
@@ -191,8 +192,7 @@ class ClusterBackend:
         default, where they could hold locks or own objects outside their own database."""
         if self._shared_closed:
             return
-        row = conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()
-        if not (row and row[0]):
+        if not is_superuser(conn):
             log.warning(
                 "the cluster's admin login is not a superuser: CONNECT on %s stays open to PUBLIC; "
                 "revoke it by hand (see docs/tenants.md)",

@@ -18,6 +18,9 @@ from ..errors import BackendError, Conflict
 from .base import Credentials, DatabaseSpec, ManagedObject
 from .scram import SCRAM_ITERATIONS, scram_sha256_verifier
 
+# Every role may connect to a new database, and make temporary tables in it, until this.
+REVOKE_FROM_PUBLIC = "revoke connect, temporary on database {} from public"
+
 
 def role_exists(conn: psycopg.Connection, role: str) -> bool:
     return conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is not None
@@ -63,7 +66,7 @@ def create_tenant(
         if marker is not None:
             _run(conn, sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
     try:
-        if not _is_superuser(conn):
+        if not is_superuser(conn):
             # A non-superuser admin may only give a database to a role it is a member of.
             _run(conn, sql.SQL("grant {} to current_user").format(role))
         # template0 by default: template1 is open to every role of the cluster, so anything a
@@ -77,7 +80,7 @@ def create_tenant(
             _run(conn, sql.SQL("create database {} owner {} template {}").format(db_name, role, template))
         try:
             # Other tenants cannot even connect; the owner keeps its implicit right to.
-            _run(conn, sql.SQL("revoke connect, temporary on database {} from public").format(db_name))
+            _run(conn, sql.SQL(REVOKE_FROM_PUBLIC).format(db_name))
         except BaseException:
             if not existing:
                 _run(conn, sql.SQL("drop database if exists {} with (force)").format(db_name))
@@ -252,7 +255,7 @@ def count_sessions(conn: psycopg.Connection, db_name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _is_superuser(conn: psycopg.Connection) -> bool:
+def is_superuser(conn: psycopg.Connection) -> bool:
     row = conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()
     return bool(row and row[0])
 
