@@ -79,7 +79,7 @@ def run_step(conn: psycopg.Connection, statement: sql.Composable, connect: Conne
         try:
             _watched(conn, statement, connect)
         except psycopg.errors.InternalError_ as e:
-            if not _concurrently_updated(e):
+            if not concurrently_updated(e):
                 raise
             _retry_with_tenants_kept_out(conn, statement, connect)
     except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as e:
@@ -100,7 +100,8 @@ def run_step(conn: psycopg.Connection, statement: sql.Composable, connect: Conne
         raise BackendError(f"A removal step failed: {type(e).__name__}: {e}.") from e
 
 
-def _concurrently_updated(e: psycopg.Error) -> bool:
+def concurrently_updated(e: psycopg.Error) -> bool:
+    """PostgreSQL's \"tuple concurrently updated\": another session changed the same catalog row."""
     return "concurrently" in (e.diag.message_primary or "")
 
 
@@ -123,7 +124,7 @@ def _retry_with_tenants_kept_out(conn: psycopg.Connection, statement: sql.Compos
                     _watched(conn, statement, connect)
                     return
                 except psycopg.errors.InternalError_ as e:
-                    if not _concurrently_updated(e) or attempt == CONCURRENT_UPDATE_ATTEMPTS:
+                    if not concurrently_updated(e) or attempt == CONCURRENT_UPDATE_ATTEMPTS:
                         raise
                     end_tenant_sessions_in(admin, datname)
         finally:

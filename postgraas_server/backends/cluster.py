@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..config import ClusterBackendSettings
 from ..errors import BackendError, BackendTimeout, BackendUnavailable, InvalidRequest
 from .admin_connections import AdminConnections, guarded_conninfo
-from .admin_steps import end_tenant_sessions_in
+from .admin_steps import concurrently_updated, end_tenant_sessions_in
 from .base import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from .postgres_client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
 from .tenant_removal import drop_tenant
@@ -77,6 +78,8 @@ class ClusterBackend:
         self._probe = (settings.probe_host or self.host, self.port)
         self._login_proven = False
         self._shared_closed = not settings.close_shared_databases
+        # The first creates of a process come in together: one of them closes.
+        self._closing = threading.Lock()
         self._connections = AdminConnections(self._conninfo)
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
@@ -177,7 +180,7 @@ class ClusterBackend:
         row = conn.execute(_TEMPLATE_STATE, {"name": template, "marker": ANY_MARKER}).fetchone()
         if row is not None and row[1] and not row[0]:
             # Open to every role: close it, and end the tenants' sessions that got in meanwhile.
-            conn.execute(sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(template)))
+            _revoke_from_public(conn, template)
             end_tenant_sessions_in(conn, template)
             row = conn.execute(_TEMPLATE_STATE, {"name": template, "marker": ANY_MARKER}).fetchone()
         why = _unavailable(row)
@@ -192,6 +195,12 @@ class ClusterBackend:
         default, where they could hold locks or own objects outside their own database."""
         if self._shared_closed:
             return
+        with self._closing:
+            if not self._shared_closed:
+                self._close_now(conn)
+                self._shared_closed = True
+
+    def _close_now(self, conn: psycopg.Connection) -> None:
         if not is_superuser(conn):
             log.warning(
                 "the cluster's admin login is not a superuser: CONNECT on %s stays open to PUBLIC; "
@@ -202,9 +211,8 @@ class ClusterBackend:
             names = sorted({*SHARED_DATABASES, conn.info.dbname})
             present = [r[0] for r in conn.execute("select datname from pg_database where datname = any(%s)", (names,))]
             for name in present:
-                conn.execute(sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(name)))
+                _revoke_from_public(conn, name)
             log.info("tenants cannot connect to %s (CONNECT revoked from PUBLIC)", ", ".join(present))
-        self._shared_closed = True
 
     def exists(self, ref: str) -> bool:
         with self._admin() as conn:
@@ -258,3 +266,20 @@ def _unavailable(state: tuple[bool, bool, bool] | None) -> str | None:
     if holds_tenant_objects:
         return "holding objects or grants of a tenant's role"
     return None
+
+
+# Tries of a revoke that other server processes, revoking the same at the same moment, fail.
+REVOKE_ATTEMPTS = 5
+
+
+def _revoke_from_public(conn: psycopg.Connection, database: str) -> None:
+    """Another server process (a worker, a replica) may revoke the same at once; "tuple concurrently
+    updated" then means it is done or about to be, and ours is tried again."""
+    statement = sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(database))
+    for attempt in range(1, REVOKE_ATTEMPTS + 1):
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.InternalError_ as e:
+            if not concurrently_updated(e) or attempt == REVOKE_ATTEMPTS:
+                raise

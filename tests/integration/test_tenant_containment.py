@@ -404,3 +404,37 @@ def test_a_designated_template_is_closed_to_tenants_and_refused_while_one_holds_
         copier.cleanup()
         with pg_server.admin() as admin:
             admin.execute(f"drop database {template} with (force)")
+
+
+def test_the_first_creates_of_several_processes_close_the_shared_databases_together(request, pg_server):
+    """Each server process closes the shared databases on its first create; the first creates of
+    several workers (and threads) come in together and revoke the same rows at once."""
+    with pg_server.admin() as admin:
+        for database in ("postgres", "template1"):
+            admin.execute(f"grant connect, temporary on database {database} to public")
+    processes = [Creator(make_backend("cluster", request)) for _ in range(3)]
+    barrier = threading.Barrier(9)
+    failures: list[BaseException] = []
+
+    def first_create(creator: Creator) -> None:
+        barrier.wait()
+        try:
+            creator()
+        except BaseException as e:  # collected: the assertion below names them
+            failures.append(e)
+
+    threads = [threading.Thread(target=first_create, args=(c,)) for c in processes for _ in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        with pg_server.admin() as admin:
+            for database in ("postgres", "template1"):
+                assert admin.execute(
+                    "select has_database_privilege('public', %s, 'CONNECT')", (database,)
+                ).fetchone() == (False,)
+    finally:
+        for creator in processes:
+            creator.cleanup()
