@@ -224,8 +224,8 @@ def prepare(run: Run) -> None:
         say(f"throwaway PostgreSQL for the cluster backend on port {run.pg.port}")
         marked = "marked" if run.pg.base_marked else "could not mark"
         run.results["notes"].append(
-            f"the cluster backend's throwaway server: {marked} its base/ with chattr +T (FS_TOPDIR_FL), as the "
-            "README advises for a cluster serving Postgraas on ext4; the CREATE DATABASE peer runs on it too"
+            f"the cluster backend's throwaway server: {marked} its base/ with chattr +T (FS_TOPDIR_FL), as "
+            "docs/backends.md advises for a cluster serving Postgraas on ext4; the CREATE DATABASE peer runs on it too"
         )
 
 

@@ -23,7 +23,7 @@ import psycopg
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from postgraas_server.backends.top_directory import mark_top_directory
+from postgraas_server.backends.local.top_directory import mark_top_directory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = os.environ.get("POSTGRAAS_TEST_IMAGE", "postgraas/postgres-test:15")
@@ -193,7 +193,7 @@ class ThrowawayPostgres:
         initdb = [self.bin_dir / "initdb", "-D", self.data, "-U", self.username, f"--pwfile={pwfile}"]
         run_tool(as_postgres_user([*initdb, "--auth=scram-sha-256", "--no-instructions"]), "initdb")
         pwfile.unlink()
-        # As the README advises for a cluster serving Postgraas: each database's directory in block
+        # As docs/backends.md advises for a cluster serving Postgraas: each database's directory in block
         # groups of its own. On this journal-less ext4, CREATE DATABASE took ~230 ms instead of ~18 ms
         # without it once a few hundred files had been deleted (see top_directory).
         self.base_marked = mark_top_directory(self.data / "base")

@@ -1,4 +1,9 @@
-"""The application factory: settings -> meta db -> backend -> routes."""
+"""The application factory: settings -> meta db -> backends -> service -> routes -> background work.
+
+gunicorn's usual ``gunicorn 'postgraas_server.app:create_app()'`` and ``postgraas-server serve`` run
+the same server: the factory runs in each worker after the fork and starts that worker's pool keeper
+and reaper.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from .api import register_routes
 from .backends import BackendRegistry
 from .config import ConfigError, Settings, load_settings
+from .logs import configure_logging
 from .models import Deployment, db
-from .service import InstanceService
+from .service import BackgroundWork, InstanceService, start_background_work
 from .sqlite_file import keep_private
 
 # SQLite waits this long for a competing writer before "database is locked".
@@ -27,11 +33,20 @@ class PostgraasState:
     deployment: str
     backends: BackendRegistry
     service: InstanceService
+    # None where the factory was asked not to start it (tests, one-shot commands).
+    background: BackgroundWork | None
 
 
-def create_app(settings: Settings | None = None, *, backends: BackendRegistry | None = None) -> Flask:
-    """Build the app. ``backends`` may be injected (tests); otherwise they come from the settings."""
-    settings = settings or load_settings()
+def create_app(
+    settings: Settings | None = None, *, backends: BackendRegistry | None = None, background: bool = True
+) -> Flask:
+    """Build the app. ``backends`` may be injected (tests); otherwise they come from the settings.
+    ``background``: start this process's pool keeper and reaper (see start_background_work)."""
+    if settings is None:
+        # Served by a plain WSGI server (gunicorn 'postgraas_server.app:create_app()'): the factory
+        # reads the config and sets logging up, as the CLI does for its commands.
+        settings = load_settings()
+        configure_logging(settings.application.log_level, settings.application.log_format)
     app = Flask("postgraas_server")
     # Keep fields in declaration order (errors list fields in the order they were checked).
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -51,10 +66,12 @@ def create_app(settings: Settings | None = None, *, backends: BackendRegistry | 
     with app.app_context():
         deployment = _deployment_id()
     backends = backends or BackendRegistry.from_settings(settings, deployment)
-    app.extensions["postgraas"] = PostgraasState(
-        settings, deployment, backends, InstanceService(backends, settings.lifecycle)
-    )
+    service = InstanceService(backends, settings.lifecycle, context=app.app_context)
+    state = PostgraasState(settings, deployment, backends, service, background=None)
+    app.extensions["postgraas"] = state
     register_routes(app)
+    if background:
+        state.background = start_background_work(service, settings, app.app_context)
     return app
 
 

@@ -77,7 +77,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
     from gunicorn.app.base import BaseApplication
     from gunicorn.glogging import Logger
 
-    class ServerLogs(Logger):  # type: ignore[misc]
+    class ServerLogs(Logger):
         """gunicorn's own lines (listening, workers booting or timing out) go through the root
         handler, so they share the configured format, JSON included."""
 
@@ -91,7 +91,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
         _upgrade(settings)
     _prepare_metrics_dir()
     # Before the workers fork: all of them must derive the same passwords for pooled objects.
-    from .backends.pool_secret import ensure_pool_secret
+    from .backends.postgres.pool_secret import ensure_pool_secret
 
     ensure_pool_secret()
     if settings.auth.mode == "none" and not _is_loopback(bind):
@@ -103,7 +103,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
 
     from .serving import Limits
 
-    class Server(BaseApplication):  # type: ignore[misc]
+    class Server(BaseApplication):
         # Read by the worker (postgraas_server/serving/worker.py): the deadlines it puts on clients.
         serving_limits = Limits.from_settings(settings.application)
 
@@ -123,18 +123,11 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
             self.cfg.set("logger_class", ServerLogs)
 
         def load(self) -> Any:
-            # Runs in each worker after the fork: every worker has a reaper, the lease picks one.
+            # Runs in each worker after the fork: the factory starts the worker's pool keeper and
+            # reaper (every worker has a reaper, the lease picks one).
             from .app import create_app
-            from .pool import PoolKeeper
-            from .reaper import Reaper
 
-            app = create_app(settings)
-            state = app.extensions["postgraas"]
-            if state.backends.pools:
-                PoolKeeper(state.service).start(app)
-            if settings.lifecycle.reaper_interval > 0:
-                Reaper(state.backends, settings.lifecycle, state.service.heartbeats).start(app)
-            return app
+            return create_app(settings)
 
     Server().run()
 
@@ -144,7 +137,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
 @click.pass_obj
 def reap(settings: Settings, once: bool) -> None:
     """Reconcile the meta db with the backends: expire, clean up, mark lost. Prints what it did."""
-    from .reaper import Reaper
+    from .service import Reaper
 
     app = _app(settings)
     state = app.extensions["postgraas"]
@@ -153,7 +146,7 @@ def reap(settings: Settings, once: bool) -> None:
         if not once:
             if settings.lifecycle.reaper_interval <= 0:
                 raise click.UsageError("lifecycle.reaper_interval is 0; use --once")
-            reaper.run_forever(app)
+            reaper.run_forever(app.app_context)
             return
         if not reaper.acquire(seconds=300):
             holder, until = reaper.lease_holder()
@@ -234,7 +227,8 @@ def _app(settings: Settings) -> Any:
     from .app import create_app
 
     try:
-        return create_app(settings)
+        # Commands do their own work: no pool keeper or reaper of a server in the background.
+        return create_app(settings, background=False)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
 
@@ -264,9 +258,11 @@ def _prepare_metrics_dir() -> None:
 def _upgrade(settings: Settings) -> None:
     try:
         # Instances of a 2.x meta db belong to the default backend: 2.x had only one.
-        migrations.upgrade(settings.metadb.sqlalchemy_url(), legacy_backend=settings.application.default_backend)
+        legacy_backend = settings.application.default_backend or next(iter(settings.backends))
+        migrations.upgrade(settings.metadb.sqlalchemy_url(), legacy_backend=legacy_backend)
     except SQLAlchemyError as e:
-        raise click.ClickException(f"cannot upgrade the meta db: {e.__class__.__name__}: {e.orig or e}") from None
+        reason = getattr(e, "orig", None) or e  # the driver's error, where SQLAlchemy wraps one
+        raise click.ClickException(f"cannot upgrade the meta db: {e.__class__.__name__}: {reason}") from None
     except RuntimeError as e:
         raise click.ClickException(f"cannot upgrade the meta db: {e}") from None
 

@@ -143,7 +143,7 @@ class ClusterBackendSettings(_BackendSection):
     statement_timeout: float = Field(default=300.0, gt=0)
     # Revoke CONNECT and TEMPORARY from PUBLIC on the cluster's postgres and template1 databases
     # (and the admin database), so a tenant reaches only its own. False where other users of the
-    # cluster rely on PUBLIC's default rights there (see docs/cluster.md).
+    # cluster rely on PUBLIC's default rights there (see docs/tenants.md).
     close_shared_databases: bool = True
 
     @model_validator(mode="after")
@@ -212,16 +212,19 @@ def _duration(value: object) -> object:
     return None if value is None else parse_duration(value)
 
 
-Duration = Annotated[int | None, BeforeValidator(_duration)]
+# Seconds, or a string such as "30m"; null is not one.
+Duration = Annotated[int, BeforeValidator(_duration)]
+# A Duration, or null for "none".
+OptionalDuration = Annotated[int | None, BeforeValidator(_duration)]
 
 
 class LifecycleSettings(_Section):
     """Time to live and the reaper that cleans up after everyone."""
 
     # Instances without a ttl of their own expire after this; None: never.
-    default_ttl: Duration = None
+    default_ttl: OptionalDuration = None
     # No ttl (asked for, or extended to) may exceed this; None: no limit.
-    max_ttl: Duration = None
+    max_ttl: OptionalDuration = None
     # Seconds between reaper passes in each server process; 0 turns the loop off (use `reap --once`).
     reaper_interval: float = Field(default=30.0, ge=0)
     # A backend object of ours without a meta row is removed once it is this old.
@@ -314,13 +317,23 @@ def settings_from_dict(raw: dict[str, Any], source: str = "config") -> Settings:
     try:
         return Settings.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{_key(err['loc'])}: {_describe(err)}" if err["loc"] else _describe(err) for err in e.errors()
-        )
+        problems = "; ".join(_problem(err) for err in e.errors())
         raise ConfigError(f"{source}: {problems}") from None
 
 
 BACKEND_TYPES = ("docker", "cluster", "local")
+
+
+def unknown_backend_type(key: str) -> str:
+    """What is said of the backend section ``key`` whose type is none of BACKEND_TYPES (here and
+    by backends.build_backend)."""
+    return f"{key}.type: must be one of: {', '.join(BACKEND_TYPES)}"
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+        return unknown_backend_type(_key(err["loc"]))
+    return f"{_key(err['loc'])}: {_describe(err)}" if err["loc"] else _describe(err)
 
 
 def _key(loc: tuple[Any, ...]) -> str:
@@ -335,8 +348,6 @@ def _key(loc: tuple[Any, ...]) -> str:
 def _describe(err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key"
-    if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
-        return f"'type' must be one of: {', '.join(BACKEND_TYPES)}"
     if err["type"] == "value_error":
         return str(err["ctx"]["error"])
     return str(err["msg"])

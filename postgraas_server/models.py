@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Index, String, Text, Update, select, update
+from sqlalchemy import DateTime, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -65,7 +63,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class DBInstance(db.Model):  # type: ignore[name-defined,misc]
+class DBInstance(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes db.Model at run time
     """An instance's metadata. The column names of postgraas_server 2.x are kept where they exist."""
 
     __tablename__ = "db_instance"
@@ -112,57 +110,7 @@ class DBInstance(db.Model):  # type: ignore[name-defined,misc]
 INSTANCES = DBInstance.__table__
 
 
-def move_status(
-    instance_id: int,
-    expected: str | tuple[str, ...],
-    new: str,
-    detail: str | None = None,
-    *conditions: Any,
-    **values: Any,
-) -> bool:
-    """Move an instance from ``expected`` status(es) to ``new`` in one conditional UPDATE and
-    commit; False when it was not in ``expected`` (or ``conditions`` no longer held): exactly
-    one of several racing requests, or a request and the reaper, wins."""
-    result = db.session.execute(_move(instance_id, expected, new, detail, conditions, values))
-    db.session.commit()
-    return result.rowcount == 1
-
-
-def move_status_returning(
-    instance_id: int, expected: str | tuple[str, ...], new: str, **values: Any
-) -> SimpleNamespace | None:
-    """move_status that gives back the row as it is now (its columns as attributes, what
-    InstanceOut reads), or None; with RETURNING where the database has it, saving a SELECT."""
-    statement = _move(instance_id, expected, new, None, (), values)
-    if not db.session.get_bind().dialect.update_returning:  # SQLite before 3.35
-        moved = db.session.execute(statement).rowcount == 1
-        row = db.session.execute(select(INSTANCES).where(INSTANCES.c.id == instance_id)).mappings().first()
-    else:
-        row = db.session.execute(statement.returning(*INSTANCES.columns)).mappings().first()
-        moved = row is not None
-    db.session.commit()
-    return SimpleNamespace(**row) if moved and row is not None else None
-
-
-def _move(
-    instance_id: int,
-    expected: str | tuple[str, ...],
-    new: str,
-    detail: str | None,
-    conditions: tuple[Any, ...],
-    values: dict[str, Any],
-) -> Update:
-    # On the table, not the mapped class: an ORM-enabled UPDATE costs more Python for nothing
-    # here (the session's objects are expired by the commit anyway).
-    expected = (expected,) if isinstance(expected, str) else expected
-    return (
-        update(INSTANCES)
-        .where(INSTANCES.c.id == instance_id, INSTANCES.c.status.in_(expected), *conditions)
-        .values(status=new, status_detail=detail, status_changed_at=utcnow(), **values)
-    )
-
-
-class Token(db.Model):  # type: ignore[name-defined,misc]
+class Token(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes db.Model at run time
     """An API token. Only a salted hash of its secret is kept; the secret is shown once."""
 
     __tablename__ = "postgraas_token"
@@ -179,7 +127,7 @@ class Token(db.Model):  # type: ignore[name-defined,misc]
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class Deployment(db.Model):  # type: ignore[name-defined,misc]
+class Deployment(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes db.Model at run time
     """One row: the id this meta db stamps on every backend object it makes."""
 
     __tablename__ = "postgraas_deployment"
@@ -188,7 +136,7 @@ class Deployment(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Lease(db.Model):  # type: ignore[name-defined,misc]
+class Lease(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes db.Model at run time
     """A named lease in the meta db: whoever holds it unexpired may act (one reaper at a time)."""
 
     __tablename__ = "postgraas_lease"

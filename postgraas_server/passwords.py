@@ -2,7 +2,7 @@
 
 A create needs two salted derivations of its password: the meta db's hash, to check a db_pwd
 later, and the SCRAM-SHA-256 verifier the database server keeps. Both come from one PBKDF2 run
-(about 1 ms, with the verifier's salt and iterations): the verifier's keys are HMACs of its
+(the costly part, with the verifier's salt and iterations): the verifier's keys are HMACs of its
 output under "Client Key" and "Server Key", the meta db's hash one under a label of its own,
 so none of them gives away another, and a stolen meta db gives no easier guess than a stolen
 pg_authid would. Hashes of earlier versions (werkzeug's scrypt and pbkdf2) are still checked.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from werkzeug.security import check_password_hash
 
-from .backends.scram import SCRAM_ITERATIONS, new_salt, salted_password, verifier_from_salted
+from .scram import SCRAM_ITERATIONS, new_salt, salted_password, verifier_from_salted
 
 # <METHOD>$<iterations>$<salt, base64>$<HMAC-SHA-256 of SCRAM's SaltedPassword under META_LABEL, base64>
 METHOD = "scram-salted-hmac-sha256"

@@ -193,7 +193,7 @@ def _kept_dir(config: pytest.Config) -> Path:
 
 def _keep(config: pytest.Config, instance: Instance, url: str) -> None:
     """Record the kept database: the password only in a 0600 file, never in the output (CI logs)."""
-    from .client.api import display_url
+    from .client.addresses import display_url
     from .client.output import format_env
 
     path = _kept_dir(config) / f"kept-{instance.id}.env"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import (
@@ -25,6 +26,9 @@ from pydantic_core import PydanticCustomError
 from .durations import parse_duration
 from .errors import InvalidRequest, Unprocessable
 from .models import DBInstance
+
+# A mapped row, or a snapshot of its columns as attributes (what a status transition returns).
+InstanceRow = DBInstance | SimpleNamespace
 
 # Docker container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]; 63 keeps them usable as host names too.
 INSTANCE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -116,7 +120,8 @@ def _backend_name(value: str) -> str:
 
 BackendName = Annotated[StrictStr, AfterValidator(_backend_name)]
 # Seconds, or a string such as "30m", "2h", "7d" (the document states a safe part of what parses).
-Ttl = Annotated[
+# Validated, it is a whole number of seconds, which is what the type checker is told.
+_Ttl = Annotated[
     StrictInt | StrictStr,
     BeforeValidator(_whole_number),
     AfterValidator(_ttl),
@@ -132,6 +137,10 @@ Ttl = Annotated[
         }
     ),
 ]
+if TYPE_CHECKING:
+    Ttl = int
+else:
+    Ttl = _Ttl
 # The validators give the messages; WithJsonSchema states the same rules in the OpenAPI document.
 _IDENT = "[A-Za-z_][A-Za-z0-9_]{0,62}"
 InstanceName = Annotated[
@@ -258,7 +267,7 @@ class InstanceOut(BaseModel):
     password: str = ""
 
     @classmethod
-    def from_row(cls, row: DBInstance, backend_state: str | None = None) -> InstanceOut:
+    def from_row(cls, row: InstanceRow, backend_state: str | None = None) -> InstanceOut:
         return cls(**cls.fields_of(row, backend_state))
 
     @staticmethod
@@ -296,7 +305,7 @@ class CreatedInstanceOut(InstanceOut):
     db_pwd: str
 
     @classmethod
-    def from_created(cls, row: DBInstance, db_pwd: str) -> CreatedInstanceOut:
+    def from_created(cls, row: InstanceRow, db_pwd: str) -> CreatedInstanceOut:
         state = "running" if row.status == "ready" else None
         out = InstanceOut.from_row(row, backend_state=state).model_dump()
         if row.hostname and row.port:

@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime
 
 from postgraas_server.backends import (
+    Backend,
     Credentials,
     DatabaseSpec,
     ManagedObject,
@@ -17,10 +18,8 @@ from postgraas_server.backends import (
 from postgraas_server.errors import Conflict, PostgraasError
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     type_name = "fake"
-    supports_template = False
-    supports_pool = True
 
     def __init__(self) -> None:
         self.objects: dict[str, DatabaseSpec] = {}
@@ -42,6 +41,14 @@ class FakeBackend:
         self.created_at: dict[str, datetime] = {}
         self.deleted: list[tuple[str, bool]] = []
         self._ports = itertools.count(40000)
+        # Where each object listens: describe says so, and a claimed object stays there.
+        self.ports: dict[str, int] = {}
+
+    def why_no_pool(self) -> str | None:
+        return None
+
+    def why_no_template(self) -> str | None:
+        return "the fake backend makes every database empty"
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         time.sleep(self.create_delay)
@@ -51,7 +58,8 @@ class FakeBackend:
         self.objects[ref] = spec
         if spec.pooled:
             self.pooled_specs.append(spec)
-        return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
+        self.ports[ref] = next(self._ports)
+        return ProvisionedDatabase(ref=ref, host="db.example", port=self.ports[ref])
 
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
         if self.fail_claim is not None:
@@ -59,7 +67,7 @@ class FakeBackend:
         assert self.objects[ref].db_username == pooled.db_username
         self.objects[ref] = spec
         self.claims.append((ref, pooled.db_username, spec.db_username))
-        return ProvisionedDatabase(ref=ref, host="db.example", port=next(self._ports))
+        return ProvisionedDatabase(ref=ref, host="db.example", port=self.ports[ref])
 
     def can_claim(self, db_name: str, db_username: str) -> bool:
         return db_username not in self.reserved_names
@@ -90,7 +98,7 @@ class FakeBackend:
             raise self.fail_describe
         if ref not in self.objects:
             return ObjectDescription(ObjectState.MISSING)
-        return ObjectDescription(ObjectState.RUNNING, "db.example", 40000)
+        return ObjectDescription(ObjectState.RUNNING, "db.example", self.ports.get(ref, 40000))
 
     def health(self) -> None:
         pass

@@ -7,7 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from postgraas_server.backends.top_directory import FS_IOC_GETFLAGS
+from postgraas_server.backends.local.top_directory import FS_IOC_GETFLAGS
 
 
 def file_system_type(path: Path) -> str:

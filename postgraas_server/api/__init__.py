@@ -110,7 +110,7 @@ def register_routes(app: Flask) -> None:
     document = build_document(
         token_auth=state.settings.auth.mode == "token",
         backends=list(state.backends.backends),
-        templates=any(b.supports_template for b in state.backends.backends.values()),
+        templates=any(b.why_no_template() is None for b in state.backends.backends.values()),
     )
 
     @app.get("/openapi.json")

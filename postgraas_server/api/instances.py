@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from flask import Response, current_app, g, request
+from flask import Response, after_this_request, current_app, g, has_request_context, request
 from flask_restful import Resource
 from pydantic import TypeAdapter
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -73,6 +74,18 @@ def _wait_timeout() -> float | None:
     return timeout if wait is not None else None
 
 
+def _after_response(action: Callable[[], None]) -> None:
+    """Run ``action`` once the answer to the current request is sent (at once outside a request)."""
+    if not has_request_context():
+        action()
+        return
+
+    @after_this_request
+    def _on_close(response: Response) -> Response:
+        response.call_on_close(action)
+        return response
+
+
 class InstanceCollection(Resource):
     def get(self) -> Response:
         # backend_state would cost a backend call per instance; the item GET has it.
@@ -84,8 +97,9 @@ class InstanceCollection(Resource):
 
     def post(self) -> tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]:
         create = parse_request(CreateInstanceRequest, _json_body())
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        row = _service().create(create, app, g.principal)
+        row = _service().create(create, g.principal, after_response=_after_response)
+        # The service generated one where the request had none; this answer is the only one that shows it.
+        assert create.db_pwd is not None
         body = render(CreatedInstanceOut.from_created(row, create.db_pwd))
         if create.wait:
             return body, 201

@@ -1,7 +1,8 @@
 """A small typed client for the Postgraas REST API (requests only), used by the ``postgraas``
 CLI and the pytest plugin."""
 
-from .api import DEFAULT_URL, PostgraasClient
+from .addresses import DEFAULT_URL
+from .api import PostgraasClient
 from .errors import (
     AmbiguousName,
     ApiError,

@@ -3,17 +3,16 @@ the CLI and the pytest plugin stay light (no Flask, SQLAlchemy or Docker)."""
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3.exceptions
 
+from .addresses import DEFAULT_URL, display_url, token_problem, url_problem
 from .errors import (
     AmbiguousName,
     AuthenticationError,
@@ -27,7 +26,6 @@ from .errors import (
 )
 from .instance import Instance, default_db_name, default_username
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 # The server long-polls at most 300 s; shorter chunks let a caller report progress and a proxy
 # with a 60 s idle timeout stay out of the way.
 WAIT_CHUNK_SECONDS = 30.0
@@ -38,47 +36,6 @@ CLEANUP_LOOKS = (0.0, 0.5, 1.0)
 # "id:7" and "name:7" say which a reference is; instance names cannot contain ":".
 ID_PREFIX = "id:"
 NAME_PREFIX = "name:"
-
-
-def display_url(url: str) -> str:
-    """The URL without user:password@, fit for messages; never raises, whatever the URL."""
-    try:
-        parts = urlsplit(url)
-        if parts.username is None and parts.password is None:
-            return url
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        # Unparseable (a bad port, an unclosed [): drop whatever precedes the last @ of the authority.
-        return re.sub(r"^([^/?#]*//)[^/?#]*@", r"\1", url)
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be a server's address, or None; in words that never repeat it (it may hold a password)."""
-    if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        return "contains whitespace or a control character"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a port that is not 0-65535
-    except ValueError:
-        return "cannot be parsed (a bad port or IPv6 address?)"
-    if parts.scheme.lower() not in ("http", "https"):
-        return "must start with http:// or https://"
-    if not parts.hostname:
-        return "has no host"
-    return None
-
-
-def token_problem(token: str) -> str | None:
-    """Why ``token`` cannot go into an Authorization header, or None; never repeats it."""
-    # Tokens are printable ASCII; a stray newline (from a file, say) would otherwise surface in requests' error text.
-    if any(not 33 <= ord(c) <= 126 for c in token):
-        return "may hold only printable ASCII characters: no spaces, line breaks or control characters"
-    return None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -17,7 +17,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .api import DEFAULT_URL, PostgraasClient, token_problem, url_problem
+from .addresses import DEFAULT_URL, token_problem, url_problem
+from .api import PostgraasClient
 from .errors import ApiError, PostgraasClientError, leftover_of
 from .instance import Instance
 from .output import UnsafeEnvValue, format_env, format_expires, format_table, has_control_character
@@ -174,6 +175,18 @@ def main(ctx: click.Context, url: str, token: str | None) -> None:
     ctx.obj = client
 
 
+def _instance_command() -> Callable[[Callable[..., Any]], click.Command]:
+    """A command on one instance, given as ID_OR_NAME, which its help explains."""
+
+    def decorate(command: Callable[..., Any]) -> click.Command:
+        with_ref = click.argument("ref", metavar="ID_OR_NAME")(command)
+        return main.command(epilog="ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.")(
+            with_ref
+        )
+
+    return decorate
+
+
 @main.command()
 @click.argument("name")
 @click.option("--db", "db_name", help="Database name (default: derived from NAME).")
@@ -236,45 +249,33 @@ def list_(client: PostgraasClient, output: str) -> None:
         click.echo(format_table(instances, datetime.now(UTC)))
 
 
-@main.command()
-@click.argument("ref", metavar="ID_OR_NAME")
+@_instance_command()
 @_output_option(OUTPUTS, "json")
 @click.pass_obj
 def show(client: PostgraasClient, ref: str, output: str) -> None:
-    """Show an instance. The password is not included: the server returns it only to the create.
-
-    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
-    """
+    """Show an instance. The password is not included: the server returns it only to the create."""
     instance = client.find(ref)
     _emit(instance, output, with_password=False)
     if output in ("env", "uri"):
         _note("The password is not included: the server returns it only when it creates the instance.")
 
 
-@main.command()
-@click.argument("ref", metavar="ID_OR_NAME")
+@_instance_command()
 @click.option("--force", is_flag=True, help="Terminate open sessions first.")
 @_password_option("delete")
 @click.pass_context
 def delete(ctx: click.Context, ref: str, force: bool, password: str | None) -> None:
-    """Delete an instance and its database.
-
-    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
-    """
+    """Delete an instance and its database."""
     client: PostgraasClient = ctx.obj
     click.echo(client.delete(client.resolve(ref), password=_password(ctx, client, password), force=force))
 
 
-@main.command()
-@click.argument("ref", metavar="ID_OR_NAME")
+@_instance_command()
 @click.option("--ttl", required=True, help="New lifetime from now: seconds or 30m, 2h, 7d.")
 @_password_option("extend")
 @click.pass_context
 def extend(ctx: click.Context, ref: str, ttl: str, password: str | None) -> None:
-    """Give an instance a new lifetime, counted from now.
-
-    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
-    """
+    """Give an instance a new lifetime, counted from now."""
     client: PostgraasClient = ctx.obj
     instance = client.extend(client.resolve(ref), ttl, password=_password(ctx, client, password))
     when = instance.expires_at.isoformat() if instance.expires_at else "never"
@@ -282,8 +283,7 @@ def extend(ctx: click.Context, ref: str, ttl: str, password: str | None) -> None
     click.echo(f"{instance.name} (id {instance.id}) expires {when} ({expires}).")
 
 
-@main.command()
-@click.argument("ref", metavar="ID_OR_NAME")
+@_instance_command()
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0),
@@ -293,10 +293,7 @@ def extend(ctx: click.Context, ref: str, ttl: str, password: str | None) -> None
 )
 @click.pass_obj
 def wait(client: PostgraasClient, ref: str, timeout: float) -> None:
-    """Wait until an instance is ready: exit 0 when it is, 1 when it failed or is still creating.
-
-    ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.
-    """
+    """Wait until an instance is ready: exit 0 when it is, 1 when it failed or is still creating."""
     instance = client.find(ref)
     if not instance.settled:
         with Progress(f"waiting for {instance.name}", instance.status) as progress:

@@ -66,7 +66,7 @@ def format_span(seconds: float) -> str:
     seconds = int(max(0, seconds))
     if seconds < 60:
         return f"{seconds}s"
-    parts = []
+    parts: list[tuple[int, str]] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size or parts:
             parts.append((seconds // size, unit))

@@ -29,7 +29,7 @@ from .server import HttpServer
 SPARE_FILES = 256
 
 
-class Worker(base.Worker):  # type: ignore[misc]
+class Worker(base.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +18,25 @@ import psycopg
 import pytest
 import requests
 
+from postgraas_server.backends import Backend, build_backend
 from postgraas_server.backends.local import find_bin_dir
+from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import BackendUnavailable
 
 from ..conftest import require
+from .databases import Creator, fake_creator
+from .servers import POSTGRAAS, Server, free_port, launch, start, stop_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_IMAGE = os.environ.get("POSTGRAAS_TEST_IMAGE", "postgraas/postgres-test:15")
 RUN_LABEL = "postgraas.test_run"
 RUN_ID = uuid.uuid4().hex[:12]
+# The real backends, each a name of the configuration that has its type. Every test "on each
+# backend" takes them from here.
+BACKENDS = ("docker", "cluster", "local")
+# The contract suite (test_backend_contract*.py) holds the fake of the unit tests to it too.
+CONTRACT_BACKENDS = (*BACKENDS, "fake")
+DEPLOYMENT = f"contract-{RUN_ID}"
 
 
 def pytest_collection_modifyitems(items):
@@ -215,37 +221,98 @@ def pg_server() -> Iterator[PostgresServer]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def free_port() -> int:
-    # Only for the test server's own port; the service itself never picks ports this way.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def backend_config(name: str, request: pytest.FixtureRequest, **overrides: object) -> dict:
+    """The settings of the real backend ``name`` (one of BACKENDS) against this run's components,
+    which it requests as fixtures; ``overrides``: more settings."""
+    if name == "docker":
+        request.getfixturevalue("docker_client")
+        return {
+            "type": "docker",
+            "image": TEST_IMAGE,
+            "advertised_host": "127.0.0.1",
+            "bind_address": "127.0.0.1",
+            "labels": {RUN_LABEL: RUN_ID},
+            # Its warm pool needs the prepared image (the default, said here because tests rely on it).
+            "prepare_image": True,
+            **overrides,
+        }
+    if name == "cluster":
+        server = request.getfixturevalue("pg_server")
+        return {
+            "type": "cluster",
+            "host": server.host,
+            "port": server.port,
+            "username": server.username,
+            "password": server.password,
+            **overrides,
+        }
+    assert name == "local", f"no backend named {name!r}"
+    root = request.getfixturevalue("local_data_root")
+    return {"type": "local", "data_root": str(root), "advertised_host": "127.0.0.1", **overrides}
 
 
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
+def make_backend(name: str, request: pytest.FixtureRequest, **overrides: object) -> Backend:
+    """The real backend ``name``, built as the server builds it (see backend_config)."""
+    settings = settings_from_dict({"backends": {name: backend_config(name, request, **overrides)}})
+    return build_backend(settings.backends[name], DEPLOYMENT)
 
-    @property
-    def meta_db(self) -> Path:
-        return self.log_path.parent / "meta.sqlite"
 
-    def post(self, body: dict, **kwargs) -> requests.Response:
-        return requests.post(f"{self.url}/postgraas_instances", json=body, timeout=120, **kwargs)
+@pytest.fixture
+def creator_for(request) -> Iterator[Callable[..., Creator]]:
+    """``creator_for(name, **settings)``: a Creator through a new backend ``name`` (a real one, or
+    "fake"); what the test left is deleted at teardown."""
+    creators: list[Creator] = []
 
-    def delete(self, instance_id: int, body: dict) -> requests.Response:
-        return requests.delete(f"{self.url}/postgraas_instances/{instance_id}", json=body, timeout=120)
+    def _for(name: str, **overrides: object) -> Creator:
+        creator = fake_creator() if name == "fake" else Creator(make_backend(name, request, **overrides))
+        creators.append(creator)
+        return creator
 
-    def get(self, path: str = "") -> requests.Response:
-        return requests.get(f"{self.url}/postgraas_instances{path}", timeout=30)
+    yield _for
+    for creator in creators:
+        creator.cleanup()
 
-    def log(self) -> str:
-        return self.log_path.read_text()
+
+@pytest.fixture(params=CONTRACT_BACKENDS)
+def contract_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def create(contract_name, creator_for) -> Creator:
+    """Creates through the backend under contract (each of CONTRACT_BACKENDS in turn)."""
+    return creator_for(contract_name)
+
+
+@pytest.fixture
+def cluster_left_as_found(pg_server) -> Iterator[None]:
+    """After each test: no role and no database more than before it."""
+    roles, databases = pg_server.roles(), pg_server.databases()
+    yield
+    assert pg_server.roles() == roles, f"roles left behind: {pg_server.roles() - roles}"
+    assert pg_server.databases() == databases, f"databases left behind: {pg_server.databases() - databases}"
+
+
+@pytest.fixture
+def tenants(request) -> Iterator[Creator]:
+    """Tenants of the shared cluster (pg_server), each deleted (force) if a test did not."""
+    creator = Creator(make_backend("cluster", request, lock_timeout=2))
+    yield creator
+    creator.cleanup()
+
+
+def start_local_server(request: pytest.FixtureRequest, tmp_path: Path, local: dict | None = None, **kwargs) -> Server:
+    """A server with only the local backend (``local``: settings of it to override); a default
+    ttl so that nothing a failed test left outlives it."""
+    require_local_postgres()
+    if not POSTGRAAS.exists():
+        require("postgraas console script", f"{POSTGRAAS} is missing (pip install -e .)")
+    backends = {"local": backend_config("local", request, **(local or {}))}
+    return start(tmp_path, backends, lifecycle={"default_ttl": "10m"}, **kwargs)
 
 
 def start_server(tmp_path: Path, backend: dict, workers: int = 2) -> Server:
+    """A server configured as in 2.x, with one docker ``backend`` (its settings beyond the test run's)."""
     config = {
         "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
         "backend": {
@@ -259,36 +326,7 @@ def start_server(tmp_path: Path, backend: dict, workers: int = 2) -> Server:
         },
         "application": {"log_level": "DEBUG"},
     }
-    config_path = tmp_path / "application.cfg"
-    config_path.write_text(json.dumps(config))
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "postgraas_server.cli", "--config", str(config_path), "serve"]
-    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{server.url}/health", timeout=1).status_code == 200:
-                return server
-        # Refused until it listens; a read timeout while its workers boot on a busy machine.
-        except requests.RequestException:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"server did not start:\n{server.log()}")
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    return launch(tmp_path, config, workers=workers)
 
 
 @pytest.fixture(scope="module")

@@ -9,31 +9,19 @@ from pathlib import Path
 
 import requests
 
-from .conftest import stop_server
-from .test_backend_contract import backend_config
-from .test_backends_api import start
+from .conftest import backend_config
+from .servers import make_token, start, stop_server
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-
-
-def make_token(config: Path, *args: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "postgraas_server.cli", "--config", str(config), "token", "create", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip()
 
 
 def test_schemathesis_finds_nothing_and_nothing_leaks(request, local_data_root, tmp_path):
     backends = {"local": backend_config("local", request)}
     # A default ttl, so that even an instance this test failed to delete goes away by itself.
     server = start(tmp_path, backends, lifecycle={"default_ttl": "10m", "reaper_interval": 5}, auth={"mode": "token"})
-    config = tmp_path / "application.cfg"
     try:
-        fuzzer = make_token(config, "--owner", "fuzzer", "--max-instances", "20", "--max-ttl", "1h")
-        admin = make_token(config, "--owner", "ops", "--admin")
+        fuzzer = make_token(server, "fuzzer", "--max-instances", "20", "--max-ttl", "1h")
+        admin = make_token(server, "ops", "--admin")
         run = subprocess.run(
             [
                 str(SCHEMATHESIS),

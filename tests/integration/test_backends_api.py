@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,61 +12,8 @@ import psycopg
 import pytest
 import requests
 
-from .conftest import Server, free_port, stop_server
-from .test_backend_contract import BACKENDS, backend_config
-
-
-def start(
-    tmp_path: Path,
-    backends: dict,
-    default: str = "local",
-    lifecycle: dict | None = None,
-    metadb: dict | None = None,
-    auth: dict | None = None,
-    env: dict[str, str] | None = None,
-) -> Server:
-    config = {
-        "metadb": metadb or {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
-        "backends": backends,
-        "application": {"default_backend": default, "log_level": "DEBUG"},
-        "lifecycle": lifecycle or {},
-        "auth": auth or {},
-    }
-    (tmp_path / "application.cfg").write_text(json.dumps(config))
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "postgraas_server.cli",
-        "--config",
-        str(tmp_path / "application.cfg"),
-        "serve",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-    ]
-    with log_path.open("a") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            start_new_session=True,
-            env={**os.environ, **(env or {})},
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if requests.get(f"{server.url}/health", timeout=1).ok:
-                return server
-        # Refused until it listens; a read timeout while its workers boot on a busy machine.
-        except requests.RequestException:
-            time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"server did not start:\n{server.log()}")
+from .conftest import BACKENDS, backend_config
+from .servers import body, make_token, start, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +26,6 @@ def server(all_backends, tmp_path_factory):
     server = start(tmp_path_factory.mktemp("backends"), all_backends)
     yield server
     stop_server(server)
-
-
-def body(prefix: str = "multi", **overrides) -> dict:
-    """A create request whose names and password no other request shares."""
-    tag = uuid.uuid4().hex[:8]
-    return {
-        "postgraas_instance_name": f"{prefix}-{tag}",
-        "db_name": f"db_{tag}",
-        "db_username": f"user_{tag}",
-        "db_pwd": f"pw-{tag}",
-        **overrides,
-    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -199,23 +131,7 @@ def test_local_instances_survive_a_server_restart_and_deaths_are_reported(all_ba
 def test_an_owners_token_deletes_a_docker_instance_without_its_password(all_backends, tmp_path):
     server = start(tmp_path, {"docker": all_backends["docker"]}, default="docker", auth={"mode": "token"})
     try:
-        made = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "postgraas_server.cli",
-                "--config",
-                str(tmp_path / "application.cfg"),
-                "token",
-                "create",
-                "--owner",
-                "erin",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        headers = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        headers = {"Authorization": f"Bearer {make_token(server, 'erin')}"}
         created = requests.post(f"{server.url}/postgraas_instances", json=body(), headers=headers, timeout=120).json()
         url = f"{server.url}/postgraas_instances/{created['postgraas_instance_id']}"
         # The open-session check still works without the password: it asks inside the container.

@@ -15,9 +15,8 @@ from postgraas_server.backends.local import find_bin_dir
 from postgraas_server.errors import BackendUnavailable
 
 from ..conftest import require
-from .conftest import REPO_ROOT, TEST_IMAGE
+from .conftest import BACKENDS, REPO_ROOT, TEST_IMAGE
 
-BACKENDS = ("docker", "cluster", "local")
 PEERS = ("docker_run", "testcontainers", "initdb_pg_ctl", "create_database")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

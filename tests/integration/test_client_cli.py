@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -22,23 +21,10 @@ import requests
 
 from postgraas_server.backends.local import find_bin_dir
 
-from ..conftest import require
-from .conftest import Server, require_local_postgres, stop_server
-from .test_backend_contract import backend_config
-from .test_backends_api import start
+from .conftest import start_local_server
+from .servers import POSTGRAAS, Server, make_token, stop_server
 
-POSTGRAAS = Path(sys.executable).with_name("postgraas")
 ENV_LINE = re.compile(r"[A-Z_]+=\S+")
-
-
-def start_local_server(request: pytest.FixtureRequest, tmp_path: Path, local: dict | None = None, **kwargs) -> Server:
-    """A server with only the local backend (``local``: settings of it to override); a default
-    ttl so that nothing a failed test left outlives it."""
-    require_local_postgres()
-    if not POSTGRAAS.exists():
-        require("postgraas console script", f"{POSTGRAAS} is missing (pip install -e .)")
-    backends = {"local": backend_config("local", request, **(local or {}))}
-    return start(tmp_path, backends, lifecycle={"default_ttl": "10m"}, **kwargs)
 
 
 def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
@@ -62,17 +48,6 @@ def slow_start_bin_dir() -> Iterator[Path]:
     script.chmod(0o755)
     yield path
     shutil.rmtree(path)
-
-
-def make_token(server: Server, owner: str) -> str:
-    config = server.log_path.parent / "application.cfg"
-    made = subprocess.run(
-        [sys.executable, "-m", "postgraas_server.cli", "--config", str(config), "token", "create", "--owner", owner],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip()
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,6 @@
-"""What only the cluster backend does: admin connections kept open between requests."""
+"""What only the cluster backend does (the contract all backends keep is test_backend_contract*.py):
+tenants of one shared server, confined to their database; templates; admin connections kept open
+between requests; one login proof for many creates."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ import uuid
 import psycopg
 import pytest
 
-from postgraas_server.backends import DatabaseSpec, cluster
-from postgraas_server.backends.postgres_client import NotReady
-from postgraas_server.errors import BackendTimeout
+from postgraas_server.backends import DatabaseSpec
+from postgraas_server.backends.cluster import backend as cluster
+from postgraas_server.backends.postgres.client import NotReady
+from postgraas_server.errors import BackendTimeout, Conflict, PostgraasError
 
-from .test_backend_contract import make_backend
+from .conftest import make_backend
 
 
 def spec(instance_id: int) -> DatabaseSpec:
@@ -128,3 +131,123 @@ def test_a_first_create_whose_login_fails_leaves_nothing_and_the_next_create_pro
     finally:
         for wanted in (second, third):
             backend.delete(wanted.db_name, wanted.credentials, instance_id=wanted.instance_id, force=True)
+
+
+def test_names_taken_in_the_cluster_are_a_conflict(creator_for):
+    create = creator_for("cluster")
+    db = create()
+    with pytest.raises(Conflict) as taken:
+        create(db_username=db.spec.db_username)
+    assert taken.value.errors == {"db_username": "already exists"}
+    with pytest.raises(Conflict) as taken:
+        create(db_name=db.spec.db_name)
+    assert taken.value.errors == {"db_name": "already exists"}
+
+
+def test_a_claim_to_names_taken_in_the_cluster_is_a_conflict_and_changes_nothing(creator_for):
+    create = creator_for("cluster")
+    other_tenant, pooled = create(), create.pooled()
+    for taken in ({"db_username": other_tenant.spec.db_username}, {"db_name": other_tenant.spec.db_name}):
+        with pytest.raises(Conflict):
+            create.claim(pooled, **taken)
+    assert other_tenant.whoami() == other_tenant.tenant
+    # Still the pool's: claimed as if nothing had happened.
+    claimed = create.claim(pooled)
+    assert claimed.whoami() == claimed.tenant
+
+
+def test_a_failed_create_leaves_nothing(request, pg_server):
+    tag = uuid.uuid4().hex[:8]
+    wanted = DatabaseSpec(990000, f"broken-{tag}", f"db_{tag}", f"user_{tag}", "pw", template=f"busy_{tag}")
+    # The role is created, then CREATE DATABASE fails: its template is in use.
+    with pg_server.admin() as admin:
+        admin.execute(f"create database busy_{tag}")
+    try:
+        with pg_server.admin(f"busy_{tag}"):
+            with pytest.raises(Conflict, match="being accessed by other users"):
+                make_backend("cluster", request, templates=[f"busy_{tag}"]).create(wanted)
+        assert wanted.db_username not in pg_server.roles()
+        assert wanted.db_name not in pg_server.databases()
+    finally:
+        with pg_server.admin() as admin:
+            admin.execute(f"drop database busy_{tag} with (force)")
+
+
+def test_the_tenant_is_confined_to_its_database(creator_for, pg_server):
+    db = creator_for("cluster")()
+    with db.connect() as conn:
+        rights = conn.execute(
+            "select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user"
+        ).fetchone()
+    assert rights == (False, False, False)
+    with pg_server.admin(db.spec.db_name) as admin:
+        assert admin.execute("select has_schema_privilege('public', 'public', 'CREATE')").fetchone() == (False,)
+    # PUBLIC has no CONNECT on the tenant's database: a role of the cluster cannot open it.
+    with pg_server.admin() as admin:
+        admin.execute("create role outsider login password 'outsider'")
+    try:
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            db.connect(user="outsider", password="outsider")
+    finally:
+        with pg_server.admin() as admin:
+            admin.execute("drop role outsider")
+
+
+def test_the_tenant_owns_what_its_template_brought(creator_for, pg_server):
+    template = f"tmpl_{uuid.uuid4().hex[:8]}"
+    # Designated by the admin in the backend's settings; no flag on the database is needed.
+    create = creator_for("cluster", templates=[template])
+    with pg_server.admin() as admin:
+        admin.execute(f"create database {template}")
+    try:
+        with pg_server.admin(template) as conn:
+            conn.execute("create schema app")
+            conn.execute("create table app.seeded (id serial primary key, v int)")
+            conn.execute("create view app.seeded_view as select v from app.seeded")
+            conn.execute("create type app.mood as enum ('ok')")
+            conn.execute("create function app.answer() returns int language sql as 'select 42'")
+            conn.execute("insert into app.seeded (v) values (42)")
+        db = create(template=template)
+        with db.connect() as conn:
+            # The tenant owns what the template brought: it can read, write and alter it.
+            assert conn.execute("select v from app.seeded_view").fetchone() == (42,)
+            conn.execute("insert into app.seeded (v) values (app.answer())")
+            conn.execute("alter table app.seeded add column note text")
+            conn.execute("alter type app.mood add value 'great'")
+            conn.commit()
+            assert conn.execute("select count(*) from app.seeded").fetchone() == (2,)
+    finally:
+        with pg_server.admin() as admin:
+            admin.execute(f"drop database {template} with (force)")
+
+
+def test_a_database_that_is_no_designated_template_is_never_copied(creator_for):
+    create = creator_for("cluster")
+    victim = create()
+    with victim.connect() as conn:
+        conn.execute("create table secrets (v text)")
+        conn.execute("insert into secrets values ('top secret')")
+        conn.commit()
+    for source in (victim.spec.db_name, "postgres", "template1"):
+        with pytest.raises(PostgraasError) as refused:
+            create(template=source)
+        assert refused.value.code == 400
+        assert refused.value.errors == {"template": "is not one of this backend's templates"}
+
+
+def test_delete_removes_what_the_tenant_left_elsewhere(creator_for, pg_server):
+    # Where the cluster's databases stay open to PUBLIC (close_shared_databases false), a tenant
+    # may connect to "postgres" and own a large object there; DROP ROLE would fail on it.
+    create = creator_for("cluster", close_shared_databases=False)
+    db = create()
+    with pg_server.admin() as admin:
+        # As a cluster that nobody closed (other tests' backends close it).
+        admin.execute("grant connect on database postgres to public")
+    with db.connect(dbname="postgres", autocommit=True) as conn:
+        conn.execute("select lo_create(0)")
+    with pg_server.admin() as admin:
+        admin.execute("revoke connect on database postgres from public")
+    create.delete(db, force=True)
+    assert db.spec.db_username not in pg_server.roles()
+    with pg_server.admin() as admin:
+        assert admin.execute("select count(*) from pg_largeobject_metadata").fetchone() == (0,)

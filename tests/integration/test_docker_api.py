@@ -13,7 +13,8 @@ import psycopg
 import pytest
 import requests
 
-from .conftest import RUN_ID, RUN_LABEL, start_server, stop_server
+from .conftest import RUN_ID, RUN_LABEL, start_server
+from .servers import stop_server
 
 PASSWORD = "p@ss:w/rd %?#é"
 

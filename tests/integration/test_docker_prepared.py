@@ -15,16 +15,16 @@ import pytest
 
 from postgraas_server.backends import DatabaseSpec, ProvisionedDatabase
 from postgraas_server.backends.docker import DockerBackend
-from postgraas_server.backends.postgres_client import wait_for_login
-from postgraas_server.backends.prepared_image import (
+from postgraas_server.backends.docker.prepared_image import (
     BUILD_NAME_PREFIX,
     PREPARED_FROM_LABEL,
     SPARE_DATABASE,
     VERIFIER_ENV,
     prepared_tag,
 )
-from postgraas_server.backends.scram import scram_sha256_verifier
+from postgraas_server.backends.postgres.client import wait_for_login
 from postgraas_server.config import DockerBackendSettings
+from postgraas_server.scram import scram_sha256_verifier
 
 from .conftest import RUN_ID, RUN_LABEL, TEST_IMAGE
 
@@ -206,7 +206,7 @@ def test_the_prepared_image_is_made_once_even_by_concurrent_backends(fresh_image
         except BaseException as e:  # reported below, in the test's thread
             errors.append(e)
 
-    with caplog.at_level(logging.INFO, logger="postgraas_server.backends.prepared_image"):
+    with caplog.at_level(logging.INFO, logger="postgraas_server.backends.docker.prepared_image"):
         threads = [threading.Thread(target=first_use) for _ in range(2)]
         for thread in threads:
             thread.start()

@@ -9,7 +9,7 @@ import pytest
 
 from postgraas_server.backends import DatabaseSpec
 
-from .test_backend_contract import make_backend
+from .conftest import BACKENDS, make_backend
 
 
 def settings_of(backend_name: str, request, ephemeral: bool) -> dict[str, str]:
@@ -29,7 +29,7 @@ def settings_of(backend_name: str, request, ephemeral: bool) -> dict[str, str]:
         backend.delete(created.ref, spec.credentials, instance_id=spec.instance_id, force=True)
 
 
-@pytest.mark.parametrize("backend_name", ["local", "cluster", "docker"])
+@pytest.mark.parametrize("backend_name", BACKENDS)
 def test_durable_is_the_default(request, backend_name):
     assert settings_of(backend_name, request, ephemeral=False) == {
         "fsync": "on",

@@ -25,13 +25,12 @@ import pytest
 import requests
 
 from postgraas_server.backends import DatabaseSpec
-from postgraas_server.backends.directory_processes import processes_working_in
 from postgraas_server.backends.local import INSTANCE_PROGRAMS, find_bin_dir
+from postgraas_server.backends.local.directory_processes import processes_working_in
 from postgraas_server.errors import BackendError, PostgraasError
 
-from .conftest import REPO_ROOT, Server, stop_server
-from .test_backend_contract import BACKENDS, backend_config, make_backend
-from .test_backends_api import body, start
+from .conftest import BACKENDS, REPO_ROOT, backend_config, make_backend
+from .servers import Server, body, start, stop_server
 
 # Fast enough for a test run; the defaults are minutes, not seconds.
 # heartbeat_timeout leaves room for heartbeats that wait on SQLite's write lock under load.

@@ -14,17 +14,16 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from postgraas_server.backends import Credentials, DatabaseSpec, claim_connections
-from postgraas_server.backends.claim_connections import NotClaimable
+from postgraas_server.backends import Credentials, DatabaseSpec
+from postgraas_server.backends.postgres import handover_connections
+from postgraas_server.backends.postgres.handover_connections import NotClaimable
 from postgraas_server.errors import PostgraasError
 
-from .conftest import stop_server
-from .test_backend_contract import backend_config, make_backend
-from .test_backends_api import body as unique_create_body
-from .test_backends_api import start
+from .conftest import BACKENDS, backend_config, make_backend
+from .servers import body as unique_create_body
+from .servers import start, stop_server
 
 POOL = 2
-BACKENDS = ("local", "cluster", "docker")
 
 
 def request_body(prefix: str, backend: str, **fields: str) -> dict:
@@ -232,16 +231,16 @@ def test_a_claim_ends_every_other_session_of_ours_and_none_of_the_tenants(reques
     pooled = DatabaseSpec(instance_id, f"pool-{tag}", f"pool_{tag}", f"pool_{tag}", "throwaway", pooled=True)
     ref = backend.create(pooled).ref
     try:
-        other_process = backend._connect_claim(ref)  # what another process's keeper holds
+        other_process = backend._connect_pooled(ref)  # what another process's keeper holds
         spec = DatabaseSpec(instance_id, f"warm-{tag}", f"db_{tag}", f"user_{tag}", f"pw-{tag}")
         ending = []
-        monkeypatch.setattr(claim_connections, "end_others_then_close", lambda *args: ending.append(args))
+        monkeypatch.setattr(handover_connections, "end_others_then_close", lambda *args: ending.append(args))
         provisioned = backend.claim(ref, Credentials(pooled.db_name, pooled.db_username, ""), spec)
         with psycopg.connect(
             host="127.0.0.1", port=provisioned.port, user=spec.db_username, password=spec.db_pwd, dbname=spec.db_name
         ) as tenant:
             monkeypatch.undo()
-            claim_connections.end_others_then_close(*ending[0])
+            handover_connections.end_others_then_close(*ending[0])
             try:
                 with pytest.raises(psycopg.OperationalError):
                     for _ in range(50):  # the termination is a signal: a moment later at most
@@ -253,7 +252,7 @@ def test_a_claim_ends_every_other_session_of_ours_and_none_of_the_tenants(reques
         # local: the pool's database is gone; docker: the pool's role too (NotClaimable, which the
         # service ignores for a row no longer pooled).
         with pytest.raises((PostgraasError, NotClaimable)):
-            backend._connect_claim(ref).close()
+            backend._connect_pooled(ref).close()
         with psycopg.connect(
             host="127.0.0.1", port=provisioned.port, user=spec.db_username, password=spec.db_pwd, dbname=spec.db_name
         ) as conn:

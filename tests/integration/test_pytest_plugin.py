@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import Server, stop_server
-from .test_client_cli import POSTGRAAS, make_token, start_local_server
+from .conftest import start_local_server
+from .servers import POSTGRAAS, Server, make_token, stop_server
 
 # Inner tests record "id name" and the password (the outer test must check it never shows).
 USES_THE_DATABASE = """

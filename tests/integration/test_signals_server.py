@@ -16,9 +16,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import stop_server
-from .test_backend_contract import backend_config
-from .test_backends_api import body, start
+from .conftest import backend_config
+from .servers import body, start, stop_server
 
 REQUESTS = 40
 

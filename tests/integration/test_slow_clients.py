@@ -12,9 +12,8 @@ import requests
 
 from benchmarks.slow_clients import Siege
 
-from .conftest import require_local_postgres, stop_server
-from .test_backend_contract import backend_config
-from .test_backends_api import body, start
+from .conftest import backend_config, require_local_postgres
+from .servers import body, start, stop_server
 
 # Well over what the server has threads for: 2 workers x 16.
 SLOW = 300

@@ -5,8 +5,6 @@ delete that takes its time."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -16,21 +14,8 @@ import psycopg
 import pytest
 import requests
 
-from .conftest import RUN_ID, RUN_LABEL, AdminHeldLock, Server, stop_server
-from .test_backend_contract import BACKENDS, backend_config
-from .test_backends_api import body, start
-
-
-def make_token(server: Server, owner: str, *extra: str) -> str:
-    config = server.log_path.parent / "application.cfg"
-    made = subprocess.run(
-        [sys.executable, "-m", "postgraas_server.cli", "--config", str(config), "token", "create", "--owner", owner]
-        + list(extra),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return made.stdout.strip()
+from .conftest import BACKENDS, RUN_ID, RUN_LABEL, AdminHeldLock, backend_config
+from .servers import Server, body, make_token, start, stop_server
 
 
 class Owner:

@@ -2,33 +2,15 @@
 
 import json
 import threading
-import time
 
 import pytest
-from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
 from postgraas_server.errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
-from postgraas_server.models import DBInstance, db
+from postgraas_server.models import db
 from postgraas_server.passwords import password_matches
 
-BODY = {"postgraas_instance_name": "demo", "db_name": "app", "db_username": "alice", "db_pwd": "s3cr@t pw"}
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def rows(app):
-    with app.app_context():
-        return list(db.session.execute(select(DBInstance)).scalars())
-
-
-def create(client, **overrides):
-    return client.post("/postgraas_instances", json={**BODY, **overrides})
+from .api_calls import BODY, create, rows, wait_for
 
 
 def test_create_returns_credentials_once(client, fake_backend):

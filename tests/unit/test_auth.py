@@ -8,7 +8,7 @@ from postgraas_server.errors import BackendTimeout, BackendUnavailable
 from postgraas_server.tokens import issue_token, revoke_token
 
 from ..conftest import make_app
-from .test_api import BODY
+from .api_calls import BODY
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from postgraas_server.backends.directory_processes import end_processes_working_in, processes_working_in
+from postgraas_server.backends.local.directory_processes import end_processes_working_in, processes_working_in
 
 # Exits 3 on SIGQUIT, as a postgres ends its immediate shutdown on its own.
 QUITS = "signal.signal(signal.SIGQUIT, lambda *_: sys.exit(3))"

@@ -13,10 +13,10 @@ import docker.errors
 import pytest
 import requests
 
-from postgraas_server.backends import Credentials, DatabaseSpec, prepared_image
-from postgraas_server.backends import docker as docker_backend
-from postgraas_server.backends.docker import DockerBackend
-from postgraas_server.backends.prepared_image import (
+from postgraas_server.backends import Credentials, DatabaseSpec
+from postgraas_server.backends.docker import DockerBackend, image_preparer, prepared_image
+from postgraas_server.backends.docker import backend as docker_backend
+from postgraas_server.backends.docker.prepared_image import (
     BUILD_NAME_PREFIX,
     DATA_DIR,
     PREPARED_FROM_LABEL,
@@ -25,9 +25,9 @@ from postgraas_server.backends.prepared_image import (
     prepared_tag,
     wrapper_script,
 )
-from postgraas_server.backends.scram import scram_keys
 from postgraas_server.config import DockerBackendSettings
 from postgraas_server.errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
+from postgraas_server.scram import scram_keys
 
 SPEC = DatabaseSpec(7, "demo", "app", "alice", "s3cret")
 IMAGE_ID = "sha256:" + "ab" * 32
@@ -421,7 +421,7 @@ def test_a_build_container_running_for_too_long_is_removed_and_the_image_made(cl
 
 def test_a_build_elsewhere_that_takes_too_long_means_the_plain_path_this_once(client, logins, monkeypatch):
     other = client.containers.create(image=IMAGE_ID, name=BUILD_NAME_PREFIX + TAG.split(":")[1])
-    monkeypatch.setattr(prepared_image, "BUILD_TIMEOUT_S", 0)
+    monkeypatch.setattr(image_preparer, "BUILD_TIMEOUT_S", 0)
     made = backend(client)
     made.create(SPEC)
     assert client.instances()[0].kwargs["image"] == "postgres:16"
@@ -598,9 +598,12 @@ def test_no_pooled_container_without_the_prepared_image(client, logins):
 
 def test_the_images_own_role_and_database_are_not_claimed():
     made = DockerBackend(DockerBackendSettings(type="docker"), "deployment", client_factory=lambda: None)
-    assert made.supports_pool
+    assert made.why_no_pool() is None
     assert made.can_claim("app", "alice")
     assert not made.can_claim("postgres", "alice") and not made.can_claim("app", "postgres")
-    assert not DockerBackend(
-        DockerBackendSettings(type="docker", prepare_image=False), "deployment", client_factory=lambda: None
-    ).supports_pool
+    assert "prepare_image" in (
+        DockerBackend(
+            DockerBackendSettings(type="docker", prepare_image=False), "deployment", client_factory=lambda: None
+        ).why_no_pool()
+        or ""
+    )

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import create_engine, insert, select
 
-from postgraas_server.heartbeats import Heartbeats
 from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance
+from postgraas_server.service.heartbeats import Heartbeats
 
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
 

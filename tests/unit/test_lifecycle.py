@@ -7,7 +7,7 @@ import pytest
 from postgraas_server.errors import BackendError
 
 from ..conftest import make_app
-from .test_api import BODY, create, rows, wait_for
+from .api_calls import BODY, create, rows, wait_for
 
 
 def close(a: timedelta, b: timedelta) -> bool:

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from postgraas_server.migrations import upgrade
 from postgraas_server.passwords import password_matches
 
-from .test_api import BODY
+from .api_calls import BODY
 
 LEGACY_2X = """
 create table db_instance (

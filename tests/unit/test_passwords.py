@@ -6,8 +6,8 @@ import hmac
 
 from werkzeug.security import generate_password_hash
 
-from postgraas_server.backends.scram import salted_password, scram_keys
 from postgraas_server.passwords import METHOD, password_hashes, password_matches
+from postgraas_server.scram import salted_password, scram_keys
 
 
 def test_a_hash_checks_its_password_and_no_other():

@@ -15,10 +15,10 @@ from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import BackendError, Conflict
 from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance, db
-from postgraas_server.pool import PoolKeeper
-from postgraas_server.reaper import Reaper
+from postgraas_server.service import PoolKeeper
+from postgraas_server.service.reaper import Reaper
 
-from .test_api import create
+from .api_calls import create
 
 POOL_SIZE = 2
 
@@ -33,15 +33,18 @@ def app(tmp_path, fake_backend):
     )
     upgrade(settings.metadb.sqlalchemy_url())
     registry = BackendRegistry({"fake": fake_backend}, "fake", pools={"fake": POOL_SIZE})
-    app = create_app(settings, backends=registry)
+    # The tests run the keeper's rounds themselves.
+    app = create_app(settings, backends=registry, background=False)
     app.config["TESTING"] = False
     return app
 
 
 @pytest.fixture
 def keeper(app):
-    keeper = PoolKeeper(app.extensions["postgraas"].service)
-    app.extensions["postgraas"].service.pool_keeper = keeper
+    pool = app.extensions["postgraas"].service.pool
+    keeper = PoolKeeper(pool)
+    # What start() does, without its thread: a create that takes a pooled instance wakes it.
+    pool.taken = keeper.wake
     return keeper
 
 
@@ -221,7 +224,7 @@ def test_names_a_backend_keeps_for_itself_are_made_anew(app, client, keeper, fak
 
 
 def test_a_claim_hands_the_backend_the_verifier_of_the_requested_password(app, client, keeper, fake_backend):
-    from postgraas_server.backends.scram import scram_keys
+    from postgraas_server.scram import scram_keys
 
     fill(app, keeper)
     body = create(client, db_pwd="the-requested-one").get_json()

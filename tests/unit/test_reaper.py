@@ -11,10 +11,10 @@ from sqlalchemy import update
 from postgraas_server.backends import Credentials, DatabaseSpec, ManagedObject
 from postgraas_server.errors import BackendUnavailable
 from postgraas_server.models import DBInstance, db
-from postgraas_server.reaper import Reaper
+from postgraas_server.service.reaper import Reaper
 
 from ..conftest import make_app
-from .test_api import BODY, create, rows
+from .api_calls import BODY, create, rows
 
 LONG_AGO = datetime.now(UTC) - timedelta(days=30)
 
@@ -140,7 +140,7 @@ def test_a_heartbeat_between_listing_and_claim_keeps_the_creation(app, client, r
 
 
 def test_a_pass_stops_when_another_reaper_took_the_lease(app, client, reaper):
-    from postgraas_server.reaper import LeaseLost
+    from postgraas_server.service.reaper import LeaseLost
 
     state = app.extensions["postgraas"]
     instance_id = create(client, ttl=60).get_json()["postgraas_instance_id"]

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from postgraas_server.backends.scram import saslprep, scram_keys, scram_sha256_verifier
+from postgraas_server.scram import saslprep, scram_keys, scram_sha256_verifier
 
 
 def test_scram_keys_match_rfc_7677():

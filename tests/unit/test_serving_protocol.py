@@ -215,7 +215,7 @@ def test_close_runs_in_a_pool_thread_after_the_client_has_the_answer():
 
 
 def test_flask_call_on_close_work_does_not_delay_the_answer():
-    # What postgraas_server.service._after_response does: work in response.call_on_close.
+    # What postgraas_server.api.instances._after_response does: work in response.call_on_close.
     app = Flask(__name__)
     worked = []
 

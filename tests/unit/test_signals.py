@@ -16,9 +16,9 @@ from sqlalchemy import update
 from postgraas_server.errors import BackendTimeout
 from postgraas_server.logs import log_handler
 from postgraas_server.models import DBInstance, db
-from postgraas_server.reaper import Reaper
+from postgraas_server.service.reaper import Reaper
 
-from .test_api import BODY, create
+from .api_calls import BODY, create
 
 SECRET = BODY["db_pwd"]
 

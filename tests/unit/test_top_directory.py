@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from postgraas_server.backends.top_directory import FS_TOPDIR_FL, mark_top_directory
+from postgraas_server.backends.local.top_directory import FS_TOPDIR_FL, mark_top_directory
 
 from ..file_flags import file_system_type, flags
 

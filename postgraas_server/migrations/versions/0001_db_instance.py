@@ -11,8 +11,6 @@ from postgraas_server.passwords import hash_password
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 NAME_INDEX = "ux_db_instance_name"
 

@@ -1,0 +1,184 @@
+"""Removing a tenant from a PostgreSQL server it shares with others: its database, every trace of
+its role in every database of the server, then the role.
+
+Two rules hold whatever other tenants do:
+- only what is provably this instance's is removed: a role carrying this instance's marker
+  (a comment no tenant can set), and a database that role owns. Names alone prove nothing: after
+  an admin dropped an instance's objects, another instance may have taken the same names.
+- nothing another tenant did can stop the removal for good: grants to the role, default
+  privileges and policies naming it, objects it made where another tenant let it (with what
+  others built on them), in any database, go by DROP OWNED ... CASCADE there (found in the shared
+  catalog pg_shdepend, so databases the role could not even connect to are covered); flags an
+  owner may set on a database are undone first; what a tenant holds in a step's way is ended
+  (admin_steps); any other wait ends at the session's lock_timeout with BackendTimeout, and the
+  caller (the reaper) tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from ...errors import BackendError, InUse
+from ..postgres.tenants import count_sessions, marked_instance
+from .admin_steps import Connect, rollback_prepared, run_step
+
+log = logging.getLogger(__name__)
+
+
+def drop_tenant(
+    conn: psycopg.Connection,
+    db_name: str,
+    role: str,
+    *,
+    deployment: str,
+    instance_id: int,
+    force: bool,
+    connect: Connect,
+) -> str | None:
+    """Drop the instance's database (refusing while sessions are open, unless ``force``), whatever
+    its role owns or was granted anywhere in the server, then the role. ``conn`` is an autocommit
+    admin connection; ``connect`` gives others. Returns None when all of it is gone, else a
+    sentence saying what was left in place because it is not this instance's.
+
+    Raises InUse (sessions open, not forced), BackendTimeout (a lock wait gave up; nothing is
+    half done that a later call cannot finish) or BackendError."""
+    found = conn.execute(
+        "select oid, shobj_description(oid, 'pg_authid') from pg_roles where rolname = %s", (role,)
+    ).fetchone()
+    role_oid = found[0] if found else None
+    database = conn.execute(
+        "select oid, datdba, datistemplate from pg_database where datname = %s", (db_name,)
+    ).fetchone()
+    if found is not None and not _marks(found[1], deployment, instance_id):
+        log.warning("instance %s: role %s is not this instance's (no marker of it); left alone", instance_id, role)
+        role_oid = None
+    left = [f"role {role!r}"] if found is not None and role_oid is None else []
+    if database is not None and (role_oid is None or database[1] != role_oid):
+        # Owned by another role: made after this instance's database vanished, not ours to drop.
+        left.append(f"database {db_name!r}")
+        database = None
+    if database is not None:
+        sessions = count_sessions(conn, db_name)
+        if sessions and not force:
+            raise InUse(sessions)
+    nologin = sql.SQL("alter role {} nologin").format(sql.Identifier(role))
+    if role_oid is not None and force:
+        # First, so that its login is gone even if a later step has to wait for the reaper. (A delete
+        # that is not forced may still be refused for sessions, and the instance must then work on.)
+        run_step(conn, nologin, connect)
+    _rollback_prepared_of(
+        conn, db_name if database is not None else None, role if role_oid is not None else None, connect
+    )
+    if database is not None:
+        _drop_database(conn, db_name, is_template=database[2], force=force, connect=connect)
+    if role_oid is not None:
+        if not force:
+            run_step(conn, nologin, connect)
+        _end_sessions_of(conn, role)
+        _drop_role(conn, role, role_oid, connect)
+    if not left:
+        return None
+    return (
+        f"Its {' and '.join(left)} were left as they are: the names are no longer this instance's (its "
+        "objects were removed behind Postgraas's back and the names taken since)."
+    )
+
+
+def _marks(comment: str | None, deployment: str, instance_id: int) -> bool:
+    return marked_instance(comment, deployment) == instance_id
+
+
+def _drop_database(conn: psycopg.Connection, db_name: str, *, is_template: bool, force: bool, connect: Connect) -> None:
+    database = sql.Identifier(db_name)
+    if is_template:
+        # An owner may flag its database a template, which DROP DATABASE refuses.
+        run_step(conn, sql.SQL("alter database {} is_template false").format(database), connect)
+    drop = sql.SQL("drop database if exists {}").format(database)
+    if force:
+        run_step(conn, drop + sql.SQL(" with (force)"), connect)
+    else:
+        # Sessions opened between the count and the drop: the instance stays, as with any in use.
+        run_step(conn, drop, connect, in_use="conflict")
+
+
+def _end_sessions_of(conn: psycopg.Connection, role: str) -> None:
+    """The role's sessions in other databases (it cannot log in again: it is NOLOGIN now)."""
+    conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", (role,))
+
+
+def _rollback_prepared_of(conn: psycopg.Connection, db_name: str | None, role: str | None, connect: Connect) -> None:
+    """A prepared transaction keeps its database in use with no session left, and its owner alive.
+    Only those in this instance's database or of its role (None: not this instance's)."""
+    if db_name is None and role is None:
+        return
+    prepared = conn.execute(
+        "select gid, database from pg_prepared_xacts where database = %s or owner = %s", (db_name, role)
+    ).fetchall()
+    for gid, datname in prepared:
+        with _in_database(conn, datname, connect):
+            rollback_prepared(gid, datname, connect)
+
+
+# How often DROP OWNED and DROP ROLE are tried when another tenant keeps granting the role something.
+DROP_ATTEMPTS = 5
+
+
+def _drop_role(conn: psycopg.Connection, role: str, role_oid: int, connect: Connect) -> None:
+    drop = sql.SQL("drop role if exists {}").format(sql.Identifier(role))
+    for attempt in range(1, DROP_ATTEMPTS + 1):
+        _drop_everything_of(conn, role, role_oid, connect)
+        try:
+            run_step(conn, drop, connect)
+            return
+        except BackendError as e:
+            # Another tenant granted the role something again meanwhile: revoke that too.
+            if attempt == DROP_ATTEMPTS or not isinstance(e.__cause__, psycopg.errors.DependentObjectsStillExist):
+                raise
+
+
+def _drop_everything_of(conn: psycopg.Connection, role: str, role_oid: int, connect: Connect) -> None:
+    """DROP OWNED in every database where the role owns something or is named by a grant, a
+    default privilege or a policy; then once more here for what it holds on shared objects.
+    CASCADE: what another tenant built on the role's objects (a view on its table) goes with them,
+    or that tenant could keep the role alive for good."""
+    databases = conn.execute(
+        "select distinct d.datname from pg_shdepend s join pg_database d on d.oid = s.dbid"
+        " where s.refclassid = 'pg_authid'::regclass and s.refobjid = %s",
+        (role_oid,),
+    ).fetchall()
+    statement = sql.SQL("drop owned by {} cascade").format(sql.Identifier(role))
+    for (datname,) in databases:
+        with _in_database(conn, datname, connect) as other:
+            run_step(other, statement, connect)
+    shared = conn.execute(
+        "select 1 from pg_shdepend where dbid = 0 and refclassid = 'pg_authid'::regclass and refobjid = %s limit 1",
+        (role_oid,),
+    ).fetchone()
+    if shared:
+        run_step(conn, statement, connect)
+
+
+@contextmanager
+def _in_database(conn: psycopg.Connection, datname: str, connect: Connect) -> Iterator[psycopg.Connection]:
+    """A connection to ``datname``, even where its owner disallowed connections or limited them to
+    none (both undone for the while, then restored)."""
+    row = conn.execute("select datallowconn, datconnlimit from pg_database where datname = %s", (datname,)).fetchone()
+    closed, limit = (not row[0], row[1]) if row is not None else (False, -1)
+    database = sql.Identifier(datname)
+    if closed:
+        run_step(conn, sql.SQL("alter database {} allow_connections true").format(database), connect)
+    if limit >= 0:
+        run_step(conn, sql.SQL("alter database {} connection limit -1").format(database), connect)
+    try:
+        with connect(datname) as other:
+            yield other
+    finally:
+        if limit >= 0:
+            run_step(conn, sql.SQL("alter database {} connection limit {}").format(database, limit), connect)
+        if closed:
+            run_step(conn, sql.SQL("alter database {} allow_connections false").format(database), connect)

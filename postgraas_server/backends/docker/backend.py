@@ -1,0 +1,376 @@
+"""The docker backend: one container of the configured postgres image per instance (by default of
+its prepared image, see prepared_image.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import docker.errors
+import psycopg
+import requests
+from psycopg import sql
+
+from ...config import DockerBackendSettings
+from ...errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
+from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
+from ..postgres.client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
+from ..postgres.handover_connections import NotClaimable
+from ..postgres.own_server import EPHEMERAL_SETTINGS, OwnServerBackend
+from ..postgres.pool_secret import pool_secret
+from ..postgres.tenants import OUR_SESSIONS, Statement, require_pooled_database
+from .containers import (
+    POSTGRES_PORT,
+    created_at,
+    engine_client_factory,
+    environment_of,
+    limits,
+    log_tail,
+    published_port,
+    remove_quietly,
+)
+from .image_preparer import ImagePreparer
+from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV
+
+log = logging.getLogger(__name__)
+
+MANAGED_LABEL = "postgraas.managed"
+NAME_LABEL = "postgraas.name"
+INSTANCE_ID_LABEL = "postgraas.instance_id"
+DEPLOYMENT_LABEL = "postgraas.deployment"
+EXIT_CHECK_INTERVAL_S = 0.5
+
+
+class ContainerExited(Exception):
+    """The container stopped while we waited for it to become ready."""
+
+
+class DockerBackend(OwnServerBackend):
+    """Creates containers through an injected docker SDK client (a fake one in unit tests)."""
+
+    type_name = "docker"
+
+    def __init__(
+        self,
+        settings: DockerBackendSettings,
+        deployment: str,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        super().__init__(settings, deployment)
+        self.settings = settings
+        self._client_factory = client_factory or engine_client_factory(settings)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+        self._preparer = ImagePreparer(lambda: limits(self.settings))
+        self._pool_secret = pool_secret()
+
+    def why_no_pool(self) -> str | None:
+        # A claim logs in as the pooled tenant and acts as the image's own superuser, which only a
+        # prepared image keeps apart from the tenant (the official entrypoint makes them one role).
+        if self.settings.prepare_image:
+            return None
+        return "the docker backend keeps a warm pool of prepared images only (prepare_image: true)"
+
+    def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        if spec.pooled:
+            # A password any process of this server can derive again to claim the container.
+            spec = replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)
+        credentials = spec.credentials
+        with self._engine("create the container"):
+            container, secrets_in_env = self._create_container(spec)
+        try:
+            with self._engine("start the container"):
+                container.start()
+                container.reload()
+                port = published_port(container)
+            wait_for_login(
+                self._probe_host,
+                port,
+                credentials,
+                timeout=self.settings.ready_timeout,
+                still_starting=self._exit_watch(container),
+            )
+        except BaseException as e:
+            logs = log_tail(container, secrets_in_env)
+            remove_quietly(container, "after a failed create")
+            if isinstance(e, NotReady):
+                raise BackendTimeout(
+                    f"The database in container {container.name} was not ready within "
+                    f"{self.settings.ready_timeout:g} s (last error: {e}); it was removed. "
+                    f"Last log lines:\n{logs}"
+                ) from e
+            if isinstance(e, ContainerExited):
+                raise BackendError(
+                    f"Container {container.name} stopped before its database was ready ({e}); "
+                    f"it was removed. Last log lines:\n{logs}"
+                ) from e
+            raise
+        log.info("created container %s for instance %s on port %s", container.name, spec.instance_name, port)
+        return ProvisionedDatabase(ref=container.id, host=self.settings.advertised_host, port=port)
+
+    # claim and keep_ready: OwnServerBackend's, acting as the image's bootstrap superuser so that
+    # the tenant's own role (the pooled login, a superuser) can be renamed.
+
+    def _before_hand_over(self) -> Sequence[Statement]:
+        return [sql.SQL("set session authorization {}").format(sql.Identifier(BOOTSTRAP_USER))]
+
+    def _make_ephemeral(self, conn: psycopg.Connection, ref: str) -> None:
+        # ALTER SYSTEM, each outside a transaction, so one statement at a time.
+        for setting in EPHEMERAL_SETTINGS:
+            conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
+
+    def _label(self, ref: str) -> str:
+        return f"container {ref[:12]}"
+
+    def can_claim(self, db_name: str, db_username: str) -> bool:
+        # The image's superuser and its database: a create asking for them is made anew (the
+        # prepared wrapper then hands them to it, as the official image would).
+        return BOOTSTRAP_USER not in (db_name, db_username)
+
+    def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
+        # A container id is never reused: the ref is this instance's object or none at all.
+        with self._engine("remove the container"):
+            try:
+                container = self.client.containers.get(ref)
+            except docker.errors.NotFound:
+                return None
+            if not force and container.status == "running":
+                self._refuse_if_in_use(container, credentials)
+            try:
+                # The data is thrown away anyway, so kill rather than wait for a clean shutdown;
+                # v=True removes the anonymous data volume with it.
+                container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                return None
+        log.info("removed container %s (force=%s)", container.name, force)
+        return None
+
+    def exists(self, ref: str) -> bool:
+        with self._engine("look up the container"):
+            try:
+                self.client.containers.get(ref)
+            except docker.errors.NotFound:
+                return False
+        return True
+
+    def describe(self, ref: str) -> ObjectDescription:
+        with self._engine("look up the container"):
+            try:
+                container = self.client.containers.get(ref)
+            except docker.errors.NotFound:
+                return ObjectDescription(ObjectState.MISSING)
+        if container.status != "running":
+            return ObjectDescription(ObjectState.STOPPED)
+        return ObjectDescription(ObjectState.RUNNING, self.settings.advertised_host, published_port(container))
+
+    def health(self) -> None:
+        with self._engine("reach the engine"):
+            self.client.ping()
+
+    def list_objects(self) -> list[ManagedObject]:
+        with self._engine("list the containers"):
+            # sparse: the list answer has labels and times; no inspect per container, which
+            # would also fail the whole listing for one container removed meanwhile.
+            containers = self.client.containers.list(
+                all=True, sparse=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment}"}
+            )
+        objects = []
+        for container in containers:
+            try:
+                instance_id = int((container.attrs.get("Labels") or {})[INSTANCE_ID_LABEL])
+            except (KeyError, ValueError):
+                continue
+            created = created_at(container.attrs.get("Created"))
+            ports = [p.get("PublicPort") for p in container.attrs.get("Ports") or [] if p.get("PrivatePort") == 5432]
+            port = next((int(p) for p in ports if p), None)
+            name = (container.attrs.get("Labels") or {}).get(NAME_LABEL)
+            objects.append(ManagedObject(container.id, instance_id, created, Credentials("", "", ""), port, name))
+        return objects
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _pool_password(self, instance_id: int, username: str) -> str:
+        message = f"{self.deployment}:{instance_id}:{username}".encode()
+        return base64.urlsafe_b64encode(hmac.new(self._pool_secret, message, hashlib.sha256).digest()).decode()
+
+    def _connect_pooled(self, ref: str) -> psycopg.Connection:
+        """A login as the pooled container's tenant, to the image's own database. Raises
+        NotClaimable when the password is refused while the container is still pooled: it was
+        made under another POSTGRAAS_POOL_SECRET (by this server before a restart, say)."""
+        with self._engine("look up the pooled container"):
+            container = self.client.containers.get(ref)
+        labels = container.attrs.get("Config", {}).get("Labels") or {}
+        env = environment_of(container.attrs.get("Config") or {})
+        username = env.get("POSTGRES_USER", "")
+        try:
+            conn = psycopg.connect(
+                host=self._probe_host,
+                port=published_port(container),
+                user=username,
+                password=self._pool_password(int(labels.get(INSTANCE_ID_LABEL, "0")), username),
+                dbname=BOOTSTRAP_USER,
+                autocommit=True,
+                connect_timeout=5,
+                application_name=OUR_SESSIONS,
+            )
+        except psycopg.OperationalError as e:
+            if "password authentication failed" in str(e):
+                raise NotClaimable(f"pooled container {ref[:12]} refuses this server's pool password") from e
+            raise
+        return require_pooled_database(conn, env.get("POSTGRES_DB", ""), f"Pooled container {ref[:12]}")
+
+    @property
+    def client(self) -> Any:
+        # Created on first use, and again after a failure: the engine may be down when the
+        # server starts (docker-py asks the engine for its API version on construction).
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._client_factory()
+            return self._client
+
+    @contextmanager
+    def _engine(self, action: str) -> Iterator[None]:
+        """Translate docker SDK failures into the service's errors, naming what was tried."""
+        try:
+            yield
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                raise Conflict(f"Docker refused to {action}: {e.explanation}") from e
+            raise BackendError(f"Docker failed to {action}: {e.explanation or e}") from e
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            with self._client_lock:
+                self._client = None
+            raise BackendUnavailable(
+                f"The Docker engine cannot be reached, so the server could not {action}. "
+                f"Check that it is running and that backend.base_url is right ({e})."
+            ) from e
+
+    def _create_container(self, spec: DatabaseSpec, *, retry: bool = True) -> tuple[Any, tuple[str, ...]]:
+        """The container, not started, and the secrets its environment holds (kept out of logs)."""
+        prepared = self._prepared_image() if self.settings.prepare_image else None
+        if spec.pooled and prepared is None:
+            # The official entrypoint makes the tenant the bootstrap superuser: no claim could rename it.
+            raise BackendError(
+                f"The warm pool needs the prepared image of {self.settings.image}, which is not available."
+            )
+        if prepared is not None:
+            verifier = spec.scram_verifier()
+            # No plaintext password: the wrapper creates the tenant with its SCRAM verifier.
+            environment = {"POSTGRES_USER": spec.db_username, "POSTGRES_DB": spec.db_name, VERIFIER_ENV: verifier}
+            secrets_in_env: tuple[str, ...] = (spec.db_pwd, verifier)
+        else:
+            environment = {
+                "POSTGRES_USER": spec.db_username,
+                "POSTGRES_PASSWORD": spec.db_pwd,
+                "POSTGRES_DB": spec.db_name,
+            }
+            secrets_in_env = (spec.db_pwd,)
+        kwargs = dict(
+            image=prepared or self.settings.image,
+            # The random suffix keeps names unique across meta dbs sharing one engine.
+            name=f"postgraas-{spec.instance_name}-{secrets.token_hex(3)}",
+            environment=environment,
+            labels={
+                **self.settings.labels,
+                MANAGED_LABEL: "true",
+                DEPLOYMENT_LABEL: self.deployment,
+                NAME_LABEL: spec.instance_name,
+                INSTANCE_ID_LABEL: str(spec.instance_id),
+            },
+            # No host port given: Docker picks a free one when it binds, so there is no race.
+            ports={POSTGRES_PORT: (self.settings.bind_address, None)},
+            detach=True,
+            **limits(self.settings),
+            # Back by itself after an engine restart; a stopped database is no database.
+            restart_policy={"Name": "unless-stopped"},
+        )
+        if spec.ephemeral:
+            # The official entrypoint (and the prepared wrapper) pass "postgres ARGS" through.
+            kwargs["command"] = ["postgres", *(f"-c{name}=off" for name in EPHEMERAL_SETTINGS)]
+        try:
+            return self.client.containers.create(**kwargs), secrets_in_env
+        except docker.errors.ImageNotFound:
+            if prepared is not None:
+                if not retry:
+                    raise
+                # Removed since it was found (an image prune, say): find or make it again.
+                self._preparer.forget(prepared)
+                return self._create_container(spec, retry=False)
+            self._pull_image()
+            return self.client.containers.create(**kwargs), secrets_in_env
+
+    def _prepared_image(self) -> str | None:
+        """The prepared image's tag, made on first use; None when the configured image cannot be prepared."""
+        try:
+            image = self.client.images.get(self.settings.image)
+        except docker.errors.ImageNotFound:
+            self._pull_image()
+            image = self.client.images.get(self.settings.image)
+        return self._preparer.tag_for(self.client, image)
+
+    def _pull_image(self) -> None:
+        log.info("image %s not present; pulling it", self.settings.image)
+        try:
+            self.client.images.pull(self.settings.image)
+        except docker.errors.APIError as e:
+            raise BackendUnavailable(
+                f"The image {self.settings.image} (backend.image) is not on the Docker engine "
+                f"and could not be pulled: {e.explanation or e}"
+            ) from e
+
+    def _exit_watch(self, container: Any) -> Callable[[], None]:
+        """_raise_if_exited, at most every EXIT_CHECK_INTERVAL_S: an inspect per login attempt (20 a
+        second) of every container of a burst of creates would keep the engine itself busy."""
+        last_check = -EXIT_CHECK_INTERVAL_S
+
+        def check() -> None:
+            nonlocal last_check
+            now = time.monotonic()
+            if now - last_check >= EXIT_CHECK_INTERVAL_S:
+                last_check = now
+                self._raise_if_exited(container)
+
+        return check
+
+    def _raise_if_exited(self, container: Any) -> None:
+        with self._engine("inspect the container"):
+            container.reload()
+        if container.status not in ("created", "running"):
+            code = container.attrs.get("State", {}).get("ExitCode")
+            raise ContainerExited(f"status {container.status}, exit code {code}")
+
+    def _refuse_if_in_use(self, container: Any, credentials: Credentials) -> None:
+        sessions = self._count_sessions(container, credentials)
+        if sessions:
+            raise InUse(sessions)
+
+    def _count_sessions(self, container: Any, credentials: Credentials) -> int:
+        """Other sessions, counted over TCP with the tenant's password, or, when a token's
+        delete brings none, from inside over the container's own socket, which the image's
+        contract trusts. Raises Conflict when neither can tell."""
+        if credentials.db_pwd:
+            container.reload()
+            try:
+                return count_other_sessions(self._probe_host, published_port(container), credentials)
+            except psycopg.Error as e:
+                reason = f"with its credentials ({str(e).strip()})"
+        else:
+            command = ["psql", "-U", credentials.db_username, "-d", credentials.db_name, "-tAc", OTHER_SESSIONS_SQL]
+            with self._engine("check the container for sessions"):
+                code, output = container.exec_run(command)
+            text = output.decode("utf-8", "replace").strip()
+            if code == 0 and text.isdigit():
+                return int(text)
+            reason = f"({text[-200:]})"
+        raise Conflict(
+            f'Could not check the instance for open sessions {reason}; delete with "force": true to remove it anyway.'
+        )

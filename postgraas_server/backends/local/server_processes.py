@@ -1,0 +1,262 @@
+"""The local backend's programs: initdb for the template every instance copies, pg_ctl and postgres.
+
+The postgres processes are started in their own session, so they outlive a server restart and
+are found again from the instance's files. The superuser ``postgres`` can only log in through
+the instance's private socket (local trust).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import logging
+import os
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from ...config import LocalBackendSettings
+from ...errors import BackendError, BackendUnavailable
+from ..postgres.client import NotReady
+from ..postgres.tenants import OUR_SESSIONS
+from .data_directories import RunAs
+from .directory_processes import end_processes_working_in
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "postgres"
+# The superuser works from template1: the tenant's database is the cluster's "postgres" database,
+# renamed, so no CREATE DATABASE (a copy and a sync of a whole database) runs on the request path.
+ADMIN_DATABASE = "template1"
+# Bump when what the template holds changes: the next create builds a new one.
+TEMPLATE_FORMAT = 1
+INITDB_OPTIONS = (
+    "--auth-local=trust",
+    "--auth-host=scram-sha-256",
+    "--encoding=UTF8",
+    "--locale=C.UTF-8",
+    "--no-instructions",
+    # 1 MiB WAL segments instead of 16: every instance starts as a copy, so bytes cost time.
+    "--wal-segsize=1",
+)
+# How often a starting server is asked whether it takes connections (pg_ctl -w asks every 100 ms).
+START_POLL_S = 0.005
+START_ATTEMPTS = 8
+LOG_TAIL_LINES = 20
+# The programs that work in an instance's directory (as in /proc/<pid>/comm).
+INSTANCE_PROGRAMS = frozenset({"cp", "pg_ctl", "sh", "postgres"})
+
+
+class ServerPrograms:
+    """Runs the PostgreSQL programs of ``bin_dir`` for the instances of one data root."""
+
+    def __init__(self, settings: LocalBackendSettings, data_root: Path) -> None:
+        self.settings = settings
+        self.data_root = data_root
+        self._bin_dir: Path | None = None
+        self._template_dir: Path | None = None
+        self._template_lock = threading.Lock()
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = find_bin_dir(self.settings.bin_dir)
+        return self._bin_dir
+
+    def template(self, run_as: RunAs | None) -> Path:
+        """The initialised cluster every instance starts as a copy of, built on first use.
+
+        It lives in ``<data_root>/.t-<key>``, where the key names the PostgreSQL version and what
+        the template holds; workers and servers sharing a data_root share it (the first to finish
+        building it wins the rename, the others drop theirs). Delete it to have it rebuilt."""
+        with self._template_lock:
+            if self._template_dir is not None and self._template_dir.is_dir():
+                return self._template_dir
+            version = self.run([self.bin_dir / "postgres", "--version"], None, "postgres --version").stdout
+            key = hashlib.sha256(f"{TEMPLATE_FORMAT} {version} {INITDB_OPTIONS}".encode()).hexdigest()[:12]
+            final = self.data_root / f".t-{key}"
+            if not final.is_dir():
+                self._build_template(final, run_as)
+            self._template_dir = final
+            return final
+
+    def _build_template(self, final: Path, run_as: RunAs | None) -> None:
+        partial = self.data_root / f"{final.name}.{secrets.token_hex(3)}"
+        partial.mkdir(mode=0o700)
+        try:
+            if run_as:
+                os.chown(partial, run_as.uid, run_as.gid)
+            self.run(
+                [self.bin_dir / "initdb", "-D", partial / "data", "-U", SUPERUSER, *INITDB_OPTIONS], run_as, "initdb"
+            )
+            try:
+                partial.rename(final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                # Another worker built it first: use theirs.
+                shutil.rmtree(partial, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        log.info("built the template cluster %s", final)
+
+    def run(self, argv: list, run_as: RunAs | None, what: str, check: bool = True) -> subprocess.CompletedProcess:
+        kwargs: dict = {}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+        if run_as:
+            kwargs = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+            env["HOME"] = run_as.home
+        try:
+            result = subprocess.run(
+                [str(a) for a in argv],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd="/",
+                # Own session: the postgres it starts must outlive this server's process group.
+                start_new_session=True,
+                timeout=self.settings.ready_timeout + 30,
+                **kwargs,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BackendError(f"{what} failed: {e}") from e
+        if check and result.returncode != 0:
+            raise BackendError(f"{what} failed (exit {result.returncode}): {_tail(result.stderr + result.stdout)}")
+        return result
+
+    def start(self, home: Path, run_as: RunAs | None) -> int:
+        """Start on a free port; a port taken meanwhile makes postgres fail to bind, so try another."""
+        tried: set[int] = set()
+        for _ in range(START_ATTEMPTS):
+            port = self._candidate_port(tried)
+            tried.add(port)
+            (home / "data" / "postgraas_port.conf").write_text(f"port = {port}\n")
+            log_file = home / "postgres.log"
+            # -W: pg_ctl returns once postgres is forked (its own wait polls every 100 ms); _await_start polls faster.
+            self.run(
+                [self.bin_dir / "pg_ctl", "-D", home / "data", "-l", log_file, "-W", "start"], run_as, "pg_ctl start"
+            )
+            if self._await_start(home, port, log_file):
+                return port
+            log_file.unlink(missing_ok=True)
+        raise BackendError(f"postgres found no free port in {self.settings.port_min}-{self.settings.port_max}.")
+
+    def _await_start(self, home: Path, port: int, log_file: Path) -> bool:
+        """True once the superuser can connect through the private socket; False when the port was
+        taken (postgres then exits); raises when postgres failed otherwise or took too long."""
+        deadline = time.monotonic() + self.settings.ready_timeout
+        while True:
+            try:
+                connect_superuser(home, port, connect_timeout=2).close()
+                return True
+            except psycopg.OperationalError:
+                pass
+            server_log = log_file.read_text(errors="replace") if log_file.exists() else ""
+            if "could not bind" in server_log or "could not create any TCP/IP sockets" in server_log:
+                _wait_for_exit(home)
+                return False
+            if ("FATAL:" in server_log or "PANIC:" in server_log) and not (home / "data" / "postmaster.pid").exists():
+                raise BackendError(f"postgres did not start: {_tail(server_log)}")
+            if time.monotonic() > deadline:
+                raise NotReady(f"postgres did not accept connections within {self.settings.ready_timeout:g} s")
+            time.sleep(START_POLL_S)
+
+    def _candidate_port(self, tried: set[int]) -> int:
+        low, high = self.settings.port_min, self.settings.port_max
+        for _ in range(64):
+            port = random.randint(low, high)
+            if port not in tried and _port_looks_free(self.settings.listen_address, port):
+                return port
+        return random.randint(low, high)
+
+    def running(self, home: Path, run_as: RunAs | None) -> bool:
+        if not (home / "data").is_dir():
+            return False
+        result = self.run(
+            [self.bin_dir / "pg_ctl", "-D", home / "data", "status"], run_as, "pg_ctl status", check=False
+        )
+        return result.returncode == 0
+
+    def stop(self, home: Path, run_as: RunAs | None) -> None:
+        """Stop the server (fast: sessions are terminated), then end whatever else still works in
+        the instance's directory."""
+        if (home / "data" / "postmaster.pid").exists():
+            self.run(
+                [self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "fast", "-w", "stop"],
+                run_as,
+                "pg_ctl stop",
+                check=False,
+            )
+            if self.running(home, run_as):
+                self.run(
+                    [self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "immediate", "-w", "stop"],
+                    run_as,
+                    "pg_ctl stop",
+                    check=False,
+                )
+        # A pg_ctl start whose server died mid-create has no postmaster.pid yet to stop it by.
+        if ended := end_processes_working_in(home, INSTANCE_PROGRAMS):
+            log.warning("ended the processes %s still working in %s", ended, home)
+
+
+def connect_superuser(home: Path, port: int | None, connect_timeout: int) -> psycopg.Connection:
+    """The superuser, through the instance's private socket, to the admin database."""
+    return psycopg.connect(
+        host=str(home / "run"),
+        port=port,
+        user=SUPERUSER,
+        dbname=ADMIN_DATABASE,
+        autocommit=True,
+        connect_timeout=connect_timeout,
+        application_name=OUR_SESSIONS,
+    )
+
+
+def _wait_for_exit(home: Path, timeout: float = 10.0) -> None:
+    # A postgres that could not bind removes its postmaster.pid as it exits; the next try reuses the dir.
+    deadline = time.monotonic() + timeout
+    while (home / "data" / "postmaster.pid").exists() and time.monotonic() < deadline:
+        time.sleep(START_POLL_S)
+
+
+def find_bin_dir(configured: str | None) -> Path:
+    """bin_dir if configured, else `pg_config --bindir`, else the newest Debian-style install."""
+    candidates: list[Path] = []
+    if configured:
+        candidates.append(Path(configured))
+    else:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10)
+            if out.returncode == 0:
+                candidates.append(Path(out.stdout.strip()))
+        debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True)
+        candidates += [Path(p) for p in debian]
+    for candidate in candidates:
+        if all(os.access(candidate / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
+            return candidate
+    where = configured or "pg_config --bindir or /usr/lib/postgresql/*/bin"
+    raise BackendUnavailable(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) were not found in {where}.")
+
+
+def _port_looks_free(address: str, port: int) -> bool:
+    # Only a hint to skip busy ports cheaply; the real test is postgres binding it (see start).
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _tail(text: str) -> str:
+    return "\n".join(text.strip().splitlines()[-LOG_TAIL_LINES:])

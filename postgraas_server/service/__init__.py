@@ -1,0 +1,43 @@
+"""What Postgraas does, without HTTP: instances, the warm pool, policy and the reaper, over the
+meta db and the backends. The API translates requests into calls of ``InstanceService``;
+``start_background_work`` runs the pool keeper and the reaper of a server process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import Settings
+from .background import Context
+from .instances import InstanceService
+from .pool_keeper import PoolKeeper
+from .reaper import Reaper
+
+
+@dataclass
+class BackgroundWork:
+    """The threads of one server process that keep pools filled and reconcile the meta db."""
+
+    keeper: PoolKeeper | None
+    reaper: Reaper | None
+
+    def stop(self) -> None:
+        for worker in (self.keeper, self.reaper):
+            if worker is not None:
+                worker.stop()
+
+
+def start_background_work(service: InstanceService, settings: Settings, context: Context) -> BackgroundWork:
+    """Start the pool keeper (where a backend has a pool) and the reaper (unless its interval is 0).
+    Every process runs both: keepers count before they fill, and the reaper's lease lets one act."""
+    keeper = None
+    if service.backends.pools:
+        keeper = PoolKeeper(service.pool)
+        keeper.start(context)
+    reaper = None
+    if settings.lifecycle.reaper_interval > 0:
+        reaper = Reaper(service.backends, settings.lifecycle, service.heartbeats)
+        reaper.start(context)
+    return BackgroundWork(keeper, reaper)
+
+
+__all__ = ["BackgroundWork", "InstanceService", "PoolKeeper", "Reaper", "start_background_work"]

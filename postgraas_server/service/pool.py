@@ -1,0 +1,278 @@
+"""The warm pool: each backend's ``pool_size`` instances made ahead under throwaway names, so a
+create only takes one and has the backend hand it over (``Backend.claim``) to the request's names.
+
+Every server process runs a PoolKeeper; each counts what the meta db holds before it makes more, so
+several workers overshoot by a few at most, and the reaper removes the surplus.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec
+from ..errors import Conflict, PostgraasError
+from ..models import INSTANCES, POOL_OWNER, DBInstance, InstanceStatus, db, utcnow
+from ..passwords import PasswordHashes, generate_password, password_hashes
+from ..schemas import CreateInstanceRequest
+from ..tokens import Principal
+from .policy import Policy
+from .provisioning import Provisioner, name_taken, remove_quietly
+from .transitions import count, forget, release, transition, update_row
+
+log = logging.getLogger(__name__)
+
+# How often a create tries the next pooled row when concurrent creates took the previous ones.
+TAKE_ATTEMPTS = 20
+
+# Taking a pooled row is two statements, built once: building them per request is a noticeable part
+# of a warm create. On the table, not the mapped class: an ORM-enabled statement costs more Python
+# for nothing here.
+_FIRST_POOLED = (
+    select(
+        INSTANCES.c.id,
+        INSTANCES.c.postgraas_instance_name,
+        INSTANCES.c.db_name,
+        INSTANCES.c.username,
+        INSTANCES.c.password_hash,
+        INSTANCES.c.container_id,
+    )
+    .where(INSTANCES.c.backend == bindparam("backend_name"), INSTANCES.c.status == InstanceStatus.POOLED)
+    .order_by(INSTANCES.c.id)
+    .limit(1)
+)
+_TAKE_POOLED = (
+    update(INSTANCES)
+    .where(INSTANCES.c.id == bindparam("pooled_id"), INSTANCES.c.status == InstanceStatus.POOLED)
+    .values(
+        status=InstanceStatus.CREATING,
+        status_detail=None,
+        status_changed_at=bindparam("now"),
+        heartbeat_at=bindparam("now"),
+        creation_timestamp=bindparam("now"),
+        postgraas_instance_name=bindparam("new_name"),
+        db_name=bindparam("new_db_name"),
+        username=bindparam("new_username"),
+        password_hash=bindparam("new_password_hash"),
+        owner=bindparam("new_owner"),
+        expires_at=bindparam("new_expires_at"),
+        durability=bindparam("new_durability"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class _PooledRow:
+    """A pooled row as it was before a create took it: what to hand over, or to give back."""
+
+    id: int
+    name: str
+    db_name: str
+    username: str
+    password_hash: str | None
+    ref: str
+
+
+class WarmPool:
+    def __init__(self, backends: BackendRegistry, provisioner: Provisioner, policy: Policy) -> None:
+        self.backends = backends
+        self.provisioner = provisioner
+        self.policy = policy
+        # Set by a PoolKeeper running in this process: a create that took an instance wakes it.
+        self.taken: Callable[[], None] | None = None
+
+    def serves(self, backend_name: str, backend: Backend, request: CreateInstanceRequest) -> bool:
+        """Whether a pooled instance can become this request's."""
+        return (
+            request.template is None
+            and backend_name in self.backends.pools
+            and backend.can_claim(request.db_name, request.db_username)
+        )
+
+    def take(
+        self,
+        request: CreateInstanceRequest,
+        hashes: PasswordHashes,
+        backend_name: str,
+        backend: Backend,
+        expires_at: datetime | None,
+        owner: str,
+        principal: Principal | None,
+    ) -> SimpleNamespace | None:
+        """Hand a pooled instance over to ``request``; None when the pool is empty or the pooled
+        object failed (the caller then creates one as usual)."""
+        pooled = self._take_row(request, hashes.meta_hash, backend_name, expires_at, owner)
+        if pooled is None:
+            return None
+        try:
+            self.policy.enforce_quotas(pooled.id, owner, backend_name, principal, release_row=False)
+        except PostgraasError:
+            # The object is untouched: it goes back to the pool.
+            self._give_back(pooled)
+            raise
+        spec = DatabaseSpec(
+            instance_id=pooled.id,
+            instance_name=request.postgraas_instance_name,
+            db_name=request.db_name,
+            db_username=request.db_username,
+            db_pwd=request.db_pwd or "",
+            ephemeral=request.durability == "ephemeral",
+            db_pwd_verifier=hashes.scram_verifier,
+        )
+        credentials = Credentials(pooled.db_name, pooled.username, "")
+        try:
+            row = self.provisioner.provision(backend_name, backend, spec, pooled=credentials, ref=pooled.ref)
+        except Conflict:
+            # The names are taken in the backend (a shared cluster); claim() changed nothing.
+            self._give_back(pooled)
+            raise
+        except BaseException as e:
+            reason = e.msg if isinstance(e, PostgraasError) else type(e).__name__
+            log.warning("pooled object %s of backend %s failed (%s)", pooled.ref, backend_name, reason)
+            # claim() left it with the pool's names or removed it: only the pool's role is named here,
+            # never the requested one, which in a shared cluster may be another tenant's.
+            remove_quietly(backend, pooled.ref, credentials, pooled.id)
+            release(pooled.id)
+            if not isinstance(e, PostgraasError):
+                raise
+            return None
+        return row
+
+    def _take_row(
+        self,
+        request: CreateInstanceRequest,
+        password_hash: str,
+        backend_name: str,
+        expires_at: datetime | None,
+        owner: str,
+    ) -> _PooledRow | None:
+        """Turn one pooled row into the request's, in one conditional UPDATE (exactly one create
+        gets each); what it was is read just before, to hand over or give back."""
+        # Concurrent creates aim at the same first row; a loser tries the next while there are any.
+        for _ in range(TAKE_ATTEMPTS):
+            found = db.session.execute(_FIRST_POOLED, {"backend_name": backend_name}).first()
+            if found is None:
+                db.session.rollback()
+                return None
+            pooled = _PooledRow(
+                found.id, found.postgraas_instance_name, found.db_name, found.username, found.password_hash,
+                ref=found.container_id or "",
+            )  # fmt: skip
+            values = {
+                "pooled_id": pooled.id,
+                "now": utcnow(),
+                "new_name": request.postgraas_instance_name,
+                "new_db_name": request.db_name,
+                "new_username": request.db_username,
+                "new_password_hash": password_hash,
+                "new_owner": owner,
+                "new_expires_at": expires_at,
+                "new_durability": request.durability,
+            }
+            try:
+                taken = cast(CursorResult[Any], db.session.execute(_TAKE_POOLED, values)).rowcount == 1
+                db.session.commit()
+            except IntegrityError:
+                db.session.rollback()
+                raise name_taken(request) from None
+            if taken:
+                return pooled
+        return None
+
+    @staticmethod
+    def _give_back(pooled: _PooledRow) -> None:
+        db.session.rollback()
+        update_row(
+            pooled.id,
+            INSTANCES.c.status == InstanceStatus.CREATING,
+            status=InstanceStatus.POOLED,
+            postgraas_instance_name=pooled.name,
+            db_name=pooled.db_name,
+            username=pooled.username,
+            password_hash=pooled.password_hash,
+            owner=POOL_OWNER,
+            expires_at=None,
+            durability="durable",
+            heartbeat_at=None,
+        )
+
+    def keep_ready(self, backend_name: str) -> int:
+        """Let the backend hold what the claims of its pooled objects need (see Backend.keep_ready),
+        and remove those it can never claim (made under another pool secret); returns how many."""
+        rows = db.session.execute(
+            select(DBInstance.id, DBInstance.container_id, DBInstance.db_name, DBInstance.username).where(
+                DBInstance.backend == backend_name, DBInstance.status == InstanceStatus.POOLED
+            )
+        ).all()
+        db.session.rollback()
+        backend = self.backends.holding(backend_name)
+        unclaimable = set(backend.keep_ready([row.container_id for row in rows if row.container_id]))
+        removed = 0
+        for row in rows:
+            # Conditional: a create that took it meanwhile keeps it.
+            if row.container_id not in unclaimable or not transition(
+                row.id, InstanceStatus.POOLED, InstanceStatus.DELETING, "not claimable by this server"
+            ):
+                continue
+            try:
+                backend.delete(
+                    row.container_id, Credentials(row.db_name, row.username, ""), instance_id=row.id, force=True
+                )
+            except PostgraasError as e:
+                # The reaper finds the deleting row and tries again.
+                log.warning("could not remove unclaimable pooled object %s: %s", row.container_id, e.msg)
+                continue
+            forget(row.id)
+            removed += 1
+        return removed
+
+    def fill(self, backend_name: str, size: int) -> int:
+        """Create pooled instances until ``backend_name`` has ``size`` (made or being made);
+        returns how many were made. Stops at the first failure (the next round tries again)."""
+        made = 0
+        backend = self.backends.holding(backend_name)
+        while True:
+            have = count(
+                (DBInstance.backend == backend_name)
+                & (DBInstance.owner == POOL_OWNER)
+                & DBInstance.status.in_((InstanceStatus.CREATING, InstanceStatus.POOLED))
+            )
+            full = self.policy.at_capacity(backend_name)
+            db.session.rollback()
+            if have >= size or full:
+                return made
+            tag = secrets.token_hex(6)
+            password = generate_password()
+            request = CreateInstanceRequest(
+                postgraas_instance_name=f"pool-{tag}", db_name=f"pool_{tag}", db_username=f"pool_{tag}", db_pwd=password
+            )
+            hashes = password_hashes(password)
+            row = self.provisioner.reserve(request, hashes.meta_hash, backend_name, None, POOL_OWNER)
+            spec = DatabaseSpec(
+                row.id,
+                row.postgraas_instance_name,
+                row.db_name,
+                row.username,
+                password,
+                db_pwd_verifier=hashes.scram_verifier,
+                pooled=True,
+            )
+            try:
+                self.provisioner.provision(backend_name, backend, spec, ready_status=InstanceStatus.POOLED)
+            except BaseException as e:
+                # The backend removed what it made; a failed row of the pool would help nobody
+                # (no request sees it) and hold capacity.
+                release(row.id)
+                if not isinstance(e, PostgraasError):
+                    raise
+                log.warning("could not fill the pool of backend %s: %s", backend_name, e.msg)
+                return made
+            made += 1

@@ -1,0 +1,386 @@
+"""The reaper: reconciles the meta db with what the backends hold, so nothing leaks.
+
+One pass deletes expired instances, fails creations whose server died, retries deletes that
+failed, marks instances whose backend object vanished as lost, removes objects of ours that
+have no row (after a grace period) and forgets old failed and lost rows. Only the holder of
+the meta db's "reaper" lease acts, so any number of workers and replicas can run the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Row, or_, select, update
+
+from ..backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
+from ..config import LifecycleSettings
+from ..errors import PostgraasError
+from ..metrics import REAPER_ACTIONS
+from ..models import ALL_STATUSES, INSTANCES, InstanceStatus, Lease, db, utcnow
+from .background import Context
+from .heartbeats import Heartbeats
+from .transitions import forget, transition, update_row
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "reaper"
+
+
+@dataclass
+class PassReport:
+    acted: bool
+    actions: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, backend: str, action: str) -> None:
+        """``kind`` (a fixed word) and ``backend`` label the count in /metrics; ``action`` says it all."""
+        log.info("reaper: %s", action)
+        REAPER_ACTIONS.labels(kind, backend).inc()
+        self.actions.append(action)
+
+
+class LeaseLost(Exception):
+    """Another reaper holds the lease now."""
+
+
+class Reaper:
+    def __init__(
+        self, backends: BackendRegistry, lifecycle: LifecycleSettings, heartbeats: Heartbeats | None = None
+    ) -> None:
+        self.backends = backends
+        self.lifecycle = lifecycle
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._lease_seconds: float | None = None
+        # The process's own (InstanceService.heartbeats), so that one thread beats for all; a reaper
+        # run alone (reap --once, tests) beats with its own.
+        self._heartbeats = heartbeats or Heartbeats.of_meta_db(lifecycle.heartbeat_timeout)
+
+    # -- the lease ---------------------------------------------------------------------------
+
+    def acquire(self, seconds: float) -> bool:
+        """Take or renew the lease: one conditional UPDATE, so one holder at a time."""
+        now = utcnow()
+        result = self._execute(
+            update(Lease)
+            .where(
+                Lease.name == LEASE_NAME,
+                or_(Lease.holder == self.holder, Lease.expires_at.is_(None), Lease.expires_at < now),
+            )
+            .values(holder=self.holder, expires_at=now + timedelta(seconds=seconds))
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+        return result.rowcount == 1
+
+    def release(self) -> None:
+        db.session.execute(
+            update(Lease)
+            .where(Lease.name == LEASE_NAME, Lease.holder == self.holder)
+            .values(holder=None, expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        db.session.commit()
+
+    def lease_holder(self) -> tuple[str | None, datetime | None]:
+        lease = db.session.get(Lease, LEASE_NAME)
+        return (lease.holder, lease.expires_at) if lease else (None, None)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def start(self, context: Context) -> threading.Thread:
+        """Run passes in a thread, each inside ``context()`` (where the meta-db session lives)."""
+        thread = threading.Thread(target=self.run_forever, args=(context,), daemon=True, name="reaper")
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_forever(self, context: Context) -> None:
+        interval = self.lifecycle.reaper_interval
+        # Renewed before every action, so it only has to outlast one; a holder that died
+        # frees it within two intervals.
+        lease_seconds = 2 * interval
+        while not self._stop.wait(interval):
+            with context():
+                try:
+                    if self.acquire(lease_seconds):
+                        self.run_pass(lease_seconds)
+                except LeaseLost:
+                    log.info("reaper: another reaper took the lease over; pass stopped")
+                except Exception:
+                    log.exception("reaper pass failed")
+                finally:
+                    db.session.remove()
+
+    # -- one pass ----------------------------------------------------------------------------
+
+    def _keep_lease(self) -> None:
+        """Renew the lease before each action; stop the pass if another reaper has it now."""
+        if self._lease_seconds is not None and not self.acquire(self._lease_seconds):
+            raise LeaseLost()
+
+    def run_pass(self, lease_seconds: float | None = None) -> PassReport:
+        """One pass. With ``lease_seconds``, the lease is renewed for that long before each
+        action, and the pass stops (LeaseLost) if another reaper took it over."""
+        self._lease_seconds = lease_seconds
+        report = PassReport(acted=True)
+        now = utcnow()
+        listed = self._list_objects()
+        self._delete_expired(now, report)
+        self._fail_dead_creations(now, report)
+        self._retry_deletes(now, listed, report)
+        self._remove_stray_objects(now, listed, report)
+        self._mark_lost(listed, now, report)
+        self._follow_ports(listed, report)
+        self._forget_old_rows(now, report)
+        self._trim_pools(report)
+        return report
+
+    @staticmethod
+    def _rows(*statuses: str) -> list[Row]:
+        """Snapshots of the rows, not ORM objects: a request may change or delete a row during the
+        pass (an ORM object of a deleted row raises on its next read). Every action is a conditional
+        statement that re-checks the row as it is then."""
+        query = select(INSTANCES).where(INSTANCES.c.status.in_(statuses)).order_by(INSTANCES.c.id)
+        rows = list(db.session.execute(query).all())
+        db.session.rollback()
+        return rows
+
+    def _list_objects(self) -> dict[str, list[ManagedObject] | None]:
+        listed: dict[str, list[ManagedObject] | None] = {}
+        for name, backend in self.backends.backends.items():
+            try:
+                listed[name] = backend.list_objects()
+            except PostgraasError as e:
+                log.warning("reaper: cannot list backend %s, skipping it this pass: %s", name, e.msg)
+                listed[name] = None
+        return listed
+
+    def _delete_expired(self, now: datetime, report: PassReport) -> None:
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST):
+            if row.expires_at is None or row.expires_at > now:
+                continue
+            # Still expired at the moment of the transition: a PATCH meanwhile wins.
+            still_expired = INSTANCES.c.expires_at <= now
+            if not self._transition(row, row.status, InstanceStatus.DELETING, "expired", still_expired):
+                continue
+            if self._remove_object(row, "expired"):
+                forget(row.id, InstanceStatus.DELETING)
+                report.add(
+                    "expired",
+                    row.backend,
+                    f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
+                )
+
+    def _fail_dead_creations(self, now: datetime, report: PassReport) -> None:
+        stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
+        for row in self._rows(InstanceStatus.CREATING):
+            last_sign = row.heartbeat_at or row.status_changed_at or row.creation_timestamp
+            if last_sign > stale:
+                continue
+            detail = "creation interrupted: the server creating it stopped; what it made is removed"
+            # Still silent at the moment of the transition: a heartbeat meanwhile wins.
+            still_silent = or_(INSTANCES.c.heartbeat_at.is_(None), INSTANCES.c.heartbeat_at <= stale)
+            if self._transition(row, InstanceStatus.CREATING, InstanceStatus.FAILED, detail, still_silent):
+                report.add(
+                    "creation_died",
+                    row.backend,
+                    f"marked instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend} "
+                    "failed: its creation died with its server",
+                )
+
+    def _retry_deletes(self, now: datetime, listed: dict, report: PassReport) -> None:
+        # Silent long enough that no request is still working on it: a request's delete beats.
+        stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
+        for row in self._rows(InstanceStatus.DELETING):
+            signs = (row.heartbeat_at, row.status_changed_at or row.creation_timestamp)
+            if max(sign for sign in signs if sign is not None) > stale:
+                continue
+            if not self._take_over_delete(row.id, stale):
+                continue  # it beat meanwhile, or is gone
+            removed = self._remove_object(row, "retrying a delete")
+            for obj in self._objects_of(row, listed):
+                removed &= self._remove(row.backend, obj, "retrying a delete")
+            if removed:
+                forget(row.id, InstanceStatus.DELETING)
+                report.add(
+                    "delete_finished",
+                    row.backend,
+                    f"finished deleting instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
+                )
+
+    def _remove_stray_objects(self, now: datetime, listed: dict, report: PassReport) -> None:
+        """Objects of ours with no row (after the grace period), or whose row failed."""
+        rows = {row.id: row for row in self._rows(*ALL_STATUSES)}
+        grace = now - timedelta(seconds=self.lifecycle.orphan_grace)
+        for backend_name, objects in listed.items():
+            for obj in objects or []:
+                row = rows.get(obj.instance_id)
+                if row is None and obj.created_at < grace:
+                    if self._remove(backend_name, obj, "orphan"):
+                        report.add(
+                            "orphan_removed",
+                            backend_name,
+                            f"removed orphan {obj.ref} of instance {obj.name or '?'} (id {obj.instance_id}) "
+                            f"from backend {backend_name}: it has no meta row",
+                        )
+                elif row is not None and row.status == InstanceStatus.FAILED and row.backend == backend_name:
+                    if self._remove(backend_name, obj, "failed creation"):
+                        report.add(
+                            "failed_leftover_removed",
+                            backend_name,
+                            f"removed what the failed creation of {row.postgraas_instance_name} (id {row.id}) "
+                            f"left in backend {backend_name}",
+                        )
+
+    def _mark_lost(self, listed: dict, listed_at: datetime, report: PassReport) -> None:
+        """``listed_at``: when the backends were listed, which was before this pass read the rows. A
+        row that changed since (made, or a pooled one claimed) may hold an object the listing missed,
+        or a name another instance held then: it is left to the next pass."""
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
+            objects = listed.get(row.backend)
+            changed = row.status_changed_at or row.creation_timestamp
+            if objects is None or not row.container_id or changed >= listed_at:
+                continue
+            holders = {o.instance_id for o in objects if o.ref == row.container_id}
+            if row.id in holders:
+                continue
+            backend = self._backend(row.backend)
+            if backend is None:
+                continue
+            # Held by another instance: this one's object vanished and its name was taken since.
+            if not holders:
+                try:
+                    if backend.describe(row.container_id).state != ObjectState.MISSING:
+                        continue
+                except PostgraasError:
+                    continue
+            detail = f"its {backend.type_name} object {row.container_id} vanished"
+            unchanged = or_(INSTANCES.c.status_changed_at.is_(None), INSTANCES.c.status_changed_at < listed_at)
+            if self._transition(row, row.status, InstanceStatus.LOST, detail, unchanged):
+                name = row.postgraas_instance_name
+                report.add(
+                    "lost", row.backend, f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}"
+                )
+
+    def _follow_ports(self, listed: dict, report: PassReport) -> None:
+        """A container restarted by its engine gets a new published port: record it."""
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
+            obj = next((o for o in listed.get(row.backend) or [] if o.ref == row.container_id), None)
+            if obj is None or obj.port is None or obj.port == row.port:
+                continue
+            self._keep_lease()
+            update_row(row.id, INSTANCES.c.port == row.port, port=obj.port)
+            name = row.postgraas_instance_name
+            report.add(
+                "port_changed",
+                row.backend,
+                f"instance {name} (id {row.id}) in backend {row.backend} now listens on port {obj.port}",
+            )
+
+    def _trim_pools(self, report: PassReport) -> None:
+        """Pooled instances beyond a backend's pool_size (keepers of several workers overshoot;
+        a pool made smaller, or no longer configured) go, newest first."""
+        pooled: dict[str, list[Row]] = {}
+        for row in self._rows(InstanceStatus.POOLED):
+            pooled.setdefault(row.backend, []).append(row)
+        for backend_name, rows in pooled.items():
+            surplus = len(rows) - self.backends.pools.get(backend_name, 0)
+            for row in sorted(rows, key=lambda r: r.id, reverse=True)[: max(surplus, 0)]:
+                if not self._transition(row, InstanceStatus.POOLED, InstanceStatus.DELETING, "pool surplus"):
+                    continue  # taken by a create meanwhile
+                if self._remove_object(row, "pool surplus"):
+                    forget(row.id, InstanceStatus.DELETING)
+                    report.add("pool_trimmed", backend_name, f"removed surplus pooled instance (id {row.id})")
+
+    def _forget_old_rows(self, now: datetime, report: PassReport) -> None:
+        retention = {
+            InstanceStatus.LOST: self.lifecycle.lost_retention,
+            InstanceStatus.FAILED: self.lifecycle.failed_retention,
+        }
+        for row in self._rows(InstanceStatus.LOST, InstanceStatus.FAILED):
+            changed = row.status_changed_at or row.creation_timestamp
+            if changed > now - timedelta(seconds=retention[row.status]):
+                continue
+            status = row.status
+            if status == InstanceStatus.LOST:
+                # Deleting first, as a request's delete would: the two cannot both act on it.
+                if not self._transition(row, status, InstanceStatus.DELETING, "lost, past its retention"):
+                    continue
+                status = InstanceStatus.DELETING
+                if not self._remove_object(row, "retention"):
+                    continue
+            if not forget(row.id, status):
+                continue
+            report.add(
+                "forgotten",
+                row.backend,
+                f"forgot {row.status} instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
+            )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _backend(self, name: str) -> Backend | None:
+        return self.backends.backends.get(name)
+
+    @staticmethod
+    def _objects_of(row: Row, listed: dict) -> list[ManagedObject]:
+        return [o for o in listed.get(row.backend) or [] if o.instance_id == row.id and o.ref != row.container_id]
+
+    def _remove_object(self, row: Row, why: str) -> bool:
+        if not row.container_id:
+            return True
+        obj = ManagedObject(
+            row.container_id, row.id, row.creation_timestamp, Credentials(row.db_name, row.username, "")
+        )
+        return self._remove(row.backend, obj, why)
+
+    def _remove(self, backend_name: str, obj: ManagedObject, why: str) -> bool:
+        backend = self._backend(backend_name)
+        if backend is None:
+            log.warning("reaper: backend %s is not configured; cannot remove %s", backend_name, obj.ref)
+            return False
+        self._keep_lease()
+        try:
+            # Beating, as a request's delete does: no other reaper takes the row over meanwhile.
+            with self._heartbeats.beating(obj.instance_id):
+                left = backend.delete(obj.ref, obj.credentials, instance_id=obj.instance_id, force=True)
+        except PostgraasError as e:
+            log.warning("reaper: could not remove %s from backend %s (%s): %s", obj.ref, backend_name, why, e.msg)
+            return False
+        except Exception:
+            # One object must not stop the pass for every other.
+            log.exception("reaper: removing %s from backend %s (%s) failed", obj.ref, backend_name, why)
+            return False
+        if left:
+            log.warning("reaper: instance id %s in backend %s (%s): %s", obj.instance_id, backend_name, why, left)
+        return True
+
+    def _take_over_delete(self, instance_id: int, stale: datetime) -> bool:
+        """Beat for a delete whose request went silent, unless it beat meanwhile: one conditional
+        UPDATE, so a request still working on it keeps it."""
+        self._keep_lease()
+        return update_row(
+            instance_id,
+            INSTANCES.c.status == InstanceStatus.DELETING,
+            or_(INSTANCES.c.heartbeat_at.is_(None), INSTANCES.c.heartbeat_at <= stale),
+            or_(INSTANCES.c.status_changed_at.is_(None), INSTANCES.c.status_changed_at <= stale),
+            heartbeat_at=utcnow(),
+        )
+
+    def _transition(self, row: Row, expected: str, new: str, detail: str, *conditions: Any) -> bool:
+        self._keep_lease()
+        return transition(row.id, expected, new, detail, *conditions)
+
+    @staticmethod
+    def _execute(statement: Any) -> CursorResult[Any]:
+        # An UPDATE answers a CursorResult, which has the row count.
+        return cast(CursorResult[Any], db.session.execute(statement))

@@ -1,0 +1,56 @@
+"""What only the local backend does (the contract all backends keep is test_backend_contract*.py):
+a PostgreSQL server of the instance's own, run unprivileged in a private directory."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from postgraas_server.backends import DatabaseSpec
+from postgraas_server.backends.local.top_directory import FS_TOPDIR_FL
+from postgraas_server.errors import PostgraasError
+
+from ..file_flags import file_system_type, flags
+from .conftest import make_backend
+
+
+def test_the_server_runs_unprivileged_and_private(creator_for, local_data_root):
+    db = creator_for("local")()
+    home = local_data_root / db.ref
+    with db.connect() as conn:
+        # The tenant is no superuser: it cannot run programs as the OS user owning every data dir.
+        assert conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone() == (False,)
+    pid = int((home / "data" / "postmaster.pid").read_text().split()[0])
+    owner = Path(f"/proc/{pid}").stat().st_uid
+    assert owner != 0
+    for path in (home, home / "data", home / "run"):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+        assert path.stat().st_uid == owner
+    if file_system_type(local_data_root) == "ext4":
+        # Instances spread over block groups (see top_directory).
+        assert flags(local_data_root) & FS_TOPDIR_FL
+
+
+def test_the_postgres_database_name_is_the_tenants_to_take(creator_for):
+    db = creator_for("local")(db_name="postgres")
+    with db.connect() as conn:
+        conn.execute("create table mine (v int)")
+        conn.commit()
+
+
+def test_a_failed_create_leaves_nothing(request, local_data_root):
+    tag = uuid.uuid4().hex[:8]
+    spec = DatabaseSpec(990000, f"broken-{tag}", f"db_{tag}", f"user_{tag}", "pw")
+    # The template is copied, then no port of the (one-port) range can be bound.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        broken = make_backend("local", request, port_min=port, port_max=port)
+        with pytest.raises(PostgraasError, match="no free port"):
+            broken.create(spec)
+    # Only the template cluster, a cache shared by every instance, remains.
+    assert [p.name[:3] for p in local_data_root.iterdir()] == [".t-"]
