@@ -175,10 +175,13 @@ def main(ctx: click.Context, url: str, token: str | None) -> None:
     ctx.obj = client
 
 
-def _instance_command() -> Callable[[Callable[..., Any]], click.Command]:
-    """A command on one instance, given as ID_OR_NAME, which its help explains."""
+def _instance_command(password_for: str | None = None) -> Callable[[Callable[..., Any]], click.Command]:
+    """A command on one instance, given as ID_OR_NAME, which its help explains. With
+    ``password_for`` (what it does to the instance) it takes --password and the click context."""
 
     def decorate(command: Callable[..., Any]) -> click.Command:
+        if password_for is not None:
+            command = _password_option(password_for)(click.pass_context(command))
         with_ref = click.argument("ref", metavar="ID_OR_NAME")(command)
         return main.command(epilog="ID_OR_NAME: an id or a name; `id:2` or `name:2` when a name is all digits.")(
             with_ref
@@ -260,20 +263,16 @@ def show(client: PostgraasClient, ref: str, output: str) -> None:
         _note("The password is not included: the server returns it only when it creates the instance.")
 
 
-@_instance_command()
+@_instance_command(password_for="delete")
 @click.option("--force", is_flag=True, help="Terminate open sessions first.")
-@_password_option("delete")
-@click.pass_context
 def delete(ctx: click.Context, ref: str, force: bool, password: str | None) -> None:
     """Delete an instance and its database."""
     client: PostgraasClient = ctx.obj
     click.echo(client.delete(client.resolve(ref), password=_password(ctx, client, password), force=force))
 
 
-@_instance_command()
+@_instance_command(password_for="extend")
 @click.option("--ttl", required=True, help="New lifetime from now: seconds or 30m, 2h, 7d.")
-@_password_option("extend")
-@click.pass_context
 def extend(ctx: click.Context, ref: str, ttl: str, password: str | None) -> None:
     """Give an instance a new lifetime, counted from now."""
     client: PostgraasClient = ctx.obj
