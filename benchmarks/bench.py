@@ -176,7 +176,7 @@ def benchmark(run: Run) -> int:
     run.results["machine"]["pbkdf2_4096_s"] = {"before": cpu_before, "after": cpu_after}
     run.results["notes"].append(
         f"the disk made 500 small files in {creates_before * 1000:.0f} ms before the run and "
-        f"{creates_after * 1000:.0f} ms after it (the local backend's cold path copies 970)"
+        f"{creates_after * 1000:.0f} ms after it (the local backend's cold path copies about 1,270)"
     )
     run.results["notes"].append(
         f"one PBKDF2-SHA256 of 4096 iterations (a SCRAM derivation) took {cpu_before * 1000:.2f} ms of CPU "

@@ -210,7 +210,7 @@ def settle_machine(max_wait: float = 20.0) -> None:
 
 def time_file_creates(root: Path, count: int = 500) -> float:
     """Seconds to create ``count`` small files in ``root`` (then removed, untimed): how fast this
-    disk's file system makes files now. A local instance is a copy of 970 files, so this moves the
+    disk's file system makes files now. A local instance is a copy of about 1,270 files, so this moves the
     local backend's cold path; on a virtual disk it varies with what was written before."""
     scratch = root / f"file-probe-{secrets.token_hex(3)}"
     scratch.mkdir()

@@ -145,6 +145,10 @@ class ClusterBackendSettings(_BackendSection):
     # (and the admin database), so a tenant reaches only its own. False where other users of the
     # cluster rely on PUBLIC's default rights there (see docs/tenants.md).
     close_shared_databases: bool = True
+    # Tenants may create databases of their own (CREATEDB), as test runners do beside the given one.
+    # Off by default: on a shared server the admin decides. The databases a tenant made are dropped
+    # with its instance (docs/test-suites.md).
+    tenant_createdb: bool = False
 
     @model_validator(mode="after")
     def _admin_login(self) -> ClusterBackendSettings:

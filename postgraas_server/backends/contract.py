@@ -161,8 +161,9 @@ class Backend(ABC):
 
         Never removes what is not that instance's: where a ref is a name that another instance may
         take once the object is gone (a database in a shared cluster), the object is checked to be
-        this instance's, and left alone otherwise. Returns None, or a sentence saying what was left
-        and why.
+        this instance's, and left alone otherwise. Also removes what the tenant made beside it that
+        outlives its object otherwise (databases it created in a shared cluster). Returns None, or
+        sentences for the user: what else went with it, what was left and why.
 
         Unless ``force``, raises ``Conflict`` while other sessions are connected; with ``force``
         they are terminated. Idempotent: an object that is already gone is not an error.

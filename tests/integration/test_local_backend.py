@@ -7,6 +7,7 @@ import socket
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from postgraas_server.backends import DatabaseSpec
@@ -32,6 +33,24 @@ def test_the_server_runs_unprivileged_and_private(creator_for, local_data_root):
     if file_system_type(local_data_root) == "ext4":
         # Instances spread over block groups (see top_directory).
         assert flags(local_data_root) & FS_TOPDIR_FL
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["cold", "pooled"])
+def test_the_tenant_may_create_databases_and_trusted_extensions_not_more(creator_for, pooled):
+    """What test runners need (a database beside the given one), and nothing that would reach the
+    other local instances, which run as the same OS user."""
+    local = creator_for("local")
+    db = local.claim(local.pooled()) if pooled else local()
+    with db.connect(autocommit=True) as conn:
+        assert conn.execute(
+            "select rolcreatedb, rolsuper, rolcreaterole, rolreplication from pg_roles where rolname = current_user"
+        ).fetchone() == (True, False, False, False)
+        conn.execute("create database test_runner_db")
+        conn.execute("create extension pgcrypto")
+        for untrusted in ("create extension dblink", "copy (select 1) to program 'true'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(untrusted)
+        conn.execute("drop database test_runner_db")
 
 
 def test_the_postgres_database_name_is_the_tenants_to_take(creator_for):

@@ -77,6 +77,7 @@ class ClusterBackend(contract.Backend):
         self._probe = (settings.probe_host or self.host, self.port)
         self._login_proven = False
         self._shared_closed = not settings.close_shared_databases
+        self._has_postgres_database: bool | None = None
         # The first creates of a process come in together: one of them closes.
         self._closing = threading.Lock()
         self._connections = AdminConnections(self._conninfo)
@@ -93,11 +94,15 @@ class ClusterBackend(contract.Backend):
             self._close_shared_databases(conn)
             if spec.template is not None:
                 self._check_template(conn, spec.template)
-            create_tenant(conn, spec, marker=marker)
+            create_tenant(conn, spec, marker=marker, createdb=self.settings.tenant_createdb)
             # PostgreSQL 15 and later no longer let PUBLIC create in the public schema: a copy of
             # template0 needs no connection of its own to lock it down.
             locked_down = spec.template is None and conn.info.server_version >= 150000
         try:
+            if self.settings.tenant_createdb:
+                with self._admin() as conn:
+                    for statement in self._postgres_database_rights(conn, spec.db_username):
+                        conn.execute(statement)
             if spec.ephemeral:
                 # fsync and full_page_writes belong to the whole server, which is not ours to weaken.
                 with self._admin() as conn:
@@ -132,7 +137,14 @@ class ClusterBackend(contract.Backend):
         with self._admin() as conn:
             self._close_shared_databases(conn)
             # One transaction: when it fails, nothing changed and the object is still the pool's.
-            hand_over_tenant(conn, pooled, spec, marker=marker)
+            # The role may create databases as configured now, like a cold create's (the setting may
+            # have changed since the pool made it).
+            createdb = sql.SQL("alter role {} {}").format(
+                sql.Identifier(pooled.db_username),
+                sql.SQL("createdb" if self.settings.tenant_createdb else "nocreatedb"),
+            )
+            before = [createdb, *self._postgres_database_rights(conn, pooled.db_username)]
+            hand_over_tenant(conn, pooled, spec, marker=marker, before=before)
         try:
             if spec.ephemeral:
                 with self._admin() as conn:
@@ -194,6 +206,22 @@ class ClusterBackend(contract.Backend):
             raise InvalidRequest(
                 f"The template {template!r} is not available in the cluster.", {"template": "is not available"}
             )
+
+    def _postgres_database_rights(self, conn: psycopg.Connection, role: str) -> list[sql.Composed]:
+        """With tenant_createdb, the tenant may connect to the "postgres" database, where test
+        runners connect to create and drop theirs (Django's drops its own from nowhere else); without
+        it, not (a pooled role made before the setting changed)."""
+        if self._has_postgres_database is None:
+            # Asked once: a claim's hand-over is one round trip.
+            self._has_postgres_database = database_exists(conn, "postgres")
+        if not self._has_postgres_database:
+            return []
+        rights = (
+            "grant connect on database postgres to {}"
+            if self.settings.tenant_createdb
+            else ("revoke connect on database postgres from {}")
+        )
+        return [sql.SQL(rights).format(sql.Identifier(role))]
 
     def _close_shared_databases(self, conn: psycopg.Connection) -> None:
         """Once per process: tenants may not connect to the databases every role could open by

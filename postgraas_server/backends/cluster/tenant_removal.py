@@ -3,7 +3,8 @@ its role in every database of the server, then the role.
 
 Two rules hold whatever other tenants do:
 - only what is provably this instance's is removed: a role carrying this instance's marker
-  (a comment no tenant can set), and a database that role owns. Names alone prove nothing: after
+  (a comment no tenant can set), and the databases that role owns (its instance's, and those it
+  created where tenant_createdb lets it). Names alone prove nothing: after
   an admin dropped an instance's objects, another instance may have taken the same names.
 - nothing another tenant did can stop the removal for good: grants to the role, default
   privileges and policies naming it, objects it made where another tenant let it (with what
@@ -40,10 +41,12 @@ def drop_tenant(
     force: bool,
     connect: Connect,
 ) -> str | None:
-    """Drop the instance's database (refusing while sessions are open, unless ``force``), whatever
-    its role owns or was granted anywhere in the server, then the role. ``conn`` is an autocommit
-    admin connection; ``connect`` gives others. Returns None when all of it is gone, else a
-    sentence saying what was left in place because it is not this instance's.
+    """Drop the instance's database and every other database its role created (refusing while
+    sessions are open in any, unless ``force``), whatever the role owns or was granted anywhere in
+    the server, then the role. ``conn`` is an autocommit admin connection; ``connect`` gives
+    others. Returns None when just the instance's objects were there and all are gone, else
+    sentences saying which databases the role had created went with it, and what was left in
+    place because it is not this instance's.
 
     Raises InUse (sessions open, not forced), BackendTimeout (a lock wait gave up; nothing is
     half done that a later call cannot finish) or BackendError."""
@@ -62,18 +65,27 @@ def drop_tenant(
         # Owned by another role: made after this instance's database vanished, not ours to drop.
         left.append(f"database {db_name!r}")
         database = None
-    if database is not None:
-        sessions = count_sessions(conn, db_name)
-        if sessions and not force:
+    # Those the tenant created itself (tenant_createdb), the instance's own database excepted.
+    created = _databases_created_by(conn, role_oid, db_name) if role_oid is not None else []
+    mine = ([db_name] if database is not None else []) + [name for name, _ in created]
+    if not force:
+        # In the databases it created, only the tenant's own sessions count: PostgreSQL opens a new
+        # database to PUBLIC, and another tenant connected there must not keep this one's delete.
+        sessions = (count_sessions(conn, db_name) if database is not None else 0) + sum(
+            count_sessions(conn, name, role) for name, _ in created
+        )
+        if sessions:
             raise InUse(sessions)
     nologin = sql.SQL("alter role {} nologin").format(sql.Identifier(role))
     if role_oid is not None and force:
         # First, so that its login is gone even if a later step has to wait for the reaper. (A delete
         # that is not forced may still be refused for sessions, and the instance must then work on.)
         run_step(conn, nologin, connect)
-    _rollback_prepared_of(
-        conn, db_name if database is not None else None, role if role_oid is not None else None, connect
-    )
+    _rollback_prepared_of(conn, mine, role if role_oid is not None else None, connect)
+    # The tenant's own first, ending whatever sessions are left in them (others', or its own opened
+    # since the count): the instance's database, dropped after them, is the one a plain delete keeps.
+    for name, is_template in created:
+        _drop_database(conn, name, is_template=is_template, force=True, connect=connect)
     if database is not None:
         _drop_database(conn, db_name, is_template=database[2], force=force, connect=connect)
     if role_oid is not None:
@@ -81,12 +93,26 @@ def drop_tenant(
             run_step(conn, nologin, connect)
         _end_sessions_of(conn, role)
         _drop_role(conn, role, role_oid, connect)
-    if not left:
-        return None
-    return (
-        f"Its {' and '.join(left)} were left as they are: the names are no longer this instance's (its "
-        "objects were removed behind Postgraas's back and the names taken since)."
-    )
+    notes = []
+    if created:
+        names = ", ".join(repr(name) for name, _ in created)
+        notes.append(f"The {len(created)} database(s) its role had created went with it: {names}.")
+    if left:
+        notes.append(
+            f"Its {' and '.join(left)} were left as they are: the names are no longer this instance's (its "
+            "objects were removed behind Postgraas's back and the names taken since)."
+        )
+    return " ".join(notes) or None
+
+
+def _databases_created_by(conn: psycopg.Connection, role_oid: int, db_name: str) -> list[tuple[str, bool]]:
+    """The databases the role owns besides its instance's: it created them (a role of ours owns
+    only its own database otherwise, and no tenant can give a database to another role)."""
+    rows = conn.execute(
+        "select datname, datistemplate from pg_database where datdba = %s and datname <> %s order by datname",
+        (role_oid, db_name),
+    ).fetchall()
+    return [(name, bool(is_template)) for name, is_template in rows]
 
 
 def _marks(comment: str | None, deployment: str, instance_id: int) -> bool:
@@ -111,13 +137,13 @@ def _end_sessions_of(conn: psycopg.Connection, role: str) -> None:
     conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", (role,))
 
 
-def _rollback_prepared_of(conn: psycopg.Connection, db_name: str | None, role: str | None, connect: Connect) -> None:
+def _rollback_prepared_of(conn: psycopg.Connection, databases: list[str], role: str | None, connect: Connect) -> None:
     """A prepared transaction keeps its database in use with no session left, and its owner alive.
-    Only those in this instance's database or of its role (None: not this instance's)."""
-    if db_name is None and role is None:
+    Only those in this instance's databases or of its role (None: not this instance's)."""
+    if not databases and role is None:
         return
     prepared = conn.execute(
-        "select gid, database from pg_prepared_xacts where database = %s or owner = %s", (db_name, role)
+        "select gid, database from pg_prepared_xacts where database = any(%s) or owner = %s", (databases, role)
     ).fetchall()
     for gid, datname in prepared:
         with _in_database(conn, datname, connect):

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from ...config import LocalBackendSettings
 from ...errors import BackendError, BackendTimeout, InUse
@@ -38,7 +39,7 @@ from .data_directories import (
     run_as_user,
     write_meta,
 )
-from .server_processes import ServerPrograms, connect_superuser
+from .server_processes import ADMIN_DATABASE, SUPERUSER, TENANT_DATABASE, ServerPrograms, connect_superuser
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ class LocalBackend(OwnServerBackend):
             port = self._programs.start(home, run_as)
             write_meta(home, {**meta, "port": port})
             with self._superuser(home, port) as conn:
-                # The cluster is the tenant's alone: its "postgres" database becomes the tenant's.
-                create_tenant(conn, spec, existing_database="postgres")
+                # CREATEDB, as test runners need, but no superuser: every local instance runs as the
+                # same OS user, and a superuser's server-side file access would reach the others'.
+                create_tenant(conn, spec, existing_database=self._existing_database(conn, spec), createdb=True)
             wait_for_login(self._probe_host, port, spec.credentials, timeout=self.settings.ready_timeout)
         except BaseException as e:
             try:
@@ -102,7 +104,18 @@ class LocalBackend(OwnServerBackend):
     # claim and keep_ready: OwnServerBackend's, through _connect_pooled and _make_ephemeral.
 
     def can_claim(self, db_name: str, db_username: str) -> bool:
-        return True
+        # A pooled database cannot be renamed to one the server has: made anew, it takes that one.
+        return db_name not in (SUPERUSER, ADMIN_DATABASE, "template0")
+
+    @staticmethod
+    def _existing_database(conn: psycopg.Connection, spec: DatabaseSpec) -> str:
+        """The database of the template that becomes the tenant's: the one made for it, or the one
+        of the asked name where the server has it already (``postgres``; the other then goes)."""
+        if spec.db_name in (SUPERUSER, TENANT_DATABASE):
+            if spec.db_name == SUPERUSER:
+                conn.execute(sql.SQL("drop database {}").format(sql.Identifier(TENANT_DATABASE)))
+            return spec.db_name
+        return TENANT_DATABASE
 
     def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
         # The ref starts with the instance id and ends with random bytes: it is never another's.

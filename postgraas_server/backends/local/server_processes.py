@@ -33,11 +33,14 @@ from .directory_processes import end_processes_working_in
 log = logging.getLogger(__name__)
 
 SUPERUSER = "postgres"
-# The superuser works from template1: the tenant's database is the cluster's "postgres" database,
-# renamed, so no CREATE DATABASE (a copy and a sync of a whole database) runs on the request path.
+# The superuser works from template1.
 ADMIN_DATABASE = "template1"
+# The template holds this database beside initdb's: renamed, it becomes the tenant's, so no CREATE
+# DATABASE (a copy and a sync of a whole database) runs on the request path, and "postgres" stays
+# for what connects there to create and drop databases (Django's test runner, say).
+TENANT_DATABASE = "postgraas_tenant"
 # Bump when what the template holds changes: the next create builds a new one.
-TEMPLATE_FORMAT = 1
+TEMPLATE_FORMAT = 2
 INITDB_OPTIONS = (
     "--auth-local=trust",
     "--auth-host=scram-sha-256",
@@ -97,6 +100,13 @@ class ServerPrograms:
             self.run(
                 [self.bin_dir / "initdb", "-D", partial / "data", "-U", SUPERUSER, *INITDB_OPTIONS], run_as, "initdb"
             )
+            # Single-user mode: no server to start, no port, no socket for this one statement.
+            self.run(
+                [self.bin_dir / "postgres", "--single", "-D", partial / "data", ADMIN_DATABASE],
+                run_as,
+                "creating the tenant's database in the template",
+                stdin=f"create database {TENANT_DATABASE}\n",
+            )
             try:
                 partial.rename(final)
             except OSError:
@@ -109,7 +119,9 @@ class ServerPrograms:
             raise
         log.info("built the template cluster %s", final)
 
-    def run(self, argv: list, run_as: RunAs | None, what: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: list, run_as: RunAs | None, what: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess:
         kwargs: dict = {}
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
         if run_as:
@@ -118,6 +130,7 @@ class ServerPrograms:
         try:
             result = subprocess.run(
                 [str(a) for a in argv],
+                input=stdin,
                 capture_output=True,
                 text=True,
                 env=env,

@@ -39,13 +39,15 @@ def create_tenant(
     *,
     existing_database: str | None = None,
     marker: str | None = None,
+    createdb: bool = False,
 ) -> None:
     """Create role and database; on any failure drop what this call created, then raise.
 
     ``existing_database``: in a cluster of the tenant's own, a database made ahead of time (or
     its ``postgres`` database) that is renamed to ``spec.db_name`` and handed to the role
     instead: a rename costs nothing, a CREATE DATABASE copies and syncs a whole template.
-    ``marker``: a comment put on the role at once, by which list_tenants finds it again."""
+    ``marker``: a comment put on the role at once, by which list_tenants finds it again.
+    ``createdb``: the role may create databases (never superuser, roles or replication)."""
     role, db_name = sql.Identifier(spec.db_username), sql.Identifier(spec.db_name)
     if role_exists(conn, spec.db_username):
         raise Conflict(
@@ -62,8 +64,8 @@ def create_tenant(
     with conn.transaction():
         _run(
             conn,
-            sql.SQL("create role {} login nosuperuser nocreatedb nocreaterole noreplication password {}").format(
-                role, sql.Literal(verifier)
+            sql.SQL("create role {} login nosuperuser {} nocreaterole noreplication password {}").format(
+                role, sql.SQL("createdb" if createdb else "nocreatedb"), sql.Literal(verifier)
             ),
         )
         if marker is not None:
@@ -251,9 +253,12 @@ def list_tenants(conn: psycopg.Connection, deployment: str) -> list[ManagedObjec
     return tenants
 
 
-def count_sessions(conn: psycopg.Connection, db_name: str) -> int:
+def count_sessions(conn: psycopg.Connection, db_name: str, role: str | None = None) -> int:
+    """Sessions in ``db_name`` besides this one; only ``role``'s, where given."""
     row = conn.execute(
-        "select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()", (db_name,)
+        "select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()"
+        " and (%s::text is null or usename = %s)",
+        (db_name, role, role),
     ).fetchone()
     return int(row[0]) if row else 0
 
