@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from postgraas_server.backends import Backend, build_backend
+from postgraas_server.backends.cluster.backend import CREATEDB_GROUP
 from postgraas_server.backends.local import find_bin_dir
 from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import BackendUnavailable
@@ -115,8 +116,9 @@ class PostgresServer:
         )
 
     def roles(self) -> set[str]:
+        """The roles of the server, but for the group the cluster backend keeps for good (tenant_createdb)."""
         with self.admin() as conn:
-            return {r[0] for r in conn.execute("select rolname from pg_roles")}
+            return {r[0] for r in conn.execute("select rolname from pg_roles")} - {CREATEDB_GROUP}
 
     def databases(self) -> set[str]:
         with self.admin() as conn:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import psycopg
 from psycopg import sql
@@ -51,11 +51,15 @@ where {_TENANT} and (
     p.transaction::text in (
         select transactionid::text from pg_locks
         where pid = %(pid)s and not granted and locktype = 'transactionid')
-    or '-1/' || p.transaction::text in (
-        select h.virtualtransaction from pg_locks w join pg_locks h
+    or p.transaction in (
+        select t.transactionid from pg_locks w join pg_locks h
           on h.locktype = w.locktype and h.granted and h.pid is null
          and h.database is not distinct from w.database and h.relation is not distinct from w.relation
          and h.classid is not distinct from w.classid and h.objid is not distinct from w.objid
+        -- A prepared transaction's locks keep the virtual transaction it had (-1/xid after a restart),
+        -- and its transactionid lock tells which one it is.
+        join pg_locks t on t.virtualtransaction = h.virtualtransaction and t.locktype = 'transactionid'
+         and t.pid is null
         where w.pid = %(pid)s and not w.granted))
 """
 
@@ -155,7 +159,7 @@ def _clear_tenant_blockers(pid: int, done: threading.Event, connect: Connect) ->
                 for blocker, role, _ in watcher.execute(_END_TENANT_BLOCKERS, params).fetchall():
                     log.warning("ended session %s of tenant role %s: it held a lock a removal needed", blocker, role)
                 for gid, datname in watcher.execute(_TENANT_PREPARED_BLOCKERS, params).fetchall():
-                    rollback_prepared(gid, datname, connect)
+                    rollback_prepared(watcher, gid, datname, connect)
                     log.warning("rolled back a tenant's prepared transaction in %s, in a removal's way", datname)
                 if done.wait(0.2):
                     return
@@ -164,13 +168,35 @@ def _clear_tenant_blockers(pid: int, done: threading.Event, connect: Connect) ->
         log.warning("could not watch a removal's lock waits", exc_info=True)
 
 
-def rollback_prepared(gid: str, datname: str, connect: Connect) -> None:
-    """ROLLBACK PREPARED runs in the transaction's own database; one already gone is no error."""
-    with connect(datname) as there:
+def rollback_prepared(admin: psycopg.Connection, gid: str, datname: str, connect: Connect) -> None:
+    """ROLLBACK PREPARED runs in the transaction's own database (reopened for the while where its
+    owner closed it); one already gone is no error."""
+    with in_database(admin, datname, connect) as there:
         try:
             there.execute(sql.SQL("rollback prepared {}").format(sql.Literal(gid)))
         except psycopg.errors.UndefinedObject:
             pass
+
+
+@contextmanager
+def in_database(admin: psycopg.Connection, datname: str, connect: Connect) -> Iterator[psycopg.Connection]:
+    """A connection to ``datname``, even where its owner disallowed connections or limited them to
+    none (both undone for the while by ``admin``, then restored)."""
+    row = admin.execute("select datallowconn, datconnlimit from pg_database where datname = %s", (datname,)).fetchone()
+    closed, limit = (not row[0], row[1]) if row is not None else (False, -1)
+    database = sql.Identifier(datname)
+    if closed:
+        run_step(admin, sql.SQL("alter database {} allow_connections true").format(database), connect)
+    if limit >= 0:
+        run_step(admin, sql.SQL("alter database {} connection limit -1").format(database), connect)
+    try:
+        with connect(datname) as other:
+            yield other
+    finally:
+        if limit >= 0:
+            run_step(admin, sql.SQL("alter database {} connection limit {}").format(database, limit), connect)
+        if closed:
+            run_step(admin, sql.SQL("alter database {} allow_connections false").format(database), connect)
 
 
 def end_tenant_sessions_in(admin: psycopg.Connection, datname: str) -> int:

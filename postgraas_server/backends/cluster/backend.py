@@ -30,9 +30,11 @@ from ..postgres.tenants import (
     tenant_marker,
 )
 from .admin_connections import AdminConnections, guarded_conninfo
-from .admin_steps import concurrently_updated, end_tenant_sessions_in
+from .admin_steps import concurrently_updated, end_tenant_sessions_in, run_step
 from .tenant_removal import drop_tenant
 
+# The NOLOGIN role whose members (tenants, with tenant_createdb) may connect to "postgres".
+CREATEDB_GROUP = "postgraas_createdb"
 # Databases every role may connect to by default, which no tenant needs (see close_shared_databases).
 SHARED_DATABASES = ("postgres", "template1")
 
@@ -77,7 +79,7 @@ class ClusterBackend(contract.Backend):
         self._probe = (settings.probe_host or self.host, self.port)
         self._login_proven = False
         self._shared_closed = not settings.close_shared_databases
-        self._has_postgres_database: bool | None = None
+        self._createdb_group_ready = False
         # The first creates of a process come in together: one of them closes.
         self._closing = threading.Lock()
         self._connections = AdminConnections(self._conninfo)
@@ -210,18 +212,43 @@ class ClusterBackend(contract.Backend):
     def _postgres_database_rights(self, conn: psycopg.Connection, role: str) -> list[sql.Composed]:
         """With tenant_createdb, the tenant may connect to the "postgres" database, where test
         runners connect to create and drop theirs (Django's drops its own from nowhere else); without
-        it, not (a pooled role made before the setting changed)."""
-        if self._has_postgres_database is None:
-            # Asked once: a claim's hand-over is one round trip.
-            self._has_postgres_database = database_exists(conn, "postgres")
-        if not self._has_postgres_database:
-            return []
-        rights = (
-            "grant connect on database postgres to {}"
-            if self.settings.tenant_createdb
-            else ("revoke connect on database postgres from {}")
-        )
-        return [sql.SQL(rights).format(sql.Identifier(role))]
+        it, not (a pooled role made before the setting changed). Through membership of one group that
+        holds CONNECT there: granting it per tenant would rewrite the postgres database's row on every
+        create, which any tenant could then hold up with a GRANT of its own left open."""
+        group = sql.Identifier(CREATEDB_GROUP)
+        if not self.settings.tenant_createdb:
+            if not self._createdb_group_exists(conn):
+                return []
+            return [sql.SQL("revoke {} from {}").format(group, sql.Identifier(role))]
+        self._ensure_createdb_group(conn)
+        return [sql.SQL("grant {} to {}").format(group, sql.Identifier(role))]
+
+    def _createdb_group_exists(self, conn: psycopg.Connection) -> bool:
+        if self._createdb_group_ready:
+            return True
+        return conn.execute("select 1 from pg_roles where rolname = %s", (CREATEDB_GROUP,)).fetchone() is not None
+
+    def _ensure_createdb_group(self, conn: psycopg.Connection) -> None:
+        """Once per process: the group exists and may connect to "postgres", changed only where not so
+        already (any change here rewrites a shared catalog row, which a tenant may hold locked)."""
+        if self._createdb_group_ready:
+            return
+        with self._closing:
+            if self._createdb_group_ready:
+                return
+            group = sql.Identifier(CREATEDB_GROUP)
+            if not self._createdb_group_exists(conn):
+                try:
+                    conn.execute(sql.SQL("create role {} nologin").format(group))
+                except psycopg.errors.DuplicateObject:
+                    pass  # another server process made it meanwhile
+            allowed = conn.execute(
+                "select has_database_privilege(%s, 'postgres', 'connect') from pg_database where datname = 'postgres'",
+                (CREATEDB_GROUP,),
+            ).fetchone()
+            if allowed is not None and not allowed[0]:
+                run_step(conn, sql.SQL("grant connect on database postgres to {}").format(group), self._admin)
+            self._createdb_group_ready = True
 
     def _close_shared_databases(self, conn: psycopg.Connection) -> None:
         """Once per process: tenants may not connect to the databases every role could open by
@@ -308,6 +335,14 @@ REVOKE_ATTEMPTS = 5
 def _revoke_from_public(conn: psycopg.Connection, database: str) -> None:
     """Another server process (a worker, a replica) may revoke the same at once; "tuple concurrently
     updated" then means it is done or about to be, and ours is tried again."""
+    open_to_public = conn.execute(
+        "select exists (select 1 from pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a"
+        " where d.datname = %s and a.grantee = 0 and a.privilege_type in ('CONNECT', 'TEMPORARY'))",
+        (database,),
+    ).fetchone()
+    if open_to_public is not None and not open_to_public[0]:
+        # Closed already: no REVOKE, which would rewrite the row (and wait on whoever holds it).
+        return
     statement = sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(database))
     for attempt in range(1, REVOKE_ATTEMPTS + 1):
         try:

@@ -18,15 +18,13 @@ Two rules hold whatever other tenants do:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
 
-from ...errors import BackendError, InUse
-from ..postgres.tenants import count_sessions, marked_instance
-from .admin_steps import Connect, rollback_prepared, run_step
+from ...errors import BackendError, Conflict, InUse
+from ..postgres.tenants import REVOKE_FROM_PUBLIC, count_sessions, marked_instance
+from .admin_steps import Connect, in_database, rollback_prepared, run_step
 
 log = logging.getLogger(__name__)
 
@@ -65,34 +63,37 @@ def drop_tenant(
         # Owned by another role: made after this instance's database vanished, not ours to drop.
         left.append(f"database {db_name!r}")
         database = None
-    # Those the tenant created itself (tenant_createdb), the instance's own database excepted.
-    created = _databases_created_by(conn, role_oid, db_name) if role_oid is not None else []
-    mine = ([db_name] if database is not None else []) + [name for name, _ in created]
     if not force:
-        # In the databases it created, only the tenant's own sessions count: PostgreSQL opens a new
-        # database to PUBLIC, and another tenant connected there must not keep this one's delete.
-        sessions = (count_sessions(conn, db_name) if database is not None else 0) + sum(
-            count_sessions(conn, name, role) for name, _ in created
+        # Open sessions in the instance's database (anybody's), and the tenant's own anywhere: a
+        # session elsewhere (in "postgres", with tenant_createdb) may be creating databases.
+        sessions = (count_sessions(conn, db_name) if database is not None else 0) + (
+            _role_sessions_elsewhere(conn, role, db_name) if role_oid is not None else 0
         )
         if sessions:
             raise InUse(sessions)
-    nologin = sql.SQL("alter role {} nologin").format(sql.Identifier(role))
-    if role_oid is not None and force:
-        # First, so that its login is gone even if a later step has to wait for the reaper. (A delete
-        # that is not forced may still be refused for sessions, and the instance must then work on.)
-        run_step(conn, nologin, connect)
-    _rollback_prepared_of(conn, mine, role if role_oid is not None else None, connect)
-    # The tenant's own first, ending whatever sessions are left in them (others', or its own opened
-    # since the count): the instance's database, dropped after them, is the one a plain delete keeps.
-    for name, is_template in created:
-        _drop_database(conn, name, is_template=is_template, force=True, connect=connect)
-    if database is not None:
-        _drop_database(conn, db_name, is_template=database[2], force=force, connect=connect)
+    login = sql.SQL("alter role {} login").format(sql.Identifier(role))
     if role_oid is not None:
-        if not force:
-            run_step(conn, nologin, connect)
+        # First: the tenant can neither log in nor act any more while its objects go (a session it
+        # kept would go on creating databases), so what is listed below is all there is.
+        run_step(conn, sql.SQL("alter role {} nologin").format(sql.Identifier(role)), connect)
         _end_sessions_of(conn, role)
-        _drop_role(conn, role, role_oid, connect)
+    # Those the tenant created itself (tenant_createdb), the instance's own database excepted.
+    created = _databases_created_by(conn, role_oid, db_name) if role_oid is not None else []
+    mine = ([db_name] if database is not None else []) + [name for name, _ in created]
+    _rollback_prepared_of(conn, mine, role if role_oid is not None else None, connect)
+    # The tenant's own first: the instance's database, dropped after them, is the one a plain delete
+    # keeps when a session of somebody else's is opened in it meanwhile.
+    for name, is_template in created:
+        _drop_created_database(conn, name, is_template=is_template, connect=connect)
+    if database is not None:
+        try:
+            _drop_database(conn, db_name, is_template=database[2], force=force, connect=connect)
+        except Conflict:
+            if role_oid is not None:
+                run_step(conn, login, connect)  # the instance works on, as with any in use
+            raise
+    if role_oid is not None:
+        _drop_role(conn, role, role_oid, deployment, connect)
     notes = []
     if created:
         names = ", ".join(repr(name) for name, _ in created)
@@ -132,9 +133,48 @@ def _drop_database(conn: psycopg.Connection, db_name: str, *, is_template: bool,
         run_step(conn, drop, connect, in_use="conflict")
 
 
+def _drop_invalid(
+    conn: psycopg.Connection, datname: str, owner_comment: str | None, deployment: str, connect: Connect
+) -> None:
+    """A database left invalid by a DROP DATABASE cut short can only be dropped; nobody can connect
+    to it for DROP OWNED. One of a tenant of this deployment goes (its owner was dropping it; it may
+    hold another tenant's grants to keep that one's role alive); anybody else's stays, and the role
+    with it, until its owner drops it."""
+    if marked_instance(owner_comment, deployment) is None:
+        log.warning("database %s is invalid and not a tenant's: a role named in it cannot be dropped", datname)
+        return
+    log.warning("dropping database %s, left invalid by its tenant owner, which names a role being removed", datname)
+    run_step(conn, sql.SQL("drop database if exists {}").format(sql.Identifier(datname)), connect)
+
+
 def _end_sessions_of(conn: psycopg.Connection, role: str) -> None:
-    """The role's sessions in other databases (it cannot log in again: it is NOLOGIN now)."""
-    conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where usename = %s", (role,))
+    """The role's sessions, everywhere, waited for until they are gone (it cannot log in again: it
+    is NOLOGIN now)."""
+    conn.execute(
+        "select pg_terminate_backend(pid, %s) from pg_stat_activity where usename = %s and pid <> pg_backend_pid()",
+        (SESSION_EXIT_WAIT_MS, role),
+    )
+
+
+def _role_sessions_elsewhere(conn: psycopg.Connection, role: str, db_name: str) -> int:
+    row = conn.execute(
+        "select count(*) from pg_stat_activity where usename = %s and datname is distinct from %s", (role, db_name)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _drop_created_database(conn: psycopg.Connection, name: str, *, is_template: bool, connect: Connect) -> None:
+    """A database the tenant created: closed to PUBLIC first (PostgreSQL opens a new database to
+    every role, and another tenant there could keep preparing transactions that a drop refuses),
+    then everyone in it ended, its prepared transactions rolled back, and dropped."""
+    run_step(conn, sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(name)), connect)
+    conn.execute(
+        "select pg_terminate_backend(pid, %s) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+        (SESSION_EXIT_WAIT_MS, name),
+    )
+    for (gid,) in conn.execute("select gid from pg_prepared_xacts where database = %s", (name,)).fetchall():
+        rollback_prepared(conn, gid, name, connect)
+    _drop_database(conn, name, is_template=is_template, force=True, connect=connect)
 
 
 def _rollback_prepared_of(conn: psycopg.Connection, databases: list[str], role: str | None, connect: Connect) -> None:
@@ -146,18 +186,20 @@ def _rollback_prepared_of(conn: psycopg.Connection, databases: list[str], role: 
         "select gid, database from pg_prepared_xacts where database = any(%s) or owner = %s", (databases, role)
     ).fetchall()
     for gid, datname in prepared:
-        with _in_database(conn, datname, connect):
-            rollback_prepared(gid, datname, connect)
+        rollback_prepared(conn, gid, datname, connect)
 
+
+# How long ending a session waits for it to exit.
+SESSION_EXIT_WAIT_MS = 5000
 
 # How often DROP OWNED and DROP ROLE are tried when another tenant keeps granting the role something.
 DROP_ATTEMPTS = 5
 
 
-def _drop_role(conn: psycopg.Connection, role: str, role_oid: int, connect: Connect) -> None:
+def _drop_role(conn: psycopg.Connection, role: str, role_oid: int, deployment: str, connect: Connect) -> None:
     drop = sql.SQL("drop role if exists {}").format(sql.Identifier(role))
     for attempt in range(1, DROP_ATTEMPTS + 1):
-        _drop_everything_of(conn, role, role_oid, connect)
+        _drop_everything_of(conn, role, role_oid, deployment, connect)
         try:
             run_step(conn, drop, connect)
             return
@@ -167,19 +209,23 @@ def _drop_role(conn: psycopg.Connection, role: str, role_oid: int, connect: Conn
                 raise
 
 
-def _drop_everything_of(conn: psycopg.Connection, role: str, role_oid: int, connect: Connect) -> None:
+def _drop_everything_of(conn: psycopg.Connection, role: str, role_oid: int, deployment: str, connect: Connect) -> None:
     """DROP OWNED in every database where the role owns something or is named by a grant, a
     default privilege or a policy; then once more here for what it holds on shared objects.
     CASCADE: what another tenant built on the role's objects (a view on its table) goes with them,
     or that tenant could keep the role alive for good."""
     databases = conn.execute(
-        "select distinct d.datname from pg_shdepend s join pg_database d on d.oid = s.dbid"
+        "select distinct d.datname, d.datconnlimit = -2, shobj_description(d.datdba, 'pg_authid')"
+        " from pg_shdepend s join pg_database d on d.oid = s.dbid"
         " where s.refclassid = 'pg_authid'::regclass and s.refobjid = %s",
         (role_oid,),
     ).fetchall()
     statement = sql.SQL("drop owned by {} cascade").format(sql.Identifier(role))
-    for (datname,) in databases:
-        with _in_database(conn, datname, connect) as other:
+    for datname, invalid, owner_comment in databases:
+        if invalid:
+            _drop_invalid(conn, datname, owner_comment, deployment, connect)
+            continue
+        with in_database(conn, datname, connect) as other:
             run_step(other, statement, connect)
     shared = conn.execute(
         "select 1 from pg_shdepend where dbid = 0 and refclassid = 'pg_authid'::regclass and refobjid = %s limit 1",
@@ -187,24 +233,3 @@ def _drop_everything_of(conn: psycopg.Connection, role: str, role_oid: int, conn
     ).fetchone()
     if shared:
         run_step(conn, statement, connect)
-
-
-@contextmanager
-def _in_database(conn: psycopg.Connection, datname: str, connect: Connect) -> Iterator[psycopg.Connection]:
-    """A connection to ``datname``, even where its owner disallowed connections or limited them to
-    none (both undone for the while, then restored)."""
-    row = conn.execute("select datallowconn, datconnlimit from pg_database where datname = %s", (datname,)).fetchone()
-    closed, limit = (not row[0], row[1]) if row is not None else (False, -1)
-    database = sql.Identifier(datname)
-    if closed:
-        run_step(conn, sql.SQL("alter database {} allow_connections true").format(database), connect)
-    if limit >= 0:
-        run_step(conn, sql.SQL("alter database {} connection limit -1").format(database), connect)
-    try:
-        with connect(datname) as other:
-            yield other
-    finally:
-        if limit >= 0:
-            run_step(conn, sql.SQL("alter database {} connection limit {}").format(database, limit), connect)
-        if closed:
-            run_step(conn, sql.SQL("alter database {} allow_connections false").format(database), connect)
