@@ -16,6 +16,7 @@ from postgraas_server.errors import InUse
 from .conftest import backend_config
 from .databases import Creator, Made
 from .servers import Server, body, start, stop_server
+from .shared_cluster import create_database, owned_by
 
 pytestmark = pytest.mark.integration
 
@@ -23,19 +24,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def createdb(cluster_left_as_found, creator_for) -> Creator:
     return creator_for("cluster", tenant_createdb=True)
-
-
-def create_database(made: Made, name: str) -> None:
-    with made.connect(autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-
-
-def owned_by(pg_server, role: str) -> set[str]:
-    with pg_server.admin() as admin:
-        rows = admin.execute(
-            "select datname from pg_database d join pg_roles r on r.oid = d.datdba where r.rolname = %s", (role,)
-        ).fetchall()
-    return {name for (name,) in rows}
 
 
 def test_off_by_default_the_tenant_gets_the_servers_refusal(cluster_left_as_found, creator_for):
