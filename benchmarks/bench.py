@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import signal
-import subprocess
 import sys
 import traceback
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -36,7 +33,7 @@ import docker.errors  # noqa: E402
 import psycopg  # noqa: E402
 import requests  # noqa: E402
 
-from benchmarks import infra, measure, report  # noqa: E402
+from benchmarks import alternatives, infra, machine, measure, report  # noqa: E402
 from benchmarks.infra import REPO_ROOT, say  # noqa: E402
 
 BACKENDS = ("docker", "cluster", "local")
@@ -139,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         problems = run.cleanup.run()
-        run.results["cleanup"] = check_clean(run, problems)
+        run.results["cleanup"] = infra.leftovers(run.client, run.root, problems)
     if status in (0, 1) and "postgraas" in run.results:
         finish(run)
     return status
@@ -153,7 +150,7 @@ def benchmark(run: Run) -> int:
     args = run.args
     prepare(run)
     run.results["machine"] = machine_info(run)
-    creates_before, cpu_before = measure.time_file_creates(run.root), measure.time_cpu()
+    creates_before, cpu_before = machine.time_file_creates(run.root), machine.time_cpu()
     durability = measure.Durability(args.durability)
     run.results["postgraas"], run.results["burst"] = {}, {}
     peers = {} if args.skip_peers else make_peers(run)
@@ -171,7 +168,7 @@ def benchmark(run: Run) -> int:
         run.results["peers"] = measure_peers(run, peers)
     if args.list_rows:
         run.results["list"] = measure_list(run)
-    creates_after, cpu_after = measure.time_file_creates(run.root), measure.time_cpu()
+    creates_after, cpu_after = machine.time_file_creates(run.root), machine.time_cpu()
     run.results["machine"]["file_creates_500_s"] = {"before": creates_before, "after": creates_after}
     run.results["machine"]["pbkdf2_4096_s"] = {"before": cpu_before, "after": cpu_after}
     run.results["notes"].append(
@@ -268,7 +265,7 @@ def redacted(config: dict) -> dict:
 
 
 def measure_mode(
-    run: Run, mode: str, durability: measure.Durability, peers: dict[str, dict[str, measure.Peer]]
+    run: Run, mode: str, durability: measure.Durability, peers: dict[str, dict[str, alternatives.Peer]]
 ) -> tuple[dict, dict]:
     args = run.args
     pool_size = args.pool_size if mode == "warm" else None
@@ -324,46 +321,34 @@ def sweep(run: Run, local_data_root: Path) -> dict:
     return {"containers": len(containers), "local_processes": len(processes)}
 
 
-def make_peers(run: Run) -> dict[str, dict[str, measure.Peer]]:
+def make_peers(run: Run) -> dict[str, dict[str, alternatives.Peer]]:
     """Per backend, the peers its figures are compared with, keyed as in the JSON's ``peers``."""
-    args, peers = run.args, {}
-    if "docker" in args.backends:
-        client, image = run.client, args.image
-        peers["docker"] = {
-            "docker_run": measure.Peer("docker run", lambda _: measure.time_docker_run(client, image)),
-            "testcontainers": measure.Peer("testcontainers", lambda _: measure.time_testcontainers(image)),
-        }
+    backends = run.args.backends
+    if "docker" in backends:
         run.results["notes"].append(
             "testcontainers runs with its defaults: it waits by exec'ing psql in the container, polling every "
             f"{os.environ.get('TC_POOLING_INTERVAL', '1')} s (TC_POOLING_INTERVAL)"
         )
-    if "cluster" in args.backends:
+    admin = None
+    if "cluster" in backends:
         pg = run.pg
         admin = psycopg.connect(
             host=pg.host, port=pg.port, user=pg.username, password=pg.password, dbname="postgres", autocommit=True
         )
         run.cleanup.add("close the CREATE DATABASE peer's connection", admin.close)
-        peers["cluster"] = {
-            "create_database": measure.Peer(
-                "CREATE DATABASE", lambda i: measure.time_create_database(admin, pg.host, pg.port, i)
-            )
-        }
-    if "local" in args.backends:
+    homes = None
+    if "local" in backends:
         homes = run.root / "p"
         homes.mkdir(mode=0o755)
-        bin_dir = run.bin_dir
-        peers["local"] = {
-            "initdb_pg_ctl": measure.Peer("initdb+pg_ctl", lambda i: measure.time_initdb(bin_dir, homes / str(i)))
-        }
-    return peers
+    return alternatives.peers_for(backends, run.client, run.args.image, run.pg, admin, run.bin_dir, homes)
 
 
-def measure_peers(run: Run, peers: dict[str, dict[str, measure.Peer]]) -> dict:
+def measure_peers(run: Run, peers: dict[str, dict[str, alternatives.Peer]]) -> dict:
     """The peers' figures; those not taken alongside a cold path (``--modes warm``) are measured now."""
     results = {}
     for by_key in peers.values():
         for key, peer in by_key.items():
-            results[key] = peer.series.as_dict() if peer.measured else measure.measure_peer(peer, run.args.runs)
+            results[key] = peer.series.as_dict() if peer.measured else alternatives.measure_peer(peer, run.args.runs)
     return results
 
 
@@ -394,46 +379,8 @@ def measure_list(run: Run) -> dict:
 
 
 def machine_info(run: Run) -> dict:
-    def output(argv: list) -> str | None:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    memory = next((line.split()[1] for line in Path("/proc/meminfo").open() if line.startswith("MemTotal")), None)
-    return {
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(int(memory) / 2**20, 1) if memory else None,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": output(["git", "rev-parse", "HEAD"]),
-        "git_dirty": bool(output(["git", "status", "--porcelain"])),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "docker": run.client.version().get("Version") if run.client else None,
-        "postgres": output([run.bin_dir / "postgres", "--version"]) if run.bin_dir else None,
-        "image": run.args.image,
-    }
-
-
-def check_clean(run: Run, problems: list[str]) -> dict:
-    """After the cleanup: nothing of this run may remain."""
-    containers = []
-    if run.client is not None:
-        try:
-            containers = [c.name for c in run.client.containers.list(all=True, filters={"label": infra.run_filter()})]
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            problems.append(f"could not list containers: {e}")
-    processes = infra.pids_mentioning(str(run.root)) if run.root else []
-    left = {
-        "scratch_dir": str(run.root) if run.root else None,
-        "containers_left": containers,
-        "processes_left": processes,
-        "scratch_dir_left": bool(run.root and run.root.exists()),
-        "problems": problems,
-    }
-    if containers or processes or left["scratch_dir_left"] or problems:
-        say(f"cleanup incomplete: {left}")
-    return left
+    docker_version = run.client.version().get("Version") if run.client else None
+    return machine.describe(docker_version, run.bin_dir, run.args.image)
 
 
 def finish(run: Run) -> None:

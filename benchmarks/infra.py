@@ -329,3 +329,24 @@ class PostgraasServer:
                 if all(sample.labels.get(k) == v for k, v in labels.items()):
                     return sample.value
         return 0.0
+
+
+def leftovers(client: docker.DockerClient | None, root: Path | None, problems: list[str]) -> dict:
+    """After a run's cleanup: what of it remains (nothing may), for its JSON; said when anything does."""
+    containers = []
+    if client is not None:
+        try:
+            containers = [c.name for c in client.containers.list(all=True, filters={"label": run_filter()})]
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            problems.append(f"could not list containers: {e}")
+    processes = pids_mentioning(str(root)) if root else []
+    left = {
+        "scratch_dir": str(root) if root else None,
+        "containers_left": containers,
+        "processes_left": processes,
+        "scratch_dir_left": bool(root and root.exists()),
+        "problems": problems,
+    }
+    if containers or processes or left["scratch_dir_left"] or problems:
+        say(f"cleanup incomplete: {left}")
+    return left

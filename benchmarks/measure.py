@@ -1,4 +1,4 @@
-"""The timed paths: Postgraas creates (single, burst), listing, and the peers users would pick instead.
+"""The timed paths of Postgraas: creates (single, burst) and listing (the peers are in peers.py).
 
 Every path is timed from the first request to the first successful ``select 1`` on the new database,
 with ``time.perf_counter``; whatever a run made is removed after it, untimed.
@@ -6,44 +6,31 @@ with ``time.perf_counter``; whatever a run made is removed after it, untimed.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
-import os
 import secrets
-import shutil
-import statistics
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
-import docker
 import psycopg
 import requests
-from psycopg import sql
 from sqlalchemy import create_engine, insert
 
+from .alternatives import Peer
 from .infra import (
     PostgraasServer,
-    as_postgres_user,
-    container_labels,
-    free_port,
-    give_to_postgres,
-    run_tool,
     say,
 )
+from .machine import settle_machine
 from .report import Series
 
 # A create may wait for a container's first start; the server's own docker ready_timeout is 60 s.
 CREATE_TIMEOUT = 180
-# How often the plain `docker run` peer tries to log in, as a hand-written wait loop would.
-DOCKER_RUN_POLL = 0.02
 
 
 # --- Postgraas -------------------------------------------------------------------------------------------------
@@ -183,86 +170,6 @@ def wait_for_pool(server: PostgraasServer, backend: str, size: int, timeout: flo
         time.sleep(0.05)
 
 
-# The machine is quiet when, in each of two windows in a row, its block devices wrote less than
-# QUIET_BYTES and its CPUs were busy less than QUIET_CPU of the time.
-QUIET_BYTES = 1 << 20
-QUIET_CPU = 0.3
-QUIET_WINDOW_S = 0.25
-
-
-def settle_machine(max_wait: float = 20.0) -> None:
-    """Each path, and each run of one, starts on a quiet machine: what came before left to write
-    back or to clean up (20 removed containers the engine still collects, the previous run's
-    delete, a pool's refill) would otherwise slow what is timed, on 2 cores. A sync, then a wait
-    (``max_wait`` at most) until the block devices stop writing and the CPUs are mostly idle."""
-    os.sync()
-    deadline = time.monotonic() + max_wait
-    quiet, last_bytes, last_cpu = 0, _bytes_written(), _cpu_times()
-    while quiet < 2 and time.monotonic() < deadline:
-        time.sleep(QUIET_WINDOW_S)
-        now_bytes, now_cpu = _bytes_written(), _cpu_times()
-        busy = now_cpu[0] - last_cpu[0]
-        total = busy + now_cpu[1] - last_cpu[1]
-        calm = now_bytes - last_bytes < QUIET_BYTES and (total == 0 or busy / total < QUIET_CPU)
-        quiet = quiet + 1 if calm else 0
-        last_bytes, last_cpu = now_bytes, now_cpu
-
-
-def time_file_creates(root: Path, count: int = 500) -> float:
-    """Seconds to create ``count`` small files in ``root`` (then removed, untimed): how fast this
-    disk's file system makes files now. A local instance is a copy of about 1,270 files, so this moves the
-    local backend's cold path; on a virtual disk it varies with what was written before."""
-    scratch = root / f"file-probe-{secrets.token_hex(3)}"
-    scratch.mkdir()
-    try:
-        started = time.perf_counter()
-        for n in range(count):
-            (scratch / str(n)).write_bytes(b"x")
-        return time.perf_counter() - started
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def time_cpu(rounds: int = 20) -> float:
-    """Seconds one PBKDF2-SHA256 of 4096 iterations takes now (median of ``rounds``): one SCRAM
-    derivation, a yardstick of how fast this shared machine's CPU is at the moment."""
-    taken = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        hashlib.pbkdf2_hmac("sha256", b"yardstick", b"0123456789abcdef", 4096)
-        taken.append(time.perf_counter() - started)
-    return statistics.median(taken)
-
-
-def _cpu_times() -> tuple[int, int]:
-    """(busy, idle) jiffies of all CPUs since boot, from /proc/stat; (0, 0) where unreadable."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle, idle
-
-
-def _bytes_written() -> int:
-    """Sectors written by whole block devices since boot (/proc/diskstats), in bytes; 0 where unreadable."""
-    total = 0
-    try:
-        lines = Path("/proc/diskstats").read_text().splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        fields = line.split()
-        # Whole devices only (vda, sda, nvme0n1), not their partitions; no loop or ram devices.
-        if len(fields) > 9 and not fields[2].startswith(("loop", "ram", "dm-")) and not _is_partition(fields[2]):
-            total += int(fields[9]) * 512
-    return total
-
-
-def _is_partition(name: str) -> bool:
-    return Path(f"/sys/class/block/{name}/partition").exists()
-
-
 def measure_creates(
     server: PostgraasServer,
     backend: str,
@@ -393,154 +300,3 @@ def measure_list(server: PostgraasServer, requests_n: int, expected_rows: int, w
 
 
 # --- peers ----------------------------------------------------------------------------------------------------
-
-
-def query_as_superuser(port: int, password: str) -> None:
-    """Log in as postgres on 127.0.0.1:port and run a query; OperationalError until that works."""
-    with psycopg.connect(
-        host="127.0.0.1", port=port, user="postgres", password=password, dbname="postgres", connect_timeout=5
-    ) as conn:
-        conn.execute("select 1").fetchone()
-
-
-def time_docker_run(client: docker.DockerClient, image: str, timeout: float = 120) -> float:
-    """``docker run -d -p 127.0.0.1::5432 -e POSTGRES_PASSWORD=... image``, then log in every 20 ms."""
-    password = secrets.token_urlsafe(16)
-    started = time.perf_counter()
-    container = client.containers.run(
-        image,
-        detach=True,
-        ports={"5432/tcp": ("127.0.0.1", None)},
-        environment={"POSTGRES_PASSWORD": password},
-        labels=container_labels(),
-    )
-    try:
-        container.reload()
-        port = int(container.ports["5432/tcp"][0]["HostPort"])
-        last_status_check = time.perf_counter()
-        while True:
-            try:
-                query_as_superuser(port, password)
-                return time.perf_counter() - started
-            except psycopg.OperationalError as e:
-                now = time.perf_counter()
-                if now - started > timeout:
-                    raise RuntimeError(f"no login within {timeout:.0f} s: {e}") from e
-                # An API call per attempt would slow the loop down; a dead container is checked twice a second.
-                if now - last_status_check > 0.5:
-                    container.reload()
-                    last_status_check = now
-                    if container.status not in ("created", "running"):
-                        raise RuntimeError(f"container {container.status}: {container.logs(tail=10)!r}") from e
-            time.sleep(DOCKER_RUN_POLL)
-    finally:
-        container.remove(force=True, v=True)
-
-
-def time_testcontainers(image: str) -> float:
-    """testcontainers-python's PostgresContainer with its defaults (its own exec + psql wait), then a login."""
-    from testcontainers.community.postgres import PostgresContainer
-
-    password = secrets.token_urlsafe(16)
-    started = time.perf_counter()
-    container = PostgresContainer(image, username="bench", password=password, dbname="bench", driver=None)
-    container.with_kwargs(labels=container_labels())
-    try:
-        container.start()
-        host, port = container.get_container_host_ip(), int(container.get_exposed_port(5432))
-        with psycopg.connect(
-            host=host, port=port, user="bench", password=password, dbname="bench", connect_timeout=10
-        ) as conn:
-            conn.execute("select 1").fetchone()
-        return time.perf_counter() - started
-    finally:
-        container.stop()
-
-
-def time_initdb(bin_dir: Path, home: Path, timeout: float = 60) -> float:
-    """A bare ``initdb`` + ``pg_ctl start -w`` on its own port and socket dir, then a TCP login."""
-    password = secrets.token_urlsafe(16)
-    data = home / "data"
-    started = time.perf_counter()
-    try:
-        home.mkdir(mode=0o700)
-        give_to_postgres(home)
-        pwfile = home / "pw"
-        pwfile.write_text(password)
-        give_to_postgres(pwfile)
-        run_tool(
-            as_postgres_user(
-                [bin_dir / "initdb", "-D", data, "-U", "postgres", f"--pwfile={pwfile}", "--auth=scram-sha-256"]
-            ),
-            "initdb",
-        )
-        port = free_port()
-        options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
-        run_tool(
-            as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-l", home / "log", "-o", options, "-w", "start"]),
-            "pg_ctl start",
-            start_new_session=True,
-        )
-        while True:
-            try:
-                query_as_superuser(port, password)
-                return time.perf_counter() - started
-            except psycopg.OperationalError as e:
-                if time.perf_counter() - started > timeout:
-                    raise RuntimeError(f"no login within {timeout:.0f} s: {e}") from e
-                time.sleep(0.02)
-    finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run(
-                as_postgres_user([bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]),
-                capture_output=True,
-                timeout=60,
-            )
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def time_create_database(admin: psycopg.Connection, host: str, port: int, n: int) -> float:
-    """What a person does by hand in an existing cluster, over an admin connection already open:
-    CREATE ROLE and CREATE DATABASE (from template0, as the cluster backend does), then a login."""
-    name, password = f"bench_peer_{n}_{secrets.token_hex(3)}", secrets.token_urlsafe(16)
-    started = time.perf_counter()
-    try:
-        admin.execute(sql.SQL("create role {} login password {}").format(sql.Identifier(name), sql.Literal(password)))
-        admin.execute(sql.SQL("create database {} owner {} template template0").format(*[sql.Identifier(name)] * 2))
-        with psycopg.connect(
-            host=host, port=port, user=name, password=password, dbname=name, connect_timeout=5
-        ) as conn:
-            conn.execute("select 1").fetchone()
-        return time.perf_counter() - started
-    finally:
-        admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
-
-
-@dataclass
-class Peer:
-    """What a user would do instead of a Postgraas path, one attempt at a time."""
-
-    name: str
-    attempt: Callable[[int], float]
-    series: Series = field(default_factory=Series)
-
-    @property
-    def measured(self) -> bool:
-        return bool(self.series.samples or self.series.errors)
-
-    def take(self, i: int, runs: int) -> None:
-        settle_machine(max_wait=3.0)
-        try:
-            self.series.samples.append(self.attempt(i))
-            say(f"peer {self.name} {i + 1}/{runs}: {self.series.samples[-1]:.3f} s")
-        except Exception as e:  # one failed run is a failure to count, not the end of the benchmark
-            self.series.errors.append(f"{type(e).__name__}: {e}")
-            say(f"peer {self.name} {i + 1}/{runs}: {self.series.errors[-1]}")
-
-
-def measure_peer(peer: Peer, runs: int) -> dict:
-    settle_machine()
-    for i in range(runs):
-        peer.take(i, runs)
-    return peer.series.as_dict()
