@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import func, select
 
@@ -90,7 +89,7 @@ class Policy:
         held = count(DBInstance.backend == backend_name)
         return held > limit if counting_new else held >= limit
 
-    def authorize(self, row: Any, password: str | None, principal: Principal | None) -> None:
+    def authorize(self, row: DBInstance, password: str | None, principal: Principal | None) -> None:
         """With a token, seeing the instance is enough (its owner or an admin); a db_pwd, if
         sent, must still match. Without one, the db_pwd is the proof (postgraas_server 2.x)."""
         if password is None:

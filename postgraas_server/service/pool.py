@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec
@@ -26,7 +25,7 @@ from ..schemas import CreateInstanceRequest
 from ..tokens import Principal
 from .policy import Policy
 from .provisioning import Provisioner, name_taken, remove_quietly
-from .transitions import count, forget, release, transition, update_row
+from .transitions import count, execute_dml, forget, release, transition, update_row
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,7 @@ class WarmPool:
                 "new_durability": request.durability,
             }
             try:
-                taken = cast(CursorResult[Any], db.session.execute(_TAKE_POOLED, values)).rowcount == 1
+                taken = execute_dml(_TAKE_POOLED, values).rowcount == 1
                 db.session.commit()
             except IntegrityError:
                 db.session.rollback()

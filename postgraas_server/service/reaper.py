@@ -15,9 +15,9 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Row, or_, select, update
+from sqlalchemy import Row, or_, select, update
 
 from ..backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
 from ..config import LifecycleSettings
@@ -26,7 +26,7 @@ from ..metrics import REAPER_ACTIONS
 from ..models import ALL_STATUSES, INSTANCES, InstanceStatus, Lease, db, utcnow
 from .background import Context
 from .heartbeats import Heartbeats
-from .transitions import forget, transition, update_row
+from .transitions import execute_dml, forget, transition, update_row
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Reaper:
     def acquire(self, seconds: float) -> bool:
         """Take or renew the lease: one conditional UPDATE, so one holder at a time."""
         now = utcnow()
-        result = self._execute(
+        result = execute_dml(
             update(Lease)
             .where(
                 Lease.name == LEASE_NAME,
@@ -379,8 +379,3 @@ class Reaper:
     def _transition(self, row: Row, expected: str, new: str, detail: str, *conditions: Any) -> bool:
         self._keep_lease()
         return transition(row.id, expected, new, detail, *conditions)
-
-    @staticmethod
-    def _execute(statement: Any) -> CursorResult[Any]:
-        # An UPDATE answers a CursorResult, which has the row count.
-        return cast(CursorResult[Any], db.session.execute(statement))

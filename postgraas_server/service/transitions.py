@@ -29,7 +29,7 @@ def transition(
 ) -> bool:
     """Move an instance from ``expected`` status(es) to ``new`` and commit; False when it was not in
     ``expected`` (or ``conditions`` no longer held)."""
-    result = _execute(_move(instance_id, expected, new, detail, conditions, values))
+    result = execute_dml(_move(instance_id, expected, new, detail, conditions, values))
     db.session.commit()
     return result.rowcount == 1
 
@@ -41,7 +41,7 @@ def transition_returning(
     InstanceOut reads), or None; with RETURNING where the database has it, saving a SELECT."""
     statement = _move(instance_id, expected, new, None, (), values)
     if not db.session.get_bind().dialect.update_returning:  # SQLite before 3.35
-        moved = _execute(statement).rowcount == 1
+        moved = execute_dml(statement).rowcount == 1
         row = db.session.execute(select(INSTANCES).where(INSTANCES.c.id == instance_id)).mappings().first()
     else:
         row = db.session.execute(statement.returning(*INSTANCES.columns)).mappings().first()
@@ -52,7 +52,7 @@ def transition_returning(
 
 def update_row(instance_id: int, *conditions: Any, **values: Any) -> bool:
     """Set ``values`` on the row if ``conditions`` hold, without changing its status; commits."""
-    result = _execute(update(INSTANCES).where(INSTANCES.c.id == instance_id, *conditions).values(**values))
+    result = execute_dml(update(INSTANCES).where(INSTANCES.c.id == instance_id, *conditions).values(**values))
     db.session.commit()
     return result.rowcount == 1
 
@@ -63,7 +63,7 @@ def forget(instance_id: int, status: str | None = None) -> bool:
     statement = delete(INSTANCES).where(INSTANCES.c.id == instance_id)
     if status is not None:
         statement = statement.where(INSTANCES.c.status == status)
-    result = _execute(statement)
+    result = execute_dml(statement)
     db.session.commit()
     return result.rowcount == 1
 
@@ -82,9 +82,9 @@ def count(condition: Any) -> int:
     return db.session.execute(select(func.count()).select_from(DBInstance).where(condition)).scalar_one()
 
 
-def _execute(statement: Any) -> CursorResult[Any]:
-    # An UPDATE or DELETE answers a CursorResult, which has the row count.
-    return cast(CursorResult[Any], db.session.execute(statement))
+def execute_dml(statement: Any, params: dict[str, Any] | None = None) -> CursorResult[Any]:
+    """Run an UPDATE or DELETE in the session; its CursorResult has the row count."""
+    return cast(CursorResult[Any], db.session.execute(statement, params))
 
 
 def _move(

@@ -336,9 +336,8 @@ def _revoke_from_public(conn: psycopg.Connection, database: str) -> None:
     """Another server process (a worker, a replica) may revoke the same at once; "tuple concurrently
     updated" then means it is done or about to be, and ours is tried again."""
     open_to_public = conn.execute(
-        "select exists (select 1 from pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a"
-        " where d.datname = %s and a.grantee = 0 and a.privilege_type in ('CONNECT', 'TEMPORARY'))",
-        (database,),
+        "select has_database_privilege('public', %s, 'CONNECT') or has_database_privilege('public', %s, 'TEMPORARY')",
+        (database, database),
     ).fetchone()
     if open_to_public is not None and not open_to_public[0]:
         # Closed already: no REVOKE, which would rewrite the row (and wait on whoever holds it).

@@ -79,8 +79,10 @@ def drop_tenant(
         _end_sessions_of(conn, role)
     # Those the tenant created itself (tenant_createdb), the instance's own database excepted.
     created = _databases_created_by(conn, role_oid, db_name) if role_oid is not None else []
-    mine = ([db_name] if database is not None else []) + [name for name, _ in created]
-    _rollback_prepared_of(conn, mine, role if role_oid is not None else None, connect)
+    # Those in the databases it created go with them, after those are closed (_drop_created_database).
+    _rollback_prepared_of(
+        conn, [db_name] if database is not None else [], role if role_oid is not None else None, connect
+    )
     # The tenant's own first: the instance's database, dropped after them, is the one a plain delete
     # keeps when a session of somebody else's is opened in it meanwhile.
     for name, is_template in created:

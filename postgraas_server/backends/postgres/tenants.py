@@ -253,12 +253,9 @@ def list_tenants(conn: psycopg.Connection, deployment: str) -> list[ManagedObjec
     return tenants
 
 
-def count_sessions(conn: psycopg.Connection, db_name: str, role: str | None = None) -> int:
-    """Sessions in ``db_name`` besides this one; only ``role``'s, where given."""
+def count_sessions(conn: psycopg.Connection, db_name: str) -> int:
     row = conn.execute(
-        "select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()"
-        " and (%s::text is null or usename = %s)",
-        (db_name, role, role),
+        "select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()", (db_name,)
     ).fetchone()
     return int(row[0]) if row else 0
 
