@@ -77,6 +77,8 @@ class Created:
     instance_id: int | None = None
     db_pwd: str = ""
     error: str | None = None
+    # Where the instance runs (for a split over swarm nodes).
+    host: str | None = None
 
     @property
     def post_to_201(self) -> float | None:
@@ -127,7 +129,9 @@ def create_and_query(url: str, backend: str, durability: Durability, start: thre
         return Created(started, answered, error=f"POST answered {response.status}: {text[:300]}")
     created = json.loads(text)
     durability.saw(created)
-    result = Created(started, answered, instance_id=created["postgraas_instance_id"], db_pwd=db_pwd)
+    result = Created(
+        started, answered, instance_id=created["postgraas_instance_id"], db_pwd=db_pwd, host=created.get("host")
+    )
     try:
         with psycopg.connect(created["connection_uri"], connect_timeout=10) as conn:
             conn.execute("select 1").fetchone()

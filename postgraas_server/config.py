@@ -20,6 +20,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy.engine import make_url
 
+from .backend_settings import BACKEND_TYPES, BackendSettings, LocalBackendSettings
 from .durations import parse_duration
 
 ENV_PREFIX = "POSTGRAAS_"
@@ -59,11 +60,18 @@ class MetaDbSettings(_Section):
 
     def sqlalchemy_url(self) -> str:
         if self.url is not None:
-            return _absolute_sqlite(self.url)
+            return _absolute_sqlite(_with_psycopg(self.url))
         user = quote(self.db_username or "", safe="")
         password = f":{quote(self.db_pwd, safe='')}" if self.db_pwd else ""
         port = f":{self.port}" if self.port else ""
         return f"postgresql+psycopg://{user}{password}@{self.host}{port}/{quote(self.db_name or '', safe='')}"
+
+
+def _with_psycopg(url: str) -> str:
+    """postgresql://... means psycopg 3, the driver installed with us (SQLAlchemy's default is psycopg2)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
 
 
 def _absolute_sqlite(url: str) -> str:
@@ -77,116 +85,6 @@ def _absolute_sqlite(url: str) -> str:
     return parsed.set(database=os.path.abspath(parsed.database)).render_as_string(hide_password=False)
 
 
-class _BackendSection(_Section):
-    # Seconds to wait for the first real login to a new database.
-    ready_timeout: float = Field(default=60.0, gt=0)
-    # At most this many instances in the backend (all owners); None: no limit. Beyond: 503.
-    max_instances: int | None = Field(default=None, ge=0)
-    # Instances kept made ahead, with throwaway names and passwords; a create takes one and only
-    # renames it and sets its password. They count towards max_instances.
-    pool_size: int = Field(default=0, ge=0, le=100)
-    advertised_host: str = "localhost"
-    # Where the server itself connects to prove readiness; defaults to advertised_host.
-    probe_host: str | None = None
-
-
-class DockerBackendSettings(_BackendSection):
-    """The docker backend: one container of ``image`` per instance."""
-
-    type: Literal["docker"] = "docker"
-    image: str = "postgres:16"
-    # None: the environment's Docker settings (DOCKER_HOST, else the local socket).
-    base_url: str | None = None
-    bind_address: str = "0.0.0.0"
-    # Seconds a single Docker API call may take before the engine counts as unreachable.
-    api_timeout: float = Field(default=30.0, gt=0)
-    # Extra labels put on every container (e.g. to tell environments apart).
-    labels: dict[str, str] = Field(default_factory=dict)
-    # Per container: memory (docker units: 512m, 2g), CPUs, processes, /dev/shm (postgres
-    # uses it for parallel queries; Docker's 64m default is too small for them).
-    memory_limit: str = Field(default="1g", pattern=r"^[0-9]+[bkmg]?$")
-    cpu_limit: float = Field(default=1.0, gt=0, le=256)
-    pids_limit: int = Field(default=256, ge=32)
-    shm_size: str = Field(default="256m", pattern=r"^[0-9]+[bkmg]?$")
-    # Run instances from an image made once per engine from ``image`` with its cluster initialised, so a
-    # create skips initdb and the entrypoint's restart. False, or an image that cannot be prepared: ``image``
-    # as it is, initialised by every container.
-    prepare_image: bool = True
-
-
-class ClusterBackendSettings(_BackendSection):
-    """The cluster backend: a role and a database per instance inside an existing server."""
-
-    type: Literal["cluster"]
-    # A libpq connection string or URI for the admin login; or the 2.x keys below.
-    dsn: str | None = None
-    host: str | None = None
-    port: int = 5432
-    database: str = "postgres"
-    username: str | None = None
-    password: str | None = None
-    # 2.x: Azure-style logins as user@server.
-    server: str | None = None
-    # What clients are told; default: the admin connection's host and port.
-    advertised_host: str | None = None  # type: ignore[assignment]
-    advertised_port: int | None = None
-    ready_timeout: float = Field(default=10.0, gt=0)
-    # "first": a tenant login proves the server lets tenants in on the backend's first create in
-    # a process; "every": on each create, for a pg_hba that decides per database or role.
-    login_proof: Literal["first", "every"] = "first"
-    # The databases a request's "template" may name, designated by the cluster's admin: never
-    # template1 (open to every role) nor a tenant's database (a tenant can flag its own as a template).
-    templates: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]] = Field(default_factory=list)
-    # Seconds an admin statement may wait for a lock, and run, before it is given up (a delete is
-    # then retried by the reaper): a tenant's open transaction must not stall deletes and the reaper.
-    lock_timeout: float = Field(default=5.0, gt=0)
-    statement_timeout: float = Field(default=300.0, gt=0)
-    # Revoke CONNECT and TEMPORARY from PUBLIC on the cluster's postgres and template1 databases
-    # (and the admin database), so a tenant reaches only its own. False where other users of the
-    # cluster rely on PUBLIC's default rights there (see docs/tenants.md).
-    close_shared_databases: bool = True
-    # Tenants may create databases of their own (CREATEDB), as test runners do beside the given one.
-    # Off by default: on a shared server the admin decides. The databases a tenant made are dropped
-    # with its instance (docs/test-suites.md).
-    tenant_createdb: bool = False
-
-    @model_validator(mode="after")
-    def _admin_login(self) -> ClusterBackendSettings:
-        if self.dsn is None and not (self.host and self.username):
-            raise ValueError("give either 'dsn' or 'host' and 'username' for the admin connection")
-        if any(name.lower() == "template1" for name in self.templates):
-            raise ValueError(
-                "templates: template1 is open to every role of the cluster; name a database of the admin's"
-            )
-        return self
-
-
-class LocalBackendSettings(_BackendSection):
-    """The local backend: a postgres cluster per instance, run as processes on this host."""
-
-    type: Literal["local"]
-    # None: `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin.
-    bin_dir: str | None = None
-    # None: /var/lib/postgraas when the server runs as root (run_as_user must reach it; a
-    # checkout under /root would not do), else ./postgraas-data.
-    data_root: str | None = None
-    listen_address: str = "127.0.0.1"
-    # The OS user postgres runs as when the server runs as root (postgres refuses root).
-    run_as_user: str = "postgres"
-    port_min: int = Field(default=20000, ge=1024, le=65535)
-    port_max: int = Field(default=29999, ge=1024, le=65535)
-    ready_timeout: float = Field(default=30.0, gt=0)
-
-    @model_validator(mode="after")
-    def _port_range(self) -> LocalBackendSettings:
-        if self.port_min > self.port_max:
-            raise ValueError("port_min must not be above port_max")
-        return self
-
-
-BackendSettings = Annotated[
-    DockerBackendSettings | ClusterBackendSettings | LocalBackendSettings, Field(discriminator="type")
-]
 BACKEND_NAME_RE = re.compile(r"[a-z][a-z0-9]{0,31}")
 
 
@@ -323,9 +221,6 @@ def settings_from_dict(raw: dict[str, Any], source: str = "config") -> Settings:
     except ValidationError as e:
         problems = "; ".join(_problem(err) for err in e.errors())
         raise ConfigError(f"{source}: {problems}") from None
-
-
-BACKEND_TYPES = ("docker", "cluster", "local")
 
 
 def unknown_backend_type(key: str) -> str:

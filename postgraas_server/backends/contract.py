@@ -94,6 +94,9 @@ class ManagedObject:
     port: int | None = None
     # The instance name it was made for, where the backend keeps it (for the reaper's log).
     name: str | None = None
+    # Set when the object is there but its database is gone for good (a swarm service whose node
+    # went down): why, for the instance's status_detail. The reaper marks it lost and removes it.
+    lost: str | None = None
 
 
 class Backend(ABC):

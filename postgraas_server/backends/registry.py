@@ -17,6 +17,7 @@ BACKEND_CLASSES: dict[str, tuple[str, str]] = {
     "local": (".local", "LocalBackend"),
     "docker": (".docker", "DockerBackend"),
     "cluster": (".cluster", "ClusterBackend"),
+    "swarm": (".swarm", "SwarmBackend"),
 }
 
 

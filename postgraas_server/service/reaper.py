@@ -105,13 +105,17 @@ class Reaper:
 
     def run_forever(self, context: Context) -> None:
         interval = self.lifecycle.reaper_interval
-        # Renewed before every action, so it only has to outlast one; a holder that died
-        # frees it within two intervals.
-        lease_seconds = 2 * interval
-        while not self._stop.wait(interval):
+        # Renewed before every action, so it only has to outlast one. A holder that died frees it
+        # within 1.5 intervals, and the others ask for it every half interval: one of them takes
+        # over within two.
+        lease_seconds = 1.5 * interval
+        wait = interval
+        while not self._stop.wait(wait):
+            wait = interval / 2
             with context():
                 try:
                     if self.acquire(lease_seconds):
+                        wait = interval
                         self.run_pass(lease_seconds)
                 except LeaseLost:
                     log.info("reaper: another reaper took the lease over; pass stopped")
@@ -250,26 +254,30 @@ class Reaper:
             changed = row.status_changed_at or row.creation_timestamp
             if objects is None or not row.container_id or changed >= listed_at:
                 continue
-            holders = {o.instance_id for o in objects if o.ref == row.container_id}
-            if row.id in holders:
+            held = next((o for o in objects if o.ref == row.container_id and o.instance_id == row.id), None)
+            if held is not None and held.lost is None:
                 continue
+            holders = {o.instance_id for o in objects if o.ref == row.container_id}
             backend = self._backend(row.backend)
             if backend is None:
                 continue
             # Held by another instance: this one's object vanished and its name was taken since.
-            if not holders:
+            if held is None and not holders:
                 try:
                     if backend.describe(row.container_id).state != ObjectState.MISSING:
                         continue
                 except PostgraasError:
                     continue
-            detail = f"its {backend.type_name} object {row.container_id} vanished"
+            detail = held.lost if held is not None else f"its {backend.type_name} object {row.container_id} vanished"
             unchanged = or_(INSTANCES.c.status_changed_at.is_(None), INSTANCES.c.status_changed_at < listed_at)
             if self._transition(row, row.status, InstanceStatus.LOST, detail, unchanged):
                 name = row.postgraas_instance_name
                 report.add(
                     "lost", row.backend, f"marked instance {name} (id {row.id}) in backend {row.backend} lost: {detail}"
                 )
+                # Nothing of it may come back when its node does (a swarm service is removed).
+                if held is not None:
+                    self._remove(row.backend, held, "lost")
 
     def _follow_ports(self, listed: dict, report: PassReport) -> None:
         """A container restarted by its engine gets a new published port: record it."""

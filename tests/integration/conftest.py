@@ -27,6 +27,7 @@ from postgraas_server.errors import BackendUnavailable
 from ..conftest import require
 from .databases import Creator, fake_creator
 from .servers import POSTGRAAS, Server, free_port, launch, start, stop_server
+from .swarm_fleet import DB_CONSTRAINT, Fleet, script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_IMAGE = os.environ.get("POSTGRAAS_TEST_IMAGE", "postgraas/postgres-test:15")
@@ -35,8 +36,9 @@ RUN_ID = uuid.uuid4().hex[:12]
 # The real backends, each a name of the configuration that has its type. Every test "on each
 # backend" takes them from here.
 BACKENDS = ("docker", "cluster", "local")
-# The contract suite (test_backend_contract*.py) holds the fake of the unit tests to it too.
-CONTRACT_BACKENDS = (*BACKENDS, "fake")
+# The contract suite (test_backend_contract*.py) holds the swarm backend (on the swarm of
+# scripts/swarm.sh) and the fake of the unit tests to it too.
+CONTRACT_BACKENDS = (*BACKENDS, "swarm", "fake")
 DEPLOYMENT = f"contract-{RUN_ID}"
 
 
@@ -63,6 +65,22 @@ def docker_client() -> Iterator[docker.DockerClient]:
     for container in leftovers:
         container.remove(force=True, v=True)
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def swarm() -> Iterator[Fleet]:
+    """The swarm of scripts/swarm.sh, brought up for the session and taken down after it."""
+    try:
+        script("up")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        require("Docker Swarm of three engines", f"scripts/swarm.sh up failed: {getattr(e, 'stderr', '') or e}")
+    fleet = Fleet.read()
+    try:
+        yield fleet
+        services = fleet.manager_client().services.list(filters={"label": f"{RUN_LABEL}={RUN_ID}"})
+        assert not services, f"swarm services left behind: {[s.name for s in services]}"
+    finally:
+        script("down")
 
 
 @pytest.fixture(scope="session")
@@ -246,6 +264,19 @@ def backend_config(name: str, request: pytest.FixtureRequest, **overrides: objec
             "port": server.port,
             "username": server.username,
             "password": server.password,
+            **overrides,
+        }
+    if name == "swarm":
+        fleet: Fleet = request.getfixturevalue("swarm")
+        return {
+            "type": "swarm",
+            "base_url": fleet.manager,
+            "image": fleet.image,
+            "registry": fleet.registry,
+            "constraints": [DB_CONSTRAINT],
+            "slots_resource": fleet.slots_resource,
+            "memory_limit": "512m",
+            "labels": {RUN_LABEL: RUN_ID},
             **overrides,
         }
     assert name == "local", f"no backend named {name!r}"

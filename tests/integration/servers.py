@@ -10,14 +10,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 # The console script of the client, installed beside this interpreter (pip install -e .).
 POSTGRAAS = Path(sys.executable).with_name("postgraas")
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -136,3 +139,51 @@ def make_token(server: Server, owner: str, *extra: str) -> str:
         check=True,
     )
     return made.stdout.strip()
+
+
+def eventually(condition: Callable[[], T], within: float, what: str) -> T:
+    """What condition() gave once it was truthy; fails after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"not within {within:g} s: {what}"
+        time.sleep(0.2)
+    return found
+
+
+def metric(server: Server, name: str, labels: dict[str, str]) -> float:
+    """One sample of the server's /metrics; 0 when it has none yet."""
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    return next(
+        (
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and s.labels == labels
+        ),
+        0.0,
+    )
+
+
+def pooled(server: Server, backend: str) -> float:
+    return metric(server, "postgraas_instances", {"backend": backend, "status": "pooled"})
+
+
+def drain_pools(home: Path) -> str:
+    """After the server of ``home`` stopped: remove what is left in its pools, as an operator would by
+    configuring them away, with one reaper pass. Returns what the pass printed."""
+    config = home / "application.cfg"
+    settings = json.loads(config.read_text())
+    for backend in settings["backends"].values():
+        backend["pool_size"] = 0
+    # A pooled instance the stopped server was still making is a dead creation after a second.
+    settings["lifecycle"] = {"heartbeat_timeout": 1}
+    config.write_text(json.dumps(settings))
+    time.sleep(1.5)
+    reap = subprocess.run(
+        [sys.executable, "-m", "postgraas_server.cli", "--config", str(config), "reap", "--once"],
+        capture_output=True,
+        text=True,
+        cwd=home,
+    )
+    assert reap.returncode == 0, reap.stderr
+    return reap.stdout

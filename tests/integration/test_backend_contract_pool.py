@@ -15,13 +15,13 @@ from .databases import Creator, new_spec
 # Where a server restarted with a new secret in this variable cannot claim what it pooled before.
 POOL_SECRET_ENV = "POSTGRAAS_POOL_SECRET"
 # Backends whose claims log in with a password derived from that secret.
-CLAIMS_NEED_THE_POOL_SECRET = {"docker"}
+CLAIMS_NEED_THE_POOL_SECRET = {"docker", "swarm"}
 
 
 @pytest.fixture
 def pool(create, contract_name) -> Creator:
     """``create``, for a backend that has a warm pool: every backend of the suite is configured
-    with one (docker with prepare_image)."""
+    with one (docker with prepare_image, swarm with a registry too)."""
     why = create.backend.why_no_pool()
     assert why is None, f"the {contract_name} backend has no warm pool: {why}"
     return create

@@ -9,9 +9,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,16 +21,9 @@ import requests
 from postgraas_server.backends.local import find_bin_dir
 
 from .conftest import start_local_server
-from .servers import POSTGRAAS, Server, make_token, stop_server
+from .servers import POSTGRAAS, Server, eventually, make_token, stop_server
 
 ENV_LINE = re.compile(r"[A-Z_]+=\S+")
-
-
-def eventually(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within:g} s: {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import docker.errors
 import psycopg
 import pytest
 
+from postgraas_server.backend_settings import DockerBackendSettings
 from postgraas_server.backends import DatabaseSpec, ProvisionedDatabase
 from postgraas_server.backends.docker import DockerBackend
 from postgraas_server.backends.docker.prepared_image import (
@@ -23,7 +24,6 @@ from postgraas_server.backends.docker.prepared_image import (
     prepared_tag,
 )
 from postgraas_server.backends.postgres.client import wait_for_login
-from postgraas_server.config import DockerBackendSettings
 from postgraas_server.scram import scram_sha256_verifier
 
 from .conftest import RUN_ID, RUN_LABEL, TEST_IMAGE

@@ -30,20 +30,11 @@ from postgraas_server.backends.local.directory_processes import processes_workin
 from postgraas_server.errors import BackendError, PostgraasError
 
 from .conftest import BACKENDS, REPO_ROOT, backend_config, make_backend
-from .servers import Server, body, start, stop_server
+from .servers import Server, body, eventually, start, stop_server
 
 # Fast enough for a test run; the defaults are minutes, not seconds.
 # heartbeat_timeout leaves room for heartbeats that wait on SQLite's write lock under load.
 FAST_REAPER = {"reaper_interval": 1, "heartbeat_timeout": 5, "orphan_grace": 5}
-
-
-def eventually(condition: Callable[[], bool], within: float, what: str) -> float:
-    """Seconds until condition() held; fails after ``within`` seconds."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < within, f"not within {within:g} s: {what}"
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -12,7 +9,6 @@ import uuid
 import psycopg
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from postgraas_server.backends import Credentials, DatabaseSpec
 from postgraas_server.backends.postgres import handover_connections
@@ -21,31 +17,13 @@ from postgraas_server.errors import PostgraasError
 
 from .conftest import BACKENDS, backend_config, make_backend
 from .servers import body as unique_create_body
-from .servers import start, stop_server
+from .servers import drain_pools, metric, pooled, start, stop_server
 
 POOL = 2
 
 
 def request_body(prefix: str, backend: str, **fields: str) -> dict:
     return unique_create_body(prefix, backend=backend, ttl="10m", **fields)
-
-
-def metric(server, name: str, labels: dict[str, str]) -> float:
-    """One sample of the server's /metrics; 0 when it has none yet."""
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
-    return next(
-        (
-            s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name and s.labels == labels
-        ),
-        0.0,
-    )
-
-
-def pooled(server, backend: str) -> float:
-    return metric(server, "postgraas_instances", {"backend": backend, "status": "pooled"})
 
 
 def pool_claims(server, backend: str) -> float:
@@ -82,24 +60,9 @@ def server(request, tmp_path_factory):
     server = start(tmp, backends)
     yield server
     stop_server(server)
-    # What is left in the pools goes once they are configured away: the run must leave nothing.
-    config = tmp / "application.cfg"
-    settings = json.loads(config.read_text())
-    for backend in settings["backends"].values():
-        backend["pool_size"] = 0
-    # A pooled instance the stopped server was still making is a dead creation after a second.
-    settings["lifecycle"] = {"heartbeat_timeout": 1}
-    config.write_text(json.dumps(settings))
-    time.sleep(1.5)
-    reap = subprocess.run(
-        [sys.executable, "-m", "postgraas_server.cli", "--config", str(config), "reap", "--once"],
-        capture_output=True,
-        text=True,
-        cwd=tmp,
-    )
-    # The pg_server and local_data_root fixtures check that nothing is left.
-    assert reap.returncode == 0, reap.stderr
-    assert "removed surplus pooled instance" in reap.stdout, reap.stdout
+    # What is left in the pools goes once they are configured away: the run must leave nothing (the
+    # pg_server and local_data_root fixtures check).
+    assert "removed surplus pooled instance" in drain_pools(tmp)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

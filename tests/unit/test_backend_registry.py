@@ -6,9 +6,10 @@ import inspect
 
 import pytest
 
+from postgraas_server.backend_settings import BACKEND_TYPES, LocalBackendSettings
 from postgraas_server.backends import Backend, BackendRegistry, build_backend
 from postgraas_server.backends.registry import BACKEND_CLASSES, backend_class
-from postgraas_server.config import BACKEND_TYPES, ConfigError, LocalBackendSettings, settings_from_dict
+from postgraas_server.config import ConfigError, settings_from_dict
 
 from ..fakes import FakeBackend
 
@@ -41,12 +42,12 @@ def test_a_backend_leaving_out_a_method_cannot_be_made():
 
 
 def test_an_unknown_type_is_the_same_config_error_in_the_settings_and_in_build_backend():
-    with pytest.raises(ConfigError, match=r"backends\.pg\.type: must be one of: docker, cluster, local"):
-        settings_from_dict({"backends": {"pg": {"type": "swarm"}}})
+    with pytest.raises(ConfigError, match=r"backends\.pg\.type: must be one of: docker, cluster, local, swarm"):
+        settings_from_dict({"backends": {"pg": {"type": "nomad"}}})
     # Settings made without validation (by code, not from a file) are not built as a local backend.
-    unchecked = LocalBackendSettings.model_construct(type="swarm")
+    unchecked = LocalBackendSettings.model_construct(type="nomad")
     with pytest.raises(
-        ConfigError, match=r"^backends\.pg\.type: must be one of: docker, cluster, local \(not 'swarm'\)"
+        ConfigError, match=r"^backends\.pg\.type: must be one of: docker, cluster, local, swarm \(not 'nomad'\)"
     ):
         build_backend(unchecked, "deployment", "pg")
 

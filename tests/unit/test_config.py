@@ -122,3 +122,9 @@ def test_missing_explicit_file_is_an_error(tmp_path):
         load_settings(tmp_path / "nope.cfg", environ={})
     with pytest.raises(ConfigError, match="not found"):
         load_settings(environ={"POSTGRAAS_CONFIG": str(tmp_path / "nope.cfg")})
+
+
+def test_a_plain_postgresql_url_means_psycopg_3(tmp_path):
+    path = tmp_path / "application.cfg"
+    path.write_text('{"metadb": {"url": "postgresql://u:p@db/meta"}}')
+    assert load_settings(path, environ={}).metadb.sqlalchemy_url() == "postgresql+psycopg://u:p@db/meta"

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ...config import ClusterBackendSettings
+from ...backend_settings import ClusterBackendSettings
 from ...errors import BackendError, BackendTimeout, BackendUnavailable, InvalidRequest
 from .. import contract
 from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase

@@ -3,14 +3,11 @@ its prepared image, see prepared_image.py)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -18,16 +15,12 @@ from typing import Any
 import docker.errors
 import psycopg
 import requests
-from psycopg import sql
 
-from ...config import DockerBackendSettings
+from ...backend_settings import DockerBackendSettings
 from ...errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from ..postgres.client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
-from ..postgres.handover_connections import NotClaimable
-from ..postgres.own_server import EPHEMERAL_SETTINGS, OwnServerBackend
-from ..postgres.pool_secret import pool_secret
-from ..postgres.tenants import OUR_SESSIONS, Statement, require_pooled_database
+from ..postgres.own_server import EPHEMERAL_SETTINGS
 from .containers import (
     POSTGRES_PORT,
     created_at,
@@ -39,14 +32,11 @@ from .containers import (
     remove_quietly,
 )
 from .image_preparer import ImagePreparer
-from .prepared_image import BOOTSTRAP_USER, VERIFIER_ENV
+from .prepared_backend import DEPLOYMENT_LABEL, INSTANCE_ID_LABEL, NAME_LABEL, ImageBackend
+from .prepared_image import VERIFIER_ENV
 
 log = logging.getLogger(__name__)
 
-MANAGED_LABEL = "postgraas.managed"
-NAME_LABEL = "postgraas.name"
-INSTANCE_ID_LABEL = "postgraas.instance_id"
-DEPLOYMENT_LABEL = "postgraas.deployment"
 EXIT_CHECK_INTERVAL_S = 0.5
 
 
@@ -54,7 +44,7 @@ class ContainerExited(Exception):
     """The container stopped while we waited for it to become ready."""
 
 
-class DockerBackend(OwnServerBackend):
+class DockerBackend(ImageBackend):
     """Creates containers through an injected docker SDK client (a fake one in unit tests)."""
 
     type_name = "docker"
@@ -71,7 +61,6 @@ class DockerBackend(OwnServerBackend):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._preparer = ImagePreparer(lambda: limits(self.settings))
-        self._pool_secret = pool_secret()
 
     def why_no_pool(self) -> str | None:
         # A claim logs in as the pooled tenant and acts as the image's own superuser, which only a
@@ -117,24 +106,8 @@ class DockerBackend(OwnServerBackend):
         log.info("created container %s for instance %s on port %s", container.name, spec.instance_name, port)
         return ProvisionedDatabase(ref=container.id, host=self.settings.advertised_host, port=port)
 
-    # claim and keep_ready: OwnServerBackend's, acting as the image's bootstrap superuser so that
-    # the tenant's own role (the pooled login, a superuser) can be renamed.
-
-    def _before_hand_over(self) -> Sequence[Statement]:
-        return [sql.SQL("set session authorization {}").format(sql.Identifier(BOOTSTRAP_USER))]
-
-    def _make_ephemeral(self, conn: psycopg.Connection, ref: str) -> None:
-        # ALTER SYSTEM, each outside a transaction, so one statement at a time.
-        for setting in EPHEMERAL_SETTINGS:
-            conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
-
     def _label(self, ref: str) -> str:
         return f"container {ref[:12]}"
-
-    def can_claim(self, db_name: str, db_username: str) -> bool:
-        # The image's superuser and its database: a create asking for them is made anew (the
-        # prepared wrapper then hands them to it, as the official image would).
-        return BOOTSTRAP_USER not in (db_name, db_username)
 
     def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
         # A container id is never reused: the ref is this instance's object or none at all.
@@ -198,35 +171,13 @@ class DockerBackend(OwnServerBackend):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _pool_password(self, instance_id: int, username: str) -> str:
-        message = f"{self.deployment}:{instance_id}:{username}".encode()
-        return base64.urlsafe_b64encode(hmac.new(self._pool_secret, message, hashlib.sha256).digest()).decode()
-
     def _connect_pooled(self, ref: str) -> psycopg.Connection:
-        """A login as the pooled container's tenant, to the image's own database. Raises
-        NotClaimable when the password is refused while the container is still pooled: it was
-        made under another POSTGRAAS_POOL_SECRET (by this server before a restart, say)."""
         with self._engine("look up the pooled container"):
             container = self.client.containers.get(ref)
         labels = container.attrs.get("Config", {}).get("Labels") or {}
         env = environment_of(container.attrs.get("Config") or {})
-        username = env.get("POSTGRES_USER", "")
-        try:
-            conn = psycopg.connect(
-                host=self._probe_host,
-                port=published_port(container),
-                user=username,
-                password=self._pool_password(int(labels.get(INSTANCE_ID_LABEL, "0")), username),
-                dbname=BOOTSTRAP_USER,
-                autocommit=True,
-                connect_timeout=5,
-                application_name=OUR_SESSIONS,
-            )
-        except psycopg.OperationalError as e:
-            if "password authentication failed" in str(e):
-                raise NotClaimable(f"pooled container {ref[:12]} refuses this server's pool password") from e
-            raise
-        return require_pooled_database(conn, env.get("POSTGRES_DB", ""), f"Pooled container {ref[:12]}")
+        instance_id = int(labels.get(INSTANCE_ID_LABEL, "0"))
+        return self._login_pooled(ref, self._probe_host, published_port(container), instance_id, env)
 
     @property
     def client(self) -> Any:
@@ -279,13 +230,7 @@ class DockerBackend(OwnServerBackend):
             # The random suffix keeps names unique across meta dbs sharing one engine.
             name=f"postgraas-{spec.instance_name}-{secrets.token_hex(3)}",
             environment=environment,
-            labels={
-                **self.settings.labels,
-                MANAGED_LABEL: "true",
-                DEPLOYMENT_LABEL: self.deployment,
-                NAME_LABEL: spec.instance_name,
-                INSTANCE_ID_LABEL: str(spec.instance_id),
-            },
+            labels=self._labels(self.settings.labels, spec.instance_id, spec.instance_name),
             # No host port given: Docker picks a free one when it binds, so there is no race.
             ports={POSTGRES_PORT: (self.settings.bind_address, None)},
             detach=True,

@@ -13,7 +13,7 @@ import docker
 import docker.errors
 import requests
 
-from ...config import DockerBackendSettings
+from ...backend_settings import DockerBackendSettings
 from ...errors import BackendError
 
 log = logging.getLogger(__name__)

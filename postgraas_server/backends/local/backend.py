@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from ...config import LocalBackendSettings
+from ...backend_settings import LocalBackendSettings
 from ...errors import BackendError, BackendTimeout, InUse
 from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from ..postgres.client import NotReady, wait_for_login

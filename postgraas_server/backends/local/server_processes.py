@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from ...config import LocalBackendSettings
+from ...backend_settings import LocalBackendSettings
 from ...errors import BackendError, BackendUnavailable
 from ..postgres.client import NotReady
 from ..postgres.tenants import OUR_SESSIONS

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from ...config import DockerBackendSettings, LocalBackendSettings
+from ...backend_settings import DockerBackendSettings, LocalBackendSettings, SwarmBackendSettings
 from ...errors import BackendError
 from ..contract import Backend, Credentials, DatabaseSpec, ProvisionedDatabase
 from .handover_connections import HandOverConnections
@@ -27,7 +27,9 @@ class OwnServerBackend(Backend):
     """A backend that runs a PostgreSQL server per instance, whose pooled instances are handed over
     through a superuser connection each server process keeps to them (see HandOverConnections)."""
 
-    def __init__(self, settings: LocalBackendSettings | DockerBackendSettings, deployment: str) -> None:
+    def __init__(
+        self, settings: LocalBackendSettings | DockerBackendSettings | SwarmBackendSettings, deployment: str
+    ) -> None:
         self.deployment = deployment
         # Where this server connects to the databases it made, to prove a login.
         self._probe_host = settings.probe_host or settings.advertised_host
@@ -49,6 +51,10 @@ class OwnServerBackend(Backend):
     @abstractmethod
     def _label(self, ref: str) -> str:
         """``ref``'s object for messages ("local cluster 7-0a1b2c3d")."""
+
+    def _client_host(self, ref: str) -> str:
+        """Where clients reach ``ref``'s server (a swarm instance: its node's address)."""
+        return self._advertised_host
 
     def _before_hand_over(self) -> Sequence[Statement]:
         """Statements the hand-over's transaction starts with."""
@@ -75,7 +81,7 @@ class OwnServerBackend(Backend):
         except psycopg.Error as e:
             raise BackendError(f"Handing over the pooled {self._label(ref)} failed: {str(e).strip()}") from e
         log.info("claimed %s for instance %s on port %s", self._label(ref), spec.instance_name, port)
-        return ProvisionedDatabase(ref=ref, host=self._advertised_host, port=port)
+        return ProvisionedDatabase(ref=ref, host=self._client_host(ref), port=port)
 
     def keep_ready(self, refs: list[str]) -> list[str]:
         """Hold a superuser connection to each of the pooled ``refs``, for their claims; returns

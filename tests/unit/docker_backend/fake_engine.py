@@ -8,6 +8,7 @@ import time
 import docker.errors
 import requests
 
+from postgraas_server.backend_settings import DockerBackendSettings
 from postgraas_server.backends import DatabaseSpec
 from postgraas_server.backends.docker import DockerBackend
 from postgraas_server.backends.docker.prepared_image import (
@@ -16,7 +17,6 @@ from postgraas_server.backends.docker.prepared_image import (
     VERIFIER_ENV,
     prepared_tag,
 )
-from postgraas_server.config import DockerBackendSettings
 
 SPEC = DatabaseSpec(7, "demo", "app", "alice", "s3cret")
 IMAGE_ID = "sha256:" + "ab" * 32

@@ -9,13 +9,13 @@ import docker.errors
 import pytest
 import requests
 
+from postgraas_server.backend_settings import DockerBackendSettings
 from postgraas_server.backends import Credentials, DatabaseSpec
 from postgraas_server.backends.docker import DockerBackend
 from postgraas_server.backends.docker import backend as docker_backend
 from postgraas_server.backends.docker.prepared_image import (
     VERIFIER_ENV,
 )
-from postgraas_server.config import DockerBackendSettings
 from postgraas_server.errors import BackendError, BackendTimeout, BackendUnavailable, Conflict
 from postgraas_server.scram import scram_keys
 

@@ -1,0 +1,88 @@
+"""What the docker and swarm backends share: instances are containers of the (prepared) image, each
+its own server, whose pooled ones are logged in to with a password derived from the pool secret
+and handed over as the image's bootstrap superuser."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import sql
+
+from ...backend_settings import DockerBackendSettings, SwarmBackendSettings
+from ..postgres.handover_connections import NotClaimable
+from ..postgres.own_server import EPHEMERAL_SETTINGS, OwnServerBackend
+from ..postgres.pool_secret import pool_secret
+from ..postgres.tenants import OUR_SESSIONS, Statement, require_pooled_database
+from .prepared_image import BOOTSTRAP_USER
+
+MANAGED_LABEL = "postgraas.managed"
+NAME_LABEL = "postgraas.name"
+INSTANCE_ID_LABEL = "postgraas.instance_id"
+DEPLOYMENT_LABEL = "postgraas.deployment"
+
+
+class ImageBackend(OwnServerBackend):
+    """An OwnServerBackend whose instances are containers of the configured image."""
+
+    def __init__(self, settings: DockerBackendSettings | SwarmBackendSettings, deployment: str) -> None:
+        super().__init__(settings, deployment)
+        self._pool_secret = pool_secret()
+
+    def _labels(self, extra: dict[str, str], instance_id: int, instance_name: str) -> dict[str, str]:
+        """The labels of an instance's object: what list_objects finds it by."""
+        return {
+            **extra,
+            MANAGED_LABEL: "true",
+            DEPLOYMENT_LABEL: self.deployment,
+            NAME_LABEL: instance_name,
+            INSTANCE_ID_LABEL: str(instance_id),
+        }
+
+    # claim and keep_ready: OwnServerBackend's, acting as the image's bootstrap superuser so that
+    # the tenant's own role (the pooled login, a superuser) can be renamed.
+
+    def _before_hand_over(self) -> Sequence[Statement]:
+        return [sql.SQL("set session authorization {}").format(sql.Identifier(BOOTSTRAP_USER))]
+
+    def _make_ephemeral(self, conn: psycopg.Connection, ref: str) -> None:
+        # ALTER SYSTEM, each outside a transaction, so one statement at a time.
+        for setting in EPHEMERAL_SETTINGS:
+            conn.execute(sql.SQL("alter system set {} = off").format(sql.Identifier(setting)))
+
+    def can_claim(self, db_name: str, db_username: str) -> bool:
+        # The image's superuser and its database: a create asking for them is made anew (the
+        # prepared wrapper then hands them to it, as the official image would).
+        return BOOTSTRAP_USER not in (db_name, db_username)
+
+    def _pool_password(self, instance_id: int, username: str) -> str:
+        """A pooled instance's password, which every process with the same pool secret derives again."""
+        message = f"{self.deployment}:{instance_id}:{username}".encode()
+        return base64.urlsafe_b64encode(hmac.new(self._pool_secret, message, hashlib.sha256).digest()).decode()
+
+    def _login_pooled(
+        self, ref: str, host: str, port: int, instance_id: int, env: dict[str, str]
+    ) -> psycopg.Connection:
+        """A login as the pooled instance's tenant, to the image's own database. Raises
+        NotClaimable when the password is refused while the instance is still pooled: it was
+        made under another POSTGRAAS_POOL_SECRET (by this server before a restart, say)."""
+        username = env.get("POSTGRES_USER", "")
+        try:
+            conn = psycopg.connect(
+                host=host,
+                port=port,
+                user=username,
+                password=self._pool_password(instance_id, username),
+                dbname=BOOTSTRAP_USER,
+                autocommit=True,
+                connect_timeout=5,
+                application_name=OUR_SESSIONS,
+            )
+        except psycopg.OperationalError as e:
+            if "password authentication failed" in str(e):
+                raise NotClaimable(f"pooled {self._label(ref)} refuses this server's pool password") from e
+            raise
+        return require_pooled_database(conn, env.get("POSTGRES_DB", ""), f"Pooled {self._label(ref)}")

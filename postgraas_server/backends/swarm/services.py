@@ -1,0 +1,163 @@
+"""What the swarm backend asks a manager for and reads from its answers: an instance's service
+spec, where its one task runs, and the nodes' addresses."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from docker import types
+
+from ...backend_settings import SwarmBackendSettings
+from ..postgres.own_server import EPHEMERAL_SETTINGS
+
+POSTGRES_PORT = 5432
+# Task states after which nothing runs any more (restart_policy none: no new task follows).
+ENDED_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
+# Before these Swarm has not chosen a node.
+UNPLACED_STATES = frozenset({"new", "pending", "allocated"})
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    hostname: str
+    # Where this server connects (the address Swarm reports) and what clients are told.
+    address: str
+    advertised: str
+    up: bool
+
+
+@dataclass(frozen=True)
+class TaskPlace:
+    """The state of a service's newest task, and where it runs once placed."""
+
+    state: str
+    node_id: str | None
+    port: int | None
+    # Swarm's own words: "no suitable node (insufficient resources on 2 nodes)", an exit code ...
+    reason: str
+
+    @property
+    def placed(self) -> bool:
+        return self.state not in UNPLACED_STATES
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED_STATES
+
+
+def task_place(tasks: list[dict[str, Any]]) -> TaskPlace | None:
+    """The newest of a service's tasks, None when Swarm made none yet."""
+    if not tasks:
+        return None
+    task = max(tasks, key=lambda t: (t.get("CreatedAt") or "", (t.get("Version") or {}).get("Index", 0)))
+    status = task.get("Status") or {}
+    ports = ((status.get("PortStatus") or {}).get("Ports")) or []
+    port = next((int(p["PublishedPort"]) for p in ports if p.get("TargetPort") == POSTGRES_PORT), None)
+    reason = status.get("Err") or status.get("Message") or ""
+    return TaskPlace(str(status.get("State") or "new"), task.get("NodeID") or None, port, reason)
+
+
+def why_lost(place: TaskPlace | None, nodes: dict[str, Node]) -> str | None:
+    """Why the service's database is gone for good, None while it runs or is being made."""
+    if place is None or place.node_id is None:
+        return None
+    node = nodes.get(place.node_id)
+    where = f"node {node.hostname} ({node.address})" if node else f"node {place.node_id[:12]}"
+    if node is None:
+        return f"its {where} left the swarm"
+    if not node.up:
+        return f"its {where} is down"
+    if place.ended:
+        return f"its task on {where} ended ({place.state}: {place.reason})"
+    return None
+
+
+def service_options(
+    settings: SwarmBackendSettings,
+    *,
+    name: str,
+    image: str,
+    env: dict[str, str],
+    labels: dict[str, str],
+    ephemeral: bool,
+) -> dict[str, Any]:
+    """Keyword arguments of the docker SDK's services.create for one instance."""
+    reservations = {}
+    if settings.slots_resource:
+        reservations[settings.slots_resource] = 1
+    resources = types.Resources(
+        cpu_limit=int(settings.cpu_limit * 1e9),
+        mem_limit=_bytes(settings.memory_limit),
+        cpu_reservation=int(settings.cpu_reservation * 1e9) if settings.cpu_reservation else None,
+        mem_reservation=_bytes(settings.memory_reservation) if settings.memory_reservation else None,
+        generic_resources=reservations or None,
+    )
+    # Not in the SDK's Resources, in the API since 1.41: a tenant's fork bomb stays in its task.
+    resources["Limits"]["Pids"] = settings.pids_limit
+    options: dict[str, Any] = dict(
+        image=image,
+        name=name,
+        env=[f"{key}={value}" for key, value in env.items()],
+        labels=labels,
+        container_labels=labels,
+        constraints=list(settings.constraints),
+        preferences=[("spread", label) for label in settings.placement_preferences],
+        resources=resources,
+        # A database must never come back empty on another node behind its user's back.
+        restart_policy=types.RestartPolicy(condition="none"),
+        # Host-mode, on a port Swarm picks: no routing mesh (which needs IPVS) and no fixed ports.
+        endpoint_spec=types.EndpointSpec(
+            mode="dnsrr", ports=[{"Protocol": "tcp", "TargetPort": POSTGRES_PORT, "PublishMode": "host"}]
+        ),
+        mode=types.ServiceMode("replicated", replicas=1),
+        # postgres's fast shutdown: a removal takes 2-3 s instead of SIGTERM's wait for clients.
+        stop_signal="SIGINT",
+    )
+    if ephemeral:
+        # Replaces the image's CMD; the official entrypoint and the prepared wrapper pass it on.
+        options["args"] = ["postgres", *(f"-c{setting}=off" for setting in EPHEMERAL_SETTINGS)]
+    return options
+
+
+def _bytes(size: str) -> int:
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+    if size[-1] in units:
+        return int(size[:-1]) * units[size[-1]]
+    return int(size)
+
+
+class NodeBook:
+    """The swarm's nodes by id, read again when a node is asked for that it does not know, or when
+    ``refresh`` is called (a node's state changes)."""
+
+    def __init__(self, advertise_label: str) -> None:
+        self._advertise_label = advertise_label
+        self._nodes: dict[str, Node] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self, client: Any) -> dict[str, Node]:
+        nodes = {}
+        for attrs in client.api.nodes():
+            status = attrs.get("Status") or {}
+            labels = (attrs.get("Spec") or {}).get("Labels") or {}
+            address = str(status.get("Addr") or "")
+            nodes[attrs["ID"]] = Node(
+                id=attrs["ID"],
+                hostname=str((attrs.get("Description") or {}).get("Hostname") or attrs["ID"][:12]),
+                address=address,
+                advertised=labels.get(self._advertise_label) or address,
+                up=status.get("State") == "ready",
+            )
+        with self._lock:
+            self._nodes = nodes
+        return nodes
+
+    def get(self, client: Any, node_id: str) -> Node | None:
+        with self._lock:
+            node = self._nodes.get(node_id)
+        if node is None:
+            node = self.refresh(client).get(node_id)
+        return node
