@@ -169,6 +169,16 @@ class SwarmBackendSettings(_BackendSection):
     # The node label whose value clients are told instead of the node's address (for NAT'd nodes).
     advertise_label: str = "postgraas.advertise"
 
+    @model_validator(mode="after")
+    def _prepared_image_needs_a_registry(self) -> SwarmBackendSettings:
+        if self.prepare_image and self.registry is None:
+            raise ValueError(
+                "prepare_image needs registry: the prepared image reaches the nodes only through one. Set registry, "
+                "or prepare_image: false to run image as it is (its tenant's password is then in the service's "
+                "spec, which anyone with the manager's API can read)"
+            )
+        return self
+
 
 BackendSettings = Annotated[
     DockerBackendSettings | ClusterBackendSettings | LocalBackendSettings | SwarmBackendSettings,

@@ -222,7 +222,8 @@ class Reaper:
                 )
 
     def _remove_stray_objects(self, now: datetime, listed: dict, report: PassReport) -> None:
-        """Objects of ours with no row (after the grace period), or whose row failed."""
+        """Objects of ours with no row (after the grace period), whose row failed, or whose row is lost
+        while the backend still holds the object (a swarm service of a node that went down)."""
         rows = {row.id: row for row in self._rows(*ALL_STATUSES)}
         grace = now - timedelta(seconds=self.lifecycle.orphan_grace)
         for backend_name, objects in listed.items():
@@ -235,6 +236,12 @@ class Reaper:
                             backend_name,
                             f"removed orphan {obj.ref} of instance {obj.name or '?'} (id {obj.instance_id}) "
                             f"from backend {backend_name}: it has no meta row",
+                        )
+                elif row is not None and row.status == InstanceStatus.LOST and row.backend == backend_name and obj.lost:
+                    # Its removal when it was marked lost failed (the manager out of reach): again.
+                    if self._remove(backend_name, obj, "lost"):
+                        report.add(
+                            "lost_leftover_removed", backend_name, f"removed {obj.ref} of lost instance id {row.id}"
                         )
                 elif row is not None and row.status == InstanceStatus.FAILED and row.backend == backend_name:
                     if self._remove(backend_name, obj, "failed creation"):

@@ -39,6 +39,11 @@ class Fleet:
     def manager_client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.manager, timeout=30)
 
+    def node_state(self, name: str) -> str:
+        """The manager's word on the node ``name`` (ready, down ...)."""
+        nodes = self.manager_client().api.nodes(filters={"name": name})
+        return str(nodes[0]["Status"]["State"]) if nodes else "absent"
+
     def worker_at(self, address: str) -> str:
         return next(name for name, worker in self.workers.items() if worker["address"] == address)
 

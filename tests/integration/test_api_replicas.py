@@ -21,7 +21,8 @@ from .conftest import backend_config
 from .servers import Server, body, drain_pools, eventually, pooled, start, stop_server
 from .swarm_fleet import Fleet, services_of
 
-INTERVAL = 2.0
+# Long enough that a pass with a swarm delete in it (2-3 s) keeps the lease (1.5 intervals).
+INTERVAL = 3.0
 POOL = 2
 
 
@@ -39,7 +40,7 @@ class Replicas:
     def __init__(self, fleet: Fleet, tmp_path: Path, request: pytest.FixtureRequest, meta_db: str) -> None:
         self.fleet, self.tmp_path, self.meta_db = fleet, tmp_path, meta_db
         self.backends = {
-            "swarm": backend_config("swarm", request, pool_size=POOL),
+            "swarm": backend_config("swarm", request),
             # Nothing matches this constraint: a create there waits for a placement that never comes.
             "nowhere": backend_config(
                 "swarm", request, constraints=["node.labels.postgraas==nowhere"], placement_timeout=120
@@ -58,6 +59,10 @@ class Replicas:
         )
         self.servers.append(server)
         return server
+
+    def pooled_refs(self) -> set[str]:
+        with psycopg.connect(self.meta_db) as conn:
+            return {r[0] for r in conn.execute("select container_id from db_instance where status = 'pooled'")}
 
     def lease_holder_group(self) -> int | None:
         """The process group (a replica's serve process) of the reaper that holds the lease."""
@@ -101,14 +106,20 @@ def test_any_replica_answers_for_any_instance(replicas):
 
 
 def test_warm_pools_of_two_replicas_never_hand_one_instance_out_twice(replicas):
+    replicas.backends["swarm"]["pool_size"] = POOL
     a, b = replicas.start("a"), replicas.start("b")
     eventually(lambda: pooled(a, "swarm") >= POOL, 120, "the pool filled")
+    # Both replicas' keepers fill the one pool; what is pooled now is what the creates below take.
+    pooled_before = replicas.pooled_refs()
     asked = [body("pooled") for _ in range(8)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(lambda i: (a, b)[i % 2].post(asked[i]), range(8)))
     assert [r.status_code for r in answers] == [201] * 8, [r.text for r in answers]
     refs = [r.json()["container_id"] for r in answers]
     assert len(set(refs)) == 8
+    # Oldest first: at least POOL of them (more were pooled when both keepers overshot, and the
+    # reaper may have trimmed those meanwhile).
+    assert len(pooled_before & set(refs)) >= POOL, (pooled_before, refs)
     fleet = replicas.fleet
     for request_body, answer in zip(asked, answers, strict=True):
         got = answer.json()

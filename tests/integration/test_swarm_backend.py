@@ -66,6 +66,16 @@ def test_a_registry_that_refuses_the_push_is_a_503_that_leaves_nothing(swarm, cr
     assert not swarm.manager_client().services.list(filters={"label": RUN})
 
 
+def test_without_a_registry_the_image_is_used_as_it_is_and_there_is_no_pool(swarm, creator_for):
+    # The nodes pull this image by its name themselves: it is what "already on each node" needs.
+    create = creator_for("swarm", registry=None, prepare_image=False)
+    assert "registry" in (create.backend.why_no_pool() or "")
+    db = create()
+    assert db.whoami() == db.tenant
+    (service,) = swarm.manager_client().services.list(filters={"label": f"postgraas.name={db.spec.instance_name}"})
+    assert service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].startswith(swarm.image)
+
+
 def test_a_constraint_swarm_would_not_take_is_refused_at_start(swarm, request):
     config = backend_config("swarm", request, constraints=["labels.postgraas = db"])
     with pytest.raises(ConfigError, match=r"backends.swarm.constraints.0: 'labels.postgraas = db' is not a Swarm"):
@@ -114,8 +124,11 @@ def test_a_worker_that_dies_makes_its_instances_lost_and_nothing_of_them_runs_wh
         assert answer == "1"
     finally:
         swarm.start_engine("worker1")
+    eventually(lambda: swarm.node_state("worker1") == "ready", 60, "worker1 back in the swarm")
     worker1 = swarm.engine("worker1")
     name = f"postgraas.name={doomed['postgraas_instance_name']}"
-    eventually(lambda: not running_containers(worker1, name), 60, "the dead worker's container stopped on its return")
+    # Not only stopped (an engine without live-restore stops its containers as it starts): removed,
+    # storage and all, by its agent once it learnt the service is gone.
+    eventually(lambda: not worker1.containers.list(all=True, filters={"label": name}), 60, "its container removed")
     for instance in on.values():
         assert swarm_server.delete(instance["id"], {"db_pwd": instance["db_pwd"], "force": True}).status_code == 200

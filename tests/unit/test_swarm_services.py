@@ -3,9 +3,15 @@ Docker's API gives them (the backend against a real swarm: tests/integration/tes
 
 from __future__ import annotations
 
+import time
+
+import pytest
+from pydantic import ValidationError
+
 from postgraas_server.backend_settings import SwarmBackendSettings
+from postgraas_server.backends.swarm import services
 from postgraas_server.backends.swarm.service_image import _path_of
-from postgraas_server.backends.swarm.services import Node, service_options, task_place, why_lost
+from postgraas_server.backends.swarm.services import Node, NodeBook, service_options, task_place, why_lost
 
 
 def task(state: str, created: str, node: str | None = "n1", port: int | None = 30001, err: str = "") -> dict:
@@ -29,13 +35,20 @@ def test_a_pending_task_carries_swarms_reason():
 
 
 def test_lost_names_the_node_that_is_down_or_where_the_task_ended():
-    up, down = Node("n1", "worker1", "10.0.0.1", "10.0.0.1", True), Node("n2", "worker2", "10.0.0.2", "10.0.0.2", False)
+    up, down = (
+        Node("n1", "worker1", "10.0.0.1", "10.0.0.1", "ready"),
+        Node("n2", "worker2", "10.0.0.2", "10.0.0.2", "down"),
+    )
     nodes = {"n1": up, "n2": down}
     assert why_lost(task_place([task("running", "t", node="n1")]), nodes) is None
     assert why_lost(task_place([task("running", "t", node="n2")]), nodes) == "its node worker2 (10.0.0.2) is down"
     ended = why_lost(task_place([task("failed", "t", node="n1", err="exit code 1")]), nodes)
     assert ended == "its task on node worker1 (10.0.0.1) ended (failed: exit code 1)"
     assert "left the swarm" in (why_lost(task_place([task("running", "t", node="gone")]), nodes) or "")
+    # Out of touch for a moment (a manager's leader change, a missed heartbeat): not lost.
+    for state in ("unknown", "disconnected"):
+        nodes["n3"] = Node("n3", "worker3", "10.0.0.3", "10.0.0.3", state)
+        assert why_lost(task_place([task("running", "t", node="n3")]), nodes) is None
     # Not placed yet: still being made, not lost.
     assert why_lost(task_place([task("pending", "t", node=None, port=None)]), nodes) is None
 
@@ -43,6 +56,7 @@ def test_lost_names_the_node_that_is_down_or_where_the_task_ended():
 def test_the_service_spec_publishes_in_host_mode_never_restarts_and_reserves_a_slot():
     settings = SwarmBackendSettings(
         type="swarm",
+        registry="registry.internal:5000",
         constraints=["node.labels.postgraas==db"],
         placement_preferences=["node.labels.zone"],
         slots_resource="pgslots",
@@ -68,3 +82,44 @@ def test_an_image_is_pushed_under_its_path_without_registry_and_tag():
     assert _path_of("10.77.0.5:5000/postgraas/postgres-test:15") == "postgraas/postgres-test"
     assert _path_of("registry.internal/team/pg@sha256:abc") == "team/pg"
     assert _path_of("team/pg") == "team/pg"
+
+
+class Nodes:
+    def __init__(self, answer: list[dict]) -> None:
+        self.answer, self.calls = answer, 0
+
+    def nodes(self) -> list[dict]:
+        self.calls += 1
+        return self.answer
+
+
+def test_a_manager_reporting_0_0_0_0_is_found_at_its_manager_address_and_labels_override():
+    manager = {"ID": "m", "Status": {"State": "ready", "Addr": "0.0.0.0"}, "ManagerStatus": {"Addr": "10.0.0.9:2377"}}
+    natted = {
+        "ID": "w",
+        "Status": {"State": "ready", "Addr": "10.0.0.1"},
+        "Spec": {"Labels": {"postgraas.advertise": "db1.example"}},
+    }
+    api = Nodes([manager, natted])
+    book = NodeBook("postgraas.advertise")
+    found = book.refresh(type("Client", (), {"api": api})())
+    assert (found["m"].address, found["m"].advertised) == ("10.0.0.9", "10.0.0.9")
+    assert (found["w"].address, found["w"].advertised) == ("10.0.0.1", "db1.example")
+
+
+def test_node_states_are_read_again_once_they_are_old(monkeypatch):
+    api = Nodes([{"ID": "w", "Status": {"State": "ready", "Addr": "10.0.0.1"}}])
+    client = type("Client", (), {"api": api})()
+    book = NodeBook("postgraas.advertise")
+    assert book.get(client, "w").up and api.calls == 1
+    assert book.get(client, "w").up and api.calls == 1
+    api.answer = [{"ID": "w", "Status": {"State": "down", "Addr": "10.0.0.1"}}]
+    later = time.monotonic() + services.NODE_TTL_S + 1
+    monkeypatch.setattr(services.time, "monotonic", lambda: later)
+    assert book.get(client, "w").down and api.calls == 2
+
+
+def test_the_prepared_image_needs_a_registry():
+    with pytest.raises(ValidationError, match="prepare_image needs registry"):
+        SwarmBackendSettings(type="swarm")
+    assert SwarmBackendSettings(type="swarm", prepare_image=False).registry is None

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import docker.errors
 import psycopg
-import requests
 
 from ...backend_settings import DockerBackendSettings
 from ...errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
@@ -24,7 +21,6 @@ from ..postgres.own_server import EPHEMERAL_SETTINGS
 from .containers import (
     POSTGRES_PORT,
     created_at,
-    engine_client_factory,
     environment_of,
     limits,
     log_tail,
@@ -48,6 +44,8 @@ class DockerBackend(ImageBackend):
     """Creates containers through an injected docker SDK client (a fake one in unit tests)."""
 
     type_name = "docker"
+    api_name = "Docker"
+    api_host_name = "The Docker engine"
 
     def __init__(
         self,
@@ -55,11 +53,8 @@ class DockerBackend(ImageBackend):
         deployment: str,
         client_factory: Callable[[], Any] | None = None,
     ) -> None:
-        super().__init__(settings, deployment)
+        super().__init__(settings, deployment, client_factory)
         self.settings = settings
-        self._client_factory = client_factory or engine_client_factory(settings)
-        self._client: Any = None
-        self._client_lock = threading.Lock()
         self._preparer = ImagePreparer(lambda: limits(self.settings))
 
     def why_no_pool(self) -> str | None:
@@ -74,10 +69,10 @@ class DockerBackend(ImageBackend):
             # A password any process of this server can derive again to claim the container.
             spec = replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)
         credentials = spec.credentials
-        with self._engine("create the container"):
+        with self._api("create the container"):
             container, secrets_in_env = self._create_container(spec)
         try:
-            with self._engine("start the container"):
+            with self._api("start the container"):
                 container.start()
                 container.reload()
                 port = published_port(container)
@@ -111,7 +106,7 @@ class DockerBackend(ImageBackend):
 
     def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
         # A container id is never reused: the ref is this instance's object or none at all.
-        with self._engine("remove the container"):
+        with self._api("remove the container"):
             try:
                 container = self.client.containers.get(ref)
             except docker.errors.NotFound:
@@ -128,7 +123,7 @@ class DockerBackend(ImageBackend):
         return None
 
     def exists(self, ref: str) -> bool:
-        with self._engine("look up the container"):
+        with self._api("look up the container"):
             try:
                 self.client.containers.get(ref)
             except docker.errors.NotFound:
@@ -136,7 +131,7 @@ class DockerBackend(ImageBackend):
         return True
 
     def describe(self, ref: str) -> ObjectDescription:
-        with self._engine("look up the container"):
+        with self._api("look up the container"):
             try:
                 container = self.client.containers.get(ref)
             except docker.errors.NotFound:
@@ -146,11 +141,11 @@ class DockerBackend(ImageBackend):
         return ObjectDescription(ObjectState.RUNNING, self.settings.advertised_host, published_port(container))
 
     def health(self) -> None:
-        with self._engine("reach the engine"):
+        with self._api("reach the engine"):
             self.client.ping()
 
     def list_objects(self) -> list[ManagedObject]:
-        with self._engine("list the containers"):
+        with self._api("list the containers"):
             # sparse: the list answer has labels and times; no inspect per container, which
             # would also fail the whole listing for one container removed meanwhile.
             containers = self.client.containers.list(
@@ -172,38 +167,12 @@ class DockerBackend(ImageBackend):
     # -- helpers ---------------------------------------------------------------------------
 
     def _connect_pooled(self, ref: str) -> psycopg.Connection:
-        with self._engine("look up the pooled container"):
+        with self._api("look up the pooled container"):
             container = self.client.containers.get(ref)
         labels = container.attrs.get("Config", {}).get("Labels") or {}
         env = environment_of(container.attrs.get("Config") or {})
         instance_id = int(labels.get(INSTANCE_ID_LABEL, "0"))
         return self._login_pooled(ref, self._probe_host, published_port(container), instance_id, env)
-
-    @property
-    def client(self) -> Any:
-        # Created on first use, and again after a failure: the engine may be down when the
-        # server starts (docker-py asks the engine for its API version on construction).
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._client_factory()
-            return self._client
-
-    @contextmanager
-    def _engine(self, action: str) -> Iterator[None]:
-        """Translate docker SDK failures into the service's errors, naming what was tried."""
-        try:
-            yield
-        except docker.errors.APIError as e:
-            if e.status_code == 409:
-                raise Conflict(f"Docker refused to {action}: {e.explanation}") from e
-            raise BackendError(f"Docker failed to {action}: {e.explanation or e}") from e
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            with self._client_lock:
-                self._client = None
-            raise BackendUnavailable(
-                f"The Docker engine cannot be reached, so the server could not {action}. "
-                f"Check that it is running and that backend.base_url is right ({e})."
-            ) from e
 
     def _create_container(self, spec: DatabaseSpec, *, retry: bool = True) -> tuple[Any, tuple[str, ...]]:
         """The container, not started, and the secrets its environment holds (kept out of logs)."""
@@ -287,7 +256,7 @@ class DockerBackend(ImageBackend):
         return check
 
     def _raise_if_exited(self, container: Any) -> None:
-        with self._engine("inspect the container"):
+        with self._api("inspect the container"):
             container.reload()
         if container.status not in ("created", "running"):
             code = container.attrs.get("State", {}).get("ExitCode")
@@ -310,7 +279,7 @@ class DockerBackend(ImageBackend):
                 reason = f"with its credentials ({str(e).strip()})"
         else:
             command = ["psql", "-U", credentials.db_username, "-d", credentials.db_name, "-tAc", OTHER_SESSIONS_SQL]
-            with self._engine("check the container for sessions"):
+            with self._api("check the container for sessions"):
                 code, output = container.exec_run(command)
             text = output.decode("utf-8", "replace").strip()
             if code == 0 and text.isdigit():

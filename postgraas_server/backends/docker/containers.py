@@ -13,7 +13,7 @@ import docker
 import docker.errors
 import requests
 
-from ...backend_settings import DockerBackendSettings
+from ...backend_settings import DockerBackendSettings, SwarmBackendSettings
 from ...errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,10 @@ POSTGRES_PORT = "5432/tcp"
 LOG_TAIL_LINES = 20
 
 
-def engine_client_factory(settings: DockerBackendSettings) -> Callable[[], docker.DockerClient]:
-    """A new docker SDK client for the configured engine, at each call."""
+def engine_client_factory(
+    settings: DockerBackendSettings | SwarmBackendSettings,
+) -> Callable[[], docker.DockerClient]:
+    """A new docker SDK client for the configured engine (or Swarm manager), at each call."""
 
     def connect() -> docker.DockerClient:
         if settings.base_url:

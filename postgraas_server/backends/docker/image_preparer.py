@@ -63,6 +63,11 @@ class ImagePreparer:
                     return None
             return self._known[image.id]
 
+    def cannot_prepare(self, image_id: str) -> bool:
+        """True once the image was found impossible to prepare (not merely busy elsewhere)."""
+        with self._lock:
+            return image_id in self._known and self._known[image_id] is None
+
     def forget(self, tag: str) -> None:
         """The tag went missing (an image prune, say): find or make it again next time."""
         with self._lock:

@@ -7,16 +7,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
+import docker.errors
 import psycopg
+import requests
 from psycopg import sql
 
 from ...backend_settings import DockerBackendSettings, SwarmBackendSettings
+from ...errors import BackendError, BackendUnavailable, Conflict
 from ..postgres.handover_connections import NotClaimable
 from ..postgres.own_server import EPHEMERAL_SETTINGS, OwnServerBackend
 from ..postgres.pool_secret import pool_secret
 from ..postgres.tenants import OUR_SESSIONS, Statement, require_pooled_database
+from .containers import engine_client_factory
 from .prepared_image import BOOTSTRAP_USER
 
 MANAGED_LABEL = "postgraas.managed"
@@ -26,11 +33,55 @@ DEPLOYMENT_LABEL = "postgraas.deployment"
 
 
 class ImageBackend(OwnServerBackend):
-    """An OwnServerBackend whose instances are containers of the configured image."""
+    """An OwnServerBackend whose instances are containers of the configured image, made through a
+    Docker API (an engine's, a Swarm manager's) with an injected docker SDK client (a fake one in
+    unit tests)."""
 
-    def __init__(self, settings: DockerBackendSettings | SwarmBackendSettings, deployment: str) -> None:
+    # Who answers the API calls, in messages: "Docker", "The Swarm manager".
+    api_name: ClassVar[str]
+    # What cannot be reached, in messages: "The Docker engine", "The Swarm manager".
+    api_host_name: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: DockerBackendSettings | SwarmBackendSettings,
+        deployment: str,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
         super().__init__(settings, deployment)
         self._pool_secret = pool_secret()
+        self._client_factory = client_factory or engine_client_factory(settings)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        # Created on first use, and again after a failure: the engine may be down when the
+        # server starts (docker-py asks the engine for its API version on construction).
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._client_factory()
+            return self._client
+
+    @contextmanager
+    def _api(self, action: str) -> Iterator[None]:
+        """Translate docker SDK failures into the service's errors, naming what was tried."""
+        try:
+            yield
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                raise Conflict(f"{self.api_name} refused to {action}: {e.explanation}") from e
+            if e.status_code == 503:
+                # A swarm call to a node that is no manager, or to a manager without a quorum.
+                raise BackendUnavailable(f"{self.api_name} could not {action}: {e.explanation}") from e
+            raise BackendError(f"{self.api_name} failed to {action}: {e.explanation or e}") from e
+        except (docker.errors.DockerException, requests.RequestException) as e:
+            with self._client_lock:
+                self._client = None
+            raise BackendUnavailable(
+                f"{self.api_host_name} cannot be reached, so the server could not {action}. "
+                f"Check that it is running and that base_url is right ({e})."
+            ) from e
 
     def _labels(self, extra: dict[str, str], instance_id: int, instance_name: str) -> dict[str, str]:
         """The labels of an instance's object: what list_objects finds it by."""

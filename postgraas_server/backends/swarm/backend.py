@@ -7,10 +7,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -47,15 +45,14 @@ class TaskEnded(Exception):
 
 class SwarmBackend(ImageBackend):
     type_name = "swarm"
+    api_name = "The Swarm manager"
+    api_host_name = "The Swarm manager"
 
     def __init__(
         self, settings: SwarmBackendSettings, deployment: str, client_factory: Callable[[], Any] | None = None
     ) -> None:
-        super().__init__(settings, deployment)
+        super().__init__(settings, deployment, client_factory)
         self.settings = settings
-        self._client_factory = client_factory or self._connect_manager
-        self._client: Any = None
-        self._client_lock = threading.Lock()
         self._image = ServiceImage(settings, self._build_options)
         self._nodes = NodeBook(settings.advertise_label)
         # Pooled services' client-facing addresses, found when their hand-over connection was made.
@@ -76,7 +73,7 @@ class SwarmBackend(ImageBackend):
             # Before an image is made and pushed for nothing: base_url must name a manager.
             self.health()
             self._manager_seen = True
-        with self._manager("find the image"):
+        with self._api("find the image"):
             image, prepared = self._image.resolve(self.client)
         if spec.pooled and not prepared:
             raise BackendError(
@@ -95,7 +92,7 @@ class SwarmBackend(ImageBackend):
             labels=self._labels(self.settings.labels, spec.instance_id, spec.instance_name),
             ephemeral=spec.ephemeral,
         )
-        with self._manager("create the service"):
+        with self._api("create the service"):
             service_id = self.client.services.create(**options).id
         try:
             node, port = self._wait_until_running(service_id)
@@ -133,13 +130,14 @@ class SwarmBackend(ImageBackend):
 
     def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
         # A service id is never reused: the ref is this instance's service or none at all.
-        with self._manager("remove the service"):
+        with self._api("remove the service"):
             try:
                 service = self.client.services.get(ref)
             except docker.errors.NotFound:
                 return None
             if not force:
                 self._refuse_if_in_use(ref, credentials)
+            self._advertised.pop(ref, None)
             try:
                 service.remove()
             except docker.errors.NotFound:
@@ -149,7 +147,7 @@ class SwarmBackend(ImageBackend):
         return None
 
     def exists(self, ref: str) -> bool:
-        with self._manager("look up the service"):
+        with self._api("look up the service"):
             try:
                 self.client.api.inspect_service(ref)
             except docker.errors.NotFound:
@@ -157,7 +155,7 @@ class SwarmBackend(ImageBackend):
         return True
 
     def describe(self, ref: str) -> ObjectDescription:
-        with self._manager("look up the service"):
+        with self._api("look up the service"):
             try:
                 self.client.api.inspect_service(ref)
             except docker.errors.NotFound:
@@ -169,7 +167,7 @@ class SwarmBackend(ImageBackend):
         return ObjectDescription(ObjectState.RUNNING, node.advertised, port)
 
     def health(self) -> None:
-        with self._manager("reach the manager"):
+        with self._api("reach the manager"):
             swarm = self.client.info().get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             raise BackendUnavailable(
@@ -178,12 +176,12 @@ class SwarmBackend(ImageBackend):
             )
 
     def list_objects(self) -> list[ManagedObject]:
-        with self._manager("list the services"):
+        with self._api("list the services"):
             services = self.client.api.services(filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment}"})
             tasks: dict[str, list[dict[str, Any]]] = {}
             ids = [s["ID"] for s in services]
             for start in range(0, len(ids), 100):
-                for task in self.client.api.tasks(filters={"service": ids[start : start + 100]}):
+                for task in self._tasks(ids[start : start + 100]):
                     tasks.setdefault(task.get("ServiceID", ""), []).append(task)
             nodes = self._nodes.refresh(self.client)
         objects = []
@@ -210,7 +208,7 @@ class SwarmBackend(ImageBackend):
     # -- the pool's hand-over ----------------------------------------------------------------
 
     def _connect_pooled(self, ref: str) -> psycopg.Connection:
-        with self._manager("look up the pooled service"):
+        with self._api("look up the pooled service"):
             spec = self.client.api.inspect_service(ref).get("Spec") or {}
             where = self._running_at(ref)
         if where is None:
@@ -251,7 +249,7 @@ class SwarmBackend(ImageBackend):
             else:
                 placed_at = placed_at or now
                 if place.state == "running" and place.port and place.node_id:
-                    with self._manager("look up the node"):
+                    with self._api("look up the node"):
                         node = self._nodes.get(self.client, place.node_id)
                     if node is None:
                         raise TaskEnded(f"its node {place.node_id[:12]} left the swarm")
@@ -265,28 +263,38 @@ class SwarmBackend(ImageBackend):
         after the removal is answered), or its node is down (it stops when the node returns)."""
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
-            # Not filtered by service: the manager answers 404 for a service removed already.
-            tasks = [t for t in self.client.api.tasks() if t.get("ServiceID") == service_id]
-            live = [t for t in tasks if ((t.get("Status") or {}).get("State")) not in ENDED_STATES]
-            if not any(self._on_live_node(t) for t in live):
+            live = [t for t in self._tasks([service_id]) if (t.get("Status") or {}).get("State") not in ENDED_STATES]
+            if not any(self._on_node_not_down(t) for t in live):
                 return
             time.sleep(TASK_POLL_S)
         log.warning("the task of removed swarm service %s did not stop within %g s", service_id[:12], STOP_TIMEOUT_S)
 
-    def _on_live_node(self, task: dict[str, Any]) -> bool:
+    def _on_node_not_down(self, task: dict[str, Any]) -> bool:
         node = self._nodes.get(self.client, task.get("NodeID") or "")
-        return node is not None and node.up
+        return node is not None and not node.down
+
+    def _tasks(self, service_ids: list[str]) -> list[dict[str, Any]]:
+        """The tasks of these services. Filtered by service, the manager answers 404 when one of
+        them was removed meanwhile (by another request or replica): then all tasks, filtered here."""
+        try:
+            return list(self.client.api.tasks(filters={"service": service_ids}))
+        except docker.errors.NotFound:
+            wanted = set(service_ids)
+            return [t for t in self.client.api.tasks() if t.get("ServiceID") in wanted]
 
     def _place(self, service_id: str) -> TaskPlace | None:
-        with self._manager("look up the service's task"):
-            return task_place(self.client.api.tasks(filters={"service": service_id}))
+        with self._api("look up the service's task"):
+            return task_place(self._tasks([service_id]))
 
     def _running_at(self, ref: str) -> tuple[Node, int] | None:
+        """The node and port of the service's task while it runs on a node that is not down (one
+        out of touch for a moment, unknown or disconnected, still runs it)."""
         place = self._place(ref)
         if place is None or place.state != "running" or not place.node_id or not place.port:
             return None
-        node = self._nodes.get(self.client, place.node_id)
-        return (node, place.port) if node is not None and node.up else None
+        with self._api("look up the node"):
+            node = self._nodes.get(self.client, place.node_id)
+        return (node, place.port) if node is not None and not node.down else None
 
     def _task_watch(self, service_id: str) -> Callable[[], None]:
         last_check = time.monotonic()
@@ -337,41 +345,6 @@ class SwarmBackend(ImageBackend):
             nano_cpus=int(self.settings.cpu_limit * 1e9),
             security_opt=["no-new-privileges"],
         )
-
-    def _connect_manager(self) -> Any:
-        if self.settings.base_url:
-            return docker.DockerClient(base_url=self.settings.base_url, timeout=int(self.settings.api_timeout))
-        return docker.from_env(timeout=int(self.settings.api_timeout))
-
-    @property
-    def client(self) -> Any:
-        # Made on first use and again after a failure: the manager may be down when the server starts.
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._client_factory()
-            return self._client
-
-    @contextmanager
-    def _manager(self, action: str) -> Iterator[None]:
-        """Translate docker SDK failures into the service's errors, naming what was tried."""
-        try:
-            yield
-        except docker.errors.APIError as e:
-            if e.status_code == 409:
-                raise Conflict(f"The Swarm manager refused to {action}: {e.explanation}") from e
-            if e.status_code == 503:
-                # "This node is not a swarm manager", or a manager without a quorum.
-                raise BackendUnavailable(
-                    f"The Swarm manager could not {action}: {e.explanation} (check base_url names a manager)"
-                ) from e
-            raise BackendError(f"The Swarm manager failed to {action}: {e.explanation or e}") from e
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            with self._client_lock:
-                self._client = None
-            raise BackendUnavailable(
-                f"The Swarm manager cannot be reached, so the server could not {action}. "
-                f"Check that it runs and that base_url is right ({e})."
-            ) from e
 
 
 def _service_safe(name: str) -> str:

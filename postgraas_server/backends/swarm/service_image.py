@@ -37,16 +37,21 @@ class ServiceImage:
             # Nothing to push to: the nodes have the configured image, or pull it themselves.
             return self.settings.image, False
         with self._lock:
-            if self._resolved is None:
-                self._resolved = self._push(client, registry)
-            return self._resolved
+            if self._resolved is not None:
+                return self._resolved
+            resolved, final = self._push(client, registry)
+            if final:
+                self._resolved = resolved
+            return resolved
 
     def forget(self) -> None:
         """A service could not use it (removed from the registry, say): push it again next time."""
         with self._lock:
             self._resolved = None
 
-    def _push(self, client: Any, registry: str) -> tuple[str, bool]:
+    def _push(self, client: Any, registry: str) -> tuple[tuple[str, bool], bool]:
+        """The reference and whether it is the prepared image; and whether that is final (not the
+        image as it is only because another server's build of the prepared one is still busy)."""
         image = self._local_image(client)
         prepared = self._preparer.tag_for(client, image) if self.settings.prepare_image else None
         if prepared is not None:
@@ -67,7 +72,8 @@ class ServiceImage:
         if reference is None:
             raise BackendUnavailable(self._refused(repository, tag, "the push reported no digest"))
         log.info("pushed %s as %s", self.settings.image if prepared is None else prepared, reference)
-        return reference, prepared is not None
+        final = prepared is not None or not self.settings.prepare_image or self._preparer.cannot_prepare(image.id)
+        return (reference, prepared is not None), final
 
     def _local_image(self, client: Any) -> Any:
         try:

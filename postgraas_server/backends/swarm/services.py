@@ -4,6 +4,7 @@ spec, where its one task runs, and the nodes' addresses."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from ...backend_settings import SwarmBackendSettings
 from ..postgres.own_server import EPHEMERAL_SETTINGS
 
 POSTGRES_PORT = 5432
+# Node states change (a node goes down); every process reads them again at least this often.
+NODE_TTL_S = 5.0
 # Task states after which nothing runs any more (restart_policy none: no new task follows).
 ENDED_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
 # Before these Swarm has not chosen a node.
@@ -26,7 +29,17 @@ class Node:
     # Where this server connects (the address Swarm reports) and what clients are told.
     address: str
     advertised: str
-    up: bool
+    # Swarm's word: ready, down, or the transient unknown (after a manager's leader change) and
+    # disconnected (a heartbeat missed), which say nothing about the node's tasks.
+    state: str
+
+    @property
+    def up(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def down(self) -> bool:
+        return self.state == "down"
 
 
 @dataclass(frozen=True)
@@ -61,14 +74,15 @@ def task_place(tasks: list[dict[str, Any]]) -> TaskPlace | None:
 
 
 def why_lost(place: TaskPlace | None, nodes: dict[str, Node]) -> str | None:
-    """Why the service's database is gone for good, None while it runs or is being made."""
+    """Why the service's database is gone for good, None while it runs, is being made, or its node
+    is only out of touch for a while (unknown, disconnected)."""
     if place is None or place.node_id is None:
         return None
     node = nodes.get(place.node_id)
     where = f"node {node.hostname} ({node.address})" if node else f"node {place.node_id[:12]}"
     if node is None:
         return f"its {where} left the swarm"
-    if not node.up:
+    if node.down:
         return f"its {where} is down"
     if place.ended:
         return f"its task on {where} ended ({place.state}: {place.reason})"
@@ -130,12 +144,13 @@ def _bytes(size: str) -> int:
 
 
 class NodeBook:
-    """The swarm's nodes by id, read again when a node is asked for that it does not know, or when
-    ``refresh`` is called (a node's state changes)."""
+    """The swarm's nodes by id, read again when older than NODE_TTL_S, when a node is asked for that
+    it does not know, or when ``refresh`` is called."""
 
     def __init__(self, advertise_label: str) -> None:
         self._advertise_label = advertise_label
         self._nodes: dict[str, Node] = {}
+        self._read_at = -NODE_TTL_S
         self._lock = threading.Lock()
 
     def refresh(self, client: Any) -> dict[str, Node]:
@@ -143,21 +158,33 @@ class NodeBook:
         for attrs in client.api.nodes():
             status = attrs.get("Status") or {}
             labels = (attrs.get("Spec") or {}).get("Labels") or {}
-            address = str(status.get("Addr") or "")
+            address = _address(attrs)
             nodes[attrs["ID"]] = Node(
                 id=attrs["ID"],
                 hostname=str((attrs.get("Description") or {}).get("Hostname") or attrs["ID"][:12]),
                 address=address,
                 advertised=labels.get(self._advertise_label) or address,
-                up=status.get("State") == "ready",
+                state=str(status.get("State") or "unknown"),
             )
         with self._lock:
-            self._nodes = nodes
+            self._nodes, self._read_at = nodes, time.monotonic()
         return nodes
 
     def get(self, client: Any, node_id: str) -> Node | None:
         with self._lock:
             node = self._nodes.get(node_id)
-        if node is None:
+            fresh = time.monotonic() - self._read_at < NODE_TTL_S
+        if node is None or not fresh:
             node = self.refresh(client).get(node_id)
         return node
+
+
+def _address(attrs: dict[str, Any]) -> str:
+    """The node's address. A manager may report 0.0.0.0 or 127.0.0.1 as its Status.Addr (moby#35437):
+    its manager address, which the other nodes reach it at, says where it is."""
+    address = str((attrs.get("Status") or {}).get("Addr") or "")
+    if address in ("", "0.0.0.0", "127.0.0.1"):
+        manager = str((attrs.get("ManagerStatus") or {}).get("Addr") or "")
+        if manager:
+            return manager.rsplit(":", 1)[0].strip("[]")
+    return address
