@@ -5,10 +5,12 @@ against it too (test_backend_contract*.py)."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
+from postgraas_server.backends import Credentials
 from postgraas_server.config import ConfigError, settings_from_dict
-from postgraas_server.errors import BackendUnavailable, CapacityExhausted
+from postgraas_server.errors import BackendUnavailable, CapacityExhausted, InUse
 
 from .conftest import RUN_ID, RUN_LABEL, backend_config
 from .databases import Made
@@ -46,6 +48,32 @@ def test_a_create_swarm_cannot_place_is_a_503_with_swarms_reason_and_leaves_noth
     assert "insufficient resources on 2 nodes" in refused.value.msg
     assert refused.value.extra_headers["Retry-After"].isdigit()
     assert {s.id for s in swarm.manager_client().services.list(filters={"label": RUN})} == before
+
+
+def test_a_delete_without_the_password_counts_the_sessions_as_the_images_superuser(creator_for):
+    """A token's delete brings no db_pwd; the manager's API cannot run psql in the task."""
+    create = creator_for("swarm")
+    db = create()
+    without_password = Credentials(db.spec.db_name, db.spec.db_username, "")
+    session = db.connect()
+    try:
+        with pytest.raises(InUse):
+            create.backend.delete(db.ref, without_password, instance_id=db.spec.instance_id)
+    finally:
+        session.close()
+    # The superuser's password is this server's, derived: nobody else logs in as it.
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        db.connect(user="postgres", password=db.spec.db_pwd, dbname="postgres")
+
+    def deleted() -> bool:
+        try:
+            create.backend.delete(db.ref, without_password, instance_id=db.spec.instance_id)
+        except InUse:
+            return False  # the closed session's backend has not exited yet
+        return True
+
+    eventually(deleted, 10, "the delete once the session is closed")
+    assert not create.backend.exists(db.ref)
 
 
 def test_a_manager_that_is_not_a_manager_is_a_503_that_leaves_nothing(swarm, creator_for):

@@ -51,6 +51,9 @@ WRAPPER_PATH = "/usr/local/bin/postgraas-entrypoint.sh"
 # costs nothing, a CREATE DATABASE copies and syncs a template).
 SPARE_DATABASE = "postgraas_spare"
 VERIFIER_ENV = "POSTGRAAS_PASSWORD_VERIFIER"
+# Optional: the bootstrap superuser's password, as a SCRAM verifier, for a server that must log in
+# to the instance over TCP (a swarm instance has no socket the server can reach).
+ADMIN_VERIFIER_ENV = "POSTGRAAS_ADMIN_VERIFIER"
 BOOTSTRAP_USER = "postgres"
 # initdb, a server start and a commit take seconds; a slow or busy engine gets plenty more.
 BUILD_TIMEOUT_S = 180.0
@@ -99,6 +102,11 @@ tenant_sql() {
     printf 'BEGIN;
 
 '
+    if [ -n "$admin_verifier" ] && [ "$user" != @BOOTSTRAP@ ]; then
+        printf 'ALTER ROLE %s PASSWORD %s;
+
+' "$(ident @BOOTSTRAP@)" "$(literal "$admin_verifier")"
+    fi
     if [ "$user" = @BOOTSTRAP@ ]; then
         printf 'ALTER ROLE %s PASSWORD %s;
 
@@ -124,7 +132,8 @@ if [ ! -e "$marker" ]; then
     user=${POSTGRES_USER:-postgres}
     db=${POSTGRES_DB:-$user}
     verifier=${POSTGRAAS_PASSWORD_VERIFIER:-}
-    case "$user$db$verifier" in
+    admin_verifier=${POSTGRAAS_ADMIN_VERIFIER:-}
+    case "$user$db$verifier$admin_verifier" in
         *"
 "*)
             say "POSTGRES_USER, POSTGRES_DB and the verifier must be on one line"
@@ -141,7 +150,7 @@ if [ ! -e "$marker" ]; then
     : >"$marker"
     say "created the tenant"
 fi
-unset POSTGRAAS_PASSWORD_VERIFIER
+unset POSTGRAAS_PASSWORD_VERIFIER POSTGRAAS_ADMIN_VERIFIER
 run_original "$@"
 """
 

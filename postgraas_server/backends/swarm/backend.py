@@ -19,10 +19,11 @@ import requests
 
 from ...backend_settings import SwarmBackendSettings
 from ...errors import BackendError, BackendTimeout, BackendUnavailable, CapacityExhausted, Conflict, InUse
+from ...scram import scram_sha256_verifier
 from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
 from ..docker.containers import created_at, environment_of
 from ..docker.prepared_backend import DEPLOYMENT_LABEL, INSTANCE_ID_LABEL, NAME_LABEL, ImageBackend
-from ..docker.prepared_image import VERIFIER_ENV
+from ..docker.prepared_image import ADMIN_VERIFIER_ENV, BOOTSTRAP_USER, VERIFIER_ENV
 from ..postgres.client import NotReady, count_other_sessions, wait_for_login
 from .service_image import ServiceImage
 from .services import ENDED_STATES, Node, NodeBook, TaskPlace, service_options, task_place, why_lost
@@ -81,7 +82,13 @@ class SwarmBackend(ImageBackend):
             )
         if prepared:
             # No plaintext password: the prepared wrapper creates the tenant with its SCRAM verifier.
-            env = {"POSTGRES_USER": spec.db_username, "POSTGRES_DB": spec.db_name, VERIFIER_ENV: spec.scram_verifier()}
+            env = {
+                "POSTGRES_USER": spec.db_username,
+                "POSTGRES_DB": spec.db_name,
+                VERIFIER_ENV: spec.scram_verifier(),
+                # So that a delete without db_pwd (a token's) can count the open sessions over TCP.
+                ADMIN_VERIFIER_ENV: scram_sha256_verifier(self._admin_password(spec.instance_id)),
+            }
         else:
             env = {"POSTGRES_USER": spec.db_username, "POSTGRES_PASSWORD": spec.db_pwd, "POSTGRES_DB": spec.db_name}
         options = service_options(
@@ -313,22 +320,28 @@ class SwarmBackend(ImageBackend):
         where = self._running_at(ref)
         if where is None:
             return  # nothing runs, so nobody is connected
-        if not credentials.db_pwd:
-            # No way in without the password: the manager's API cannot run a command in the task.
-            raise Conflict(
-                "Without db_pwd the open sessions of a swarm instance cannot be counted; give db_pwd, or delete with "
-                '"force": true to end them.'
-            )
         node, port = where
+        if credentials.db_pwd:
+            login, how = credentials, "with its credentials"
+        else:
+            # A token's delete brings no password: the image's superuser, whose password this
+            # server derives (the manager's API cannot run a command in the task).
+            with self._api("look up the service"):
+                labels = self.client.api.inspect_service(ref).get("Spec", {}).get("Labels") or {}
+            admin_password = self._admin_password(int(labels.get(INSTANCE_ID_LABEL, "0")))
+            login, how = Credentials(BOOTSTRAP_USER, BOOTSTRAP_USER, admin_password), "as its superuser"
         try:
-            sessions = count_other_sessions(node.address, port, credentials)
+            sessions = count_other_sessions(node.address, port, login)
         except psycopg.Error as e:
             raise Conflict(
-                f"Could not check the instance for open sessions with its credentials ({str(e).strip()}); "
+                f"Could not check the instance for open sessions {how} ({str(e).strip()}); "
                 'delete with "force": true to remove it anyway.'
             ) from e
         if sessions:
             raise InUse(sessions)
+
+    def _admin_password(self, instance_id: int) -> str:
+        return self._pool_password(instance_id, BOOTSTRAP_USER)
 
     def _remove_quietly(self, service_id: str, why: str) -> None:
         try:
