@@ -143,7 +143,7 @@ class SwarmBackend(ImageBackend):
             except docker.errors.NotFound:
                 return None
             if not force:
-                self._refuse_if_in_use(ref, credentials)
+                self._refuse_if_in_use(ref, credentials, instance_id)
             self._advertised.pop(ref, None)
             try:
                 service.remove()
@@ -270,7 +270,9 @@ class SwarmBackend(ImageBackend):
         after the removal is answered), or its node is down (it stops when the node returns)."""
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
-            live = [t for t in self._tasks([service_id]) if (t.get("Status") or {}).get("State") not in ENDED_STATES]
+            # Listed whole: filtered by a service removed already, the manager answers 404.
+            tasks = self._tasks_listed_whole([service_id])
+            live = [t for t in tasks if (t.get("Status") or {}).get("State") not in ENDED_STATES]
             if not any(self._on_node_not_down(t) for t in live):
                 return
             time.sleep(TASK_POLL_S)
@@ -286,8 +288,11 @@ class SwarmBackend(ImageBackend):
         try:
             return list(self.client.api.tasks(filters={"service": service_ids}))
         except docker.errors.NotFound:
-            wanted = set(service_ids)
-            return [t for t in self.client.api.tasks() if t.get("ServiceID") in wanted]
+            return self._tasks_listed_whole(service_ids)
+
+    def _tasks_listed_whole(self, service_ids: list[str]) -> list[dict[str, Any]]:
+        wanted = set(service_ids)
+        return [t for t in self.client.api.tasks() if t.get("ServiceID") in wanted]
 
     def _place(self, service_id: str) -> TaskPlace | None:
         with self._api("look up the service's task"):
@@ -316,7 +321,7 @@ class SwarmBackend(ImageBackend):
 
         return check
 
-    def _refuse_if_in_use(self, ref: str, credentials: Credentials) -> None:
+    def _refuse_if_in_use(self, ref: str, credentials: Credentials, instance_id: int) -> None:
         where = self._running_at(ref)
         if where is None:
             return  # nothing runs, so nobody is connected
@@ -326,9 +331,7 @@ class SwarmBackend(ImageBackend):
         else:
             # A token's delete brings no password: the image's superuser, whose password this
             # server derives (the manager's API cannot run a command in the task).
-            with self._api("look up the service"):
-                labels = self.client.api.inspect_service(ref).get("Spec", {}).get("Labels") or {}
-            admin_password = self._admin_password(int(labels.get(INSTANCE_ID_LABEL, "0")))
+            admin_password = self._admin_password(instance_id)
             login, how = Credentials(BOOTSTRAP_USER, BOOTSTRAP_USER, admin_password), "as its superuser"
         try:
             sessions = count_other_sessions(node.address, port, login)

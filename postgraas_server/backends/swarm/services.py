@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from docker import types
+from docker.utils import parse_bytes
 
 from ...backend_settings import SwarmBackendSettings
 from ..postgres.own_server import EPHEMERAL_SETTINGS
@@ -104,9 +105,9 @@ def service_options(
         reservations[settings.slots_resource] = 1
     resources = types.Resources(
         cpu_limit=int(settings.cpu_limit * 1e9),
-        mem_limit=_bytes(settings.memory_limit),
+        mem_limit=parse_bytes(settings.memory_limit),
         cpu_reservation=int(settings.cpu_reservation * 1e9) if settings.cpu_reservation else None,
-        mem_reservation=_bytes(settings.memory_reservation) if settings.memory_reservation else None,
+        mem_reservation=parse_bytes(settings.memory_reservation) if settings.memory_reservation else None,
         generic_resources=reservations or None,
     )
     # Not in the SDK's Resources, in the API since 1.41: a tenant's fork bomb stays in its task.
@@ -134,13 +135,6 @@ def service_options(
         # Replaces the image's CMD; the official entrypoint and the prepared wrapper pass it on.
         options["args"] = ["postgres", *(f"-c{setting}=off" for setting in EPHEMERAL_SETTINGS)]
     return options
-
-
-def _bytes(size: str) -> int:
-    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-    if size[-1] in units:
-        return int(size[:-1]) * units[size[-1]]
-    return int(size)
 
 
 class NodeBook:
