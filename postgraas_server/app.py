@@ -19,7 +19,7 @@ from .backends import BackendRegistry
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
 from .models import Deployment, db
-from .service import BackgroundWork, InstanceService, start_background_work
+from .service import BackgroundWork, InstanceService, TemplateService, start_background_work
 from .sqlite_file import keep_private
 
 # SQLite waits this long for a competing writer before "database is locked".
@@ -33,6 +33,7 @@ class PostgraasState:
     deployment: str
     backends: BackendRegistry
     service: InstanceService
+    templates: TemplateService
     # None where the factory was asked not to start it (tests, one-shot commands).
     background: BackgroundWork | None
 
@@ -67,7 +68,7 @@ def create_app(
         deployment = _deployment_id()
     backends = backends or BackendRegistry.from_settings(settings, deployment)
     service = InstanceService(backends, settings.lifecycle, context=app.app_context)
-    state = PostgraasState(settings, deployment, backends, service, background=None)
+    state = PostgraasState(settings, deployment, backends, service, TemplateService(service), background=None)
     app.extensions["postgraas"] = state
     register_routes(app)
     if background:

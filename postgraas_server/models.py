@@ -1,4 +1,4 @@
-"""The meta db: one row per instance, whatever backend holds it."""
+"""The meta db: one row per instance, whatever backend holds it, and one per template."""
 
 from __future__ import annotations
 
@@ -144,3 +144,46 @@ class Lease(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes d
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str | None] = mapped_column(String(128))
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TemplateStatus:
+    # A builder is filling its database (the builder instance, template.builder_instance_id).
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+
+
+class Template(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes db.Model at run time
+    """A template: built once per content (name and hash) and owner, cloned by creates naming it."""
+
+    __tablename__ = "postgraas_template"
+    __table_args__ = (
+        # One builder per content: of concurrent identical requests the index lets one insert.
+        Index("ux_postgraas_template_content", "owner", "name", "content_hash", unique=True),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    content_hash: Mapped[str] = mapped_column(String(128))
+    backend: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(63), default="")
+    status: Mapped[str] = mapped_column(String(16), default=TemplateStatus.BUILDING)
+    status_detail: Mapped[str | None] = mapped_column(Text)
+    status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # While building: renewed by the builder; older than build_timeout, the build is given up.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    build_timeout: Mapped[int] = mapped_column(default=1800)
+    pool_size: Mapped[int] = mapped_column(default=0)
+    # The instance the builder fills, until finalize freezes it into the template.
+    builder_instance_id: Mapped[int | None]
+    # What the backend made of it (FrozenTemplate): its reference, and the tenant inside by name.
+    artifact: Mapped[str | None] = mapped_column(String(255))
+    tenant_db_name: Mapped[str | None] = mapped_column(String(63))
+    tenant_username: Mapped[str | None] = mapped_column(String(63))
+
+
+TEMPLATES = Template.__table__

@@ -15,6 +15,7 @@ from .schemas import (
     ExtendInstanceRequest,
     InstanceOut,
 )
+from .template_schemas import BuildingTemplateOut, EnsureTemplateRequest, TemplateOut
 
 MAX_ID = 2**63 - 1
 REF = "#/components/schemas/{model}"
@@ -71,6 +72,66 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _json(_ref(ErrorBody), reasons[code]) for code in codes}
 
 
+def _template_paths() -> dict[str, Any]:
+    template_id = {
+        "name": "template_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+    }
+    one = _json(_ref(TemplateOut), "The template")
+    return {
+        "/postgraas_templates": {
+            "get": {
+                "summary": "List templates (a token's owner sees its own)",
+                "responses": {"200": _json({"type": "array", "items": _ref(TemplateOut)}, "The templates"),
+                              **_errors(400, 401)},
+            },
+            "post": {
+                "summary": "Ensure a template of this name and content hash",
+                "requestBody": _body(EnsureTemplateRequest, required=True),
+                "responses": {
+                    "201": _json(_ref(BuildingTemplateOut), "This caller builds it: the builder's database"),
+                    "200": _json(_ref(TemplateOut), "Ready"),
+                    "202": _json(_ref(TemplateOut), "Another caller builds it; see the Location header"),
+                    **_errors(400, 401, 409, 413, 422, 429, 502, 503, 504),
+                },
+            },
+        },
+        "/postgraas_templates/{template_id}": {
+            "parameters": [template_id],
+            "get": {
+                "summary": "One template; ?wait=ready waits while it is building",
+                "parameters": [
+                    {"name": "wait", "in": "query", "required": False,
+                     "schema": {"type": "string", "enum": ["ready"]}},
+                    {"name": "timeout", "in": "query", "required": False,
+                     "schema": {"type": "number", "minimum": 0, "maximum": 300}},
+                ],
+                "responses": {"200": one, **_errors(400, 401, 404)},
+            },
+            "delete": {
+                "summary": "Delete the template (instances made from it stay)",
+                "responses": {"200": _json(_ref(SuccessBody), "Deleted"), **_errors(400, 401, 404, 409, 503)},
+            },
+        },
+        "/postgraas_templates/{template_id}/finalize": {
+            "parameters": [template_id],
+            "post": {
+                "summary": "Freeze the builder's database into the template",
+                "responses": {"200": one, **_errors(400, 401, 404, 409, 502, 503)},
+            },
+        },
+        "/postgraas_templates/{template_id}/heartbeat": {
+            "parameters": [template_id],
+            "post": {
+                "summary": "The builder is alive: the build's deadline moves on",
+                "responses": {"200": one, **_errors(400, 401, 404, 409)},
+            },
+        },
+    }  # fmt: skip
+
+
 def build_document(token_auth: bool, backends: list[str], templates: bool) -> dict[str, Any]:
     """``backends``: the configured names (what "backend" may be); ``templates``: whether any
     of them takes a template."""
@@ -85,6 +146,9 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
             (SuccessBody, "serialization"),
             (HealthBody, "serialization"),
             (ReadyBody, "serialization"),
+            (EnsureTemplateRequest, "validation"),
+            (TemplateOut, "serialization"),
+            (BuildingTemplateOut, "serialization"),
         ],
         ref_template=REF,
     )
@@ -190,6 +254,7 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
     for prefix in ("", "/api/v2"):
         paths[f"{prefix}/postgraas_instances"] = collection
         paths[f"{prefix}/postgraas_instances/{{instance_id}}"] = item
+        paths.update({f"{prefix}{path}": shape for path, shape in _template_paths().items()})
     document: dict[str, Any] = {
         # 3.1: its schemas are JSON Schema, as pydantic writes them (null as a type, anyOf).
         "openapi": "3.1.0",

@@ -47,6 +47,15 @@ def _instance_name(value: str) -> str:
     return value
 
 
+TEMPLATE_REF_RE = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,62})(@(?P<hash>[A-Za-z0-9_.:-]{1,128}))?")
+
+
+def _template_ref(value: str) -> str:
+    if not TEMPLATE_REF_RE.fullmatch(value):
+        raise PydanticCustomError("invalid", "must be a template's NAME or NAME@HASH")
+    return value
+
+
 def _identifier(value: str) -> str:
     if not IDENTIFIER_RE.fullmatch(value):
         raise PydanticCustomError(
@@ -162,6 +171,11 @@ Username = Annotated[
     AfterValidator(_username),
     WithJsonSchema({"type": "string", "pattern": f"^{_NOT_RESERVED}(?!{_any_case('pg_')}){_IDENT}$"}),
 ]
+TemplateRef = Annotated[
+    StrictStr,
+    AfterValidator(_template_ref),
+    WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(@[A-Za-z0-9_.:-]{1,128})?$"}),
+]
 Password = Annotated[
     StrictStr,
     AfterValidator(_password),
@@ -184,8 +198,9 @@ class CreateInstanceRequest(_Request):
     db_pwd: Password | None = None
     # The configured backend to create in; default: application.default_backend.
     backend: BackendName | None = None
-    # cluster backends: copy this existing database.
-    template: Identifier | None = None
+    # A Postgraas template of the owner's: "NAME" (its newest ready one) or "NAME@HASH"; where there
+    # is none, on a cluster backend, a database its admin designated as a template.
+    template: TemplateRef | None = None
     ttl: Ttl | None = None
     # False: answer 202 at once and create in the background.
     wait: StrictBool = True

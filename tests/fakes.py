@@ -10,12 +10,13 @@ from postgraas_server.backends import (
     Backend,
     Credentials,
     DatabaseSpec,
+    FrozenTemplate,
     ManagedObject,
     ObjectDescription,
     ObjectState,
     ProvisionedDatabase,
 )
-from postgraas_server.errors import Conflict, PostgraasError
+from postgraas_server.errors import BackendError, Conflict, PostgraasError
 
 
 class FakeBackend(Backend):
@@ -43,12 +44,33 @@ class FakeBackend(Backend):
         self._ports = itertools.count(40000)
         # Where each object listens: describe says so, and a claimed object stays there.
         self.ports: dict[str, int] = {}
+        # Templates by id (freeze), and the clones made of them: (artifact, instance id).
+        self.templates: dict[int, str] = {}
+        self.cloned: list[tuple[str, int]] = []
 
     def why_no_pool(self) -> str | None:
         return None
 
     def why_no_template(self) -> str | None:
-        return "the fake backend makes every database empty"
+        return None
+
+    def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> FrozenTemplate:
+        spec = self.objects.pop(ref)
+        artifact = f"fake-template-{template_id}"
+        self.templates[template_id] = artifact
+        return FrozenTemplate(artifact, Credentials(spec.db_name, spec.db_username, ""))
+
+    def clone(self, template: FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
+        if template.artifact not in self.templates.values():
+            raise BackendError(f"no template {template.artifact}")
+        self.cloned.append((template.artifact, spec.instance_id))
+        return self.create(spec)
+
+    def drop_template(self, artifact: str) -> None:
+        self.templates = {i: a for i, a in self.templates.items() if a != artifact}
+
+    def list_templates(self) -> dict[int, str]:
+        return dict(self.templates)
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         time.sleep(self.create_delay)

@@ -18,6 +18,7 @@ from ..tokens import authenticate
 from . import request_log
 from .errors import error_response
 from .instances import InstanceCollection, InstanceItem
+from .templates import TemplateCollection, TemplateFinalize, TemplateHeartbeat, TemplateItem
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,11 @@ def register_routes(app: Flask) -> None:
     # Ids beyond a signed 64-bit integer cannot exist; bounding the route makes them a plain 404.
     item = f"/postgraas_instances/<int(max={MAX_ID}):instance_id>"
     api.add_resource(InstanceItem, *(f"{p}{item}" for p in PREFIXES))
+    api.add_resource(TemplateCollection, *(f"{p}/postgraas_templates" for p in PREFIXES))
+    template = f"/postgraas_templates/<int(max={MAX_ID}):template_id>"
+    api.add_resource(TemplateItem, *(f"{p}{template}" for p in PREFIXES))
+    api.add_resource(TemplateFinalize, *(f"{p}{template}/finalize" for p in PREFIXES))
+    api.add_resource(TemplateHeartbeat, *(f"{p}{template}/heartbeat" for p in PREFIXES))
     app.register_error_handler(Exception, error_response)
     request_log.install(app)
     app.before_request(_refuse_secrets_in_the_url)

@@ -31,6 +31,8 @@ class DatabaseSpec:
     # Made ahead for the warm pool: names and password are throwaway, and a backend whose claims
     # need to log in again may pick the password itself.
     pooled: bool = False
+    # A clone of this Postgraas template (``Backend.clone``), not a new empty database.
+    from_template: FrozenTemplate | None = None
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"DatabaseSpec(instance_id={self.instance_id}, instance_name={self.instance_name!r})"
@@ -63,6 +65,17 @@ class ProvisionedDatabase:
     ref: str
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class FrozenTemplate:
+    """What a finished template build became (``freeze``), and what each of its clones starts as."""
+
+    # The backend's reference to the template (a data directory, a database, an image).
+    artifact: str
+    # The tenant inside it (the builder's role and database, by name); a clone hands them over to
+    # its own spec's names and password. No password: nobody logs in to a template.
+    tenant: Credentials
 
 
 class ObjectState(StrEnum):
@@ -111,6 +124,9 @@ class Backend(ABC):
 
     # The backend's ``type`` in the configuration (backends.<name>.type).
     type_name: ClassVar[str]
+    # True where DatabaseSpec.template may name a database the backend's admin designated as a
+    # template (cluster), for creates naming no Postgraas template.
+    takes_designated_templates: ClassVar[bool] = False
 
     @abstractmethod
     def why_no_pool(self) -> str | None:
@@ -120,6 +136,34 @@ class Backend(ABC):
     @abstractmethod
     def why_no_template(self) -> str | None:
         """None when ``DatabaseSpec.template`` works; else a sentence saying why not."""
+
+    @abstractmethod
+    def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> FrozenTemplate:
+        """Turn the object ``ref`` (made by ``create``, where a builder migrated and loaded it, as
+        the tenant ``credentials`` whose password may be empty) into template ``template_id`` of
+        this deployment: every session ended, its state frozen, the object itself gone into the
+        template (``exists(ref)`` is False after it). Only where ``why_no_template()`` is None.
+
+        Raises ``BackendError`` (nothing changed, or the template was removed again),
+        ``BackendUnavailable``.
+        """
+
+    @abstractmethod
+    def clone(self, template: FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
+        """A new object holding what ``template`` holds, its tenant handed over to ``spec``'s
+        names and password (the tenant owns every object in it), returned once a TCP login as
+        spec's tenant works. Marked with the deployment and spec.instance_id as ``create``'s
+        objects, it is then an instance like any other. Errors as ``create``'s, leaving nothing."""
+
+    @abstractmethod
+    def drop_template(self, artifact: str) -> None:
+        """Remove a template of this deployment and all its storage; the clones made from it stay.
+        Idempotent. Raises ``BackendUnavailable``."""
+
+    @abstractmethod
+    def list_templates(self) -> dict[int, str]:
+        """Every template of this deployment in the backend: template id -> artifact (for the
+        reaper, whose rows may be gone). Raises ``BackendUnavailable``."""
 
     @abstractmethod
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:

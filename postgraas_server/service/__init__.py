@@ -1,5 +1,6 @@
 """What Postgraas does, without HTTP: instances, the warm pool, policy and the reaper, over the
-meta db and the backends. The API translates requests into calls of ``InstanceService``;
+meta db and the backends. The API translates requests into calls of ``InstanceService`` and
+``TemplateService``;
 ``start_background_work`` runs the pool keeper and the reaper of a server process."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from .background import Context
 from .instances import InstanceService
 from .pool_keeper import PoolKeeper
 from .reaper import Reaper
+from .templates import TemplateService
 
 
 @dataclass
@@ -40,4 +42,4 @@ def start_background_work(service: InstanceService, settings: Settings, context:
     return BackgroundWork(keeper, reaper)
 
 
-__all__ = ["BackgroundWork", "InstanceService", "PoolKeeper", "Reaper", "start_background_work"]
+__all__ = ["BackgroundWork", "InstanceService", "PoolKeeper", "Reaper", "TemplateService", "start_background_work"]

@@ -26,6 +26,7 @@ from .heartbeats import Heartbeats
 from .policy import Policy
 from .pool import WarmPool
 from .provisioning import Provisioner, failures_counted
+from .template_lookup import find_template, frozen_of
 from .transitions import forget, release, transition, update_row
 
 log = logging.getLogger(__name__)
@@ -137,18 +138,20 @@ class InstanceService:
         in the background; a failure then leaves the row as ``failed``, saying why.
         No failure leaves a backend object behind.
         """
+        owner = principal.owner if principal else ""
+        template = self._template_of(request, owner)
         backend_name, backend = self.backends.choose(request.backend)
         with failures_counted(backend_name):
-            if request.template is not None and (why := backend.why_no_template()) is not None:
+            # Where no Postgraas template has the name: a database a cluster's admin designated.
+            if request.template is not None and template is None and not backend.takes_designated_templates:
                 raise InvalidRequest(
-                    f"Backend {backend_name!r} cannot create a database from a template: {why}.",
-                    {"template": f"not supported by the {backend.type_name} backend"},
+                    f"There is no ready template named {request.template!r}.",
+                    {"template": "no ready template of that name"},
                 )
             expires_at = self.policy.expiry(request.ttl, default=self.lifecycle.default_ttl, principal=principal)
             if request.db_pwd is None:
                 # The caller returns request.db_pwd once, in the answer to this create.
                 request.db_pwd = generate_password()
-            owner = principal.owner if principal else ""
             hashes = password_hashes(request.db_pwd)
             if request.wait and self.pool.serves(backend_name, backend, request):
                 taken = self.pool.take(request, hashes, backend_name, backend, expires_at, owner, principal)
@@ -165,7 +168,8 @@ class InstanceService:
                 db_name=request.db_name,
                 db_username=request.db_username,
                 db_pwd=request.db_pwd,
-                template=request.template,
+                template=request.template if template is None else None,
+                from_template=frozen_of(template) if template is not None else None,
                 ephemeral=request.durability == "ephemeral",
                 db_pwd_verifier=hashes.scram_verifier,
             )
@@ -178,6 +182,23 @@ class InstanceService:
                 # A no-op where provision already forgot the row (a creation cancelled meanwhile).
                 release(row.id)
                 raise
+
+    @staticmethod
+    def _template_of(request: CreateInstanceRequest, owner: str) -> Any:
+        """The owner's ready Postgraas template the request names, if any; the create then goes to
+        its backend (400 when the request names another)."""
+        if request.template is None:
+            return None
+        template = find_template(request.template, owner)
+        if template is None:
+            return None
+        if request.backend is not None and request.backend != template.backend:
+            raise InvalidRequest(
+                f"The template {request.template!r} lives in backend {template.backend!r}, not {request.backend!r}.",
+                {"backend": f"must be {template.backend!r} (the template's) or left out"},
+            )
+        request.backend = template.backend
+        return template
 
     def _provision_in_background(
         self, instance_id: int, backend_name: str, backend: Backend, spec: DatabaseSpec

@@ -71,6 +71,8 @@ class Provisioner:
         with self.heartbeats.beating(spec.instance_id):
             if pooled is not None and ref is not None:
                 provisioned = backend.claim(ref, pooled, spec)
+            elif spec.from_template is not None:
+                provisioned = backend.clone(spec.from_template, spec)
             else:
                 provisioned = backend.create(spec)
         try:
@@ -93,7 +95,7 @@ class Provisioner:
                 {"postgraas_instance_name": "deleted while being created"},
             )
         if ready_status == InstanceStatus.READY:
-            source = "pool" if pooled is not None else "new"
+            source = "pool" if pooled is not None else "template" if spec.from_template else "new"
             CREATE_DURATION.labels(backend_name, source).observe(time.monotonic() - started)
         log.info("instance %s (id %s) is ready in backend %s", spec.instance_name, spec.instance_id, backend_name)
         return marked

@@ -26,6 +26,7 @@ from ..metrics import REAPER_ACTIONS
 from ..models import ALL_STATUSES, INSTANCES, InstanceStatus, Lease, db, utcnow
 from .background import Context
 from .heartbeats import Heartbeats
+from .template_upkeep import TemplateUpkeep
 from .transitions import execute_dml, forget, transition, update_row
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class Reaper:
         self._follow_ports(listed, report)
         self._forget_old_rows(now, report)
         self._trim_pools(report)
+        TemplateUpkeep(self.backends, self.lifecycle, report.add, self._keep_lease).run(now)
         return report
 
     @staticmethod

@@ -39,6 +39,9 @@ BACKENDS = ("docker", "cluster", "local")
 # The contract suite (test_backend_contract*.py) holds the swarm backend (on the swarm of
 # scripts/swarm.sh) and the fake of the unit tests to it too.
 CONTRACT_BACKENDS = (*BACKENDS, "swarm", "fake")
+# The real backends that keep templates (test_backend_contract_templates.py pins them, and the
+# fake, whose sessions run no SQL, against why_no_template()).
+TEMPLATE_BACKENDS = ("local", "cluster")
 DEPLOYMENT = f"contract-{RUN_ID}"
 
 

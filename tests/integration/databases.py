@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from postgraas_server.backends import Backend, DatabaseSpec
+from postgraas_server.backends import Backend, DatabaseSpec, FrozenTemplate
 
 from ..fakes import FakeBackend
 
@@ -95,6 +95,13 @@ class Creator:
         # From now on it is deleted as the instance's (the ref may have changed, the role has).
         self.made[self.made.index(pooled)] = claimed
         return claimed
+
+    def clone(self, template: FrozenTemplate, **overrides: Any) -> Made:
+        """A new instance from ``template``, as the service makes one for a create naming it."""
+        spec = new_spec(900000 + len(self.made), **overrides)
+        provisioned = self.backend.clone(template, spec)
+        self.made.append(Made(spec, provisioned.ref, provisioned.host, provisioned.port, self.login))
+        return self.made[-1]
 
     def delete(self, made: Made, *, force: bool = False) -> str | None:
         return self.backend.delete(made.ref, made.spec.credentials, instance_id=made.spec.instance_id, force=force)

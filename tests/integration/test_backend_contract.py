@@ -16,7 +16,7 @@ import pytest
 from postgraas_server.backends import Backend, ObjectDescription, ObjectState
 from postgraas_server.errors import BackendUnavailable, Conflict
 
-from .conftest import BACKENDS, make_backend
+from .conftest import BACKENDS, TEMPLATE_BACKENDS, make_backend
 from .databases import Creator
 from .servers import free_port
 
@@ -157,12 +157,15 @@ def cluster_template(pg_server, creator_for) -> Iterator[tuple[Creator, str]]:
             admin.execute(f"drop database {template} with (force)")
 
 
-# Each backend that makes databases from templates, and the fixture giving one (see cluster_template).
+# Each backend that makes databases from a database its admin designated, and the fixture giving
+# one (see cluster_template). Postgraas's own templates: test_backend_contract_templates.py.
 TEMPLATES = {"cluster": "cluster_template"}
 
 
 def test_why_no_template_is_none_exactly_for_the_backends_with_templates(create, contract_name):
-    assert (create.backend.why_no_template() is None) == (contract_name in TEMPLATES)
+    # The fake keeps templates too; its sessions run no SQL, so the template suite leaves it out.
+    assert (create.backend.why_no_template() is None) == (contract_name in (*TEMPLATE_BACKENDS, "fake"))
+    assert create.backend.takes_designated_templates == (contract_name in TEMPLATES)
 
 
 @pytest.mark.parametrize("template_backend", sorted(TEMPLATES))

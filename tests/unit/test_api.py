@@ -318,7 +318,7 @@ def test_openapi_document_covers_every_route(app, client):
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.1")
     documented = {
-        (path.replace("{instance_id}", "<instance_id>"), method.upper())
+        (path.replace("{instance_id}", "<instance_id>").replace("{template_id}", "<template_id>"), method.upper())
         for path, item in document["paths"].items()
         for method in item
         if method in ("get", "post", "patch", "delete")
@@ -328,6 +328,7 @@ def test_openapi_document_covers_every_route(app, client):
         if rule.endpoint == "static":
             continue
         path = rule.rule.replace(f"<int(max={2**63 - 1}):instance_id>", "<instance_id>")
+        path = path.replace(f"<int(max={2**63 - 1}):template_id>", "<template_id>")
         served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert served == documented
     schemas = document["components"]["schemas"]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 
 import psycopg
 from psycopg import sql
@@ -31,6 +33,7 @@ from ..postgres.tenants import (
 )
 from .admin_connections import AdminConnections, guarded_conninfo
 from .admin_steps import concurrently_updated, end_tenant_sessions_in, run_step
+from .templates import adopt_clone, check_frozen, drop_frozen, freeze_tenant, list_frozen, template_lock
 from .tenant_removal import drop_tenant
 
 # The NOLOGIN role whose members (tenants, with tenant_createdb) may connect to "postgres".
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 class ClusterBackend(contract.Backend):
     type_name = "cluster"
+    takes_designated_templates = True
 
     def __init__(self, settings: ClusterBackendSettings, deployment: str) -> None:
         self.settings = settings
@@ -100,6 +104,13 @@ class ClusterBackend(contract.Backend):
             # PostgreSQL 15 and later no longer let PUBLIC create in the public schema: a copy of
             # template0 needs no connection of its own to lock it down.
             locked_down = spec.template is None and conn.info.server_version >= 150000
+        made = self._finish(spec, None if locked_down else partial(_lock_down, spec))
+        log.info("created database %s and role %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
+        return made
+
+    def _finish(self, spec: DatabaseSpec, inside: Callable[[psycopg.Connection], None] | None) -> ProvisionedDatabase:
+        """What a create (or a clone) does once role and database are made: ``inside`` runs on an admin
+        connection to the new database. On any failure both are dropped."""
         try:
             if self.settings.tenant_createdb:
                 with self._admin() as conn:
@@ -111,11 +122,9 @@ class ClusterBackend(contract.Backend):
                     conn.execute(
                         sql.SQL("alter database {} set synchronous_commit = off").format(sql.Identifier(spec.db_name))
                     )
-            if not locked_down:
+            if inside is not None:
                 with self._admin(spec.db_name) as conn:
-                    lock_down_public_schema(conn)
-                    if spec.template is not None:
-                        adopt_template_objects(conn, spec.db_username)
+                    inside(conn)
             if self.settings.login_proof == "every" or not self._login_proven:
                 # The server runs already: what a login could still find wrong (pg_hba, the listen
                 # address, the probe host) is the same for every tenant unless pg_hba decides per
@@ -130,8 +139,40 @@ class ClusterBackend(contract.Backend):
                     f"({e}); role and database were dropped."
                 ) from e
             raise
-        log.info("created database %s and role %s for instance %s", spec.db_name, spec.db_username, spec.instance_name)
         return ProvisionedDatabase(ref=spec.db_name, host=self.host, port=self.port)
+
+    def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> contract.FrozenTemplate:
+        role = credentials.db_username
+        with self._admin() as conn:
+            frozen = freeze_tenant(
+                conn, ref, role, deployment=self.deployment, template_id=template_id, connect=self._admin
+            )
+        log.info("froze database %s of role %s into template %s (%s)", ref, role, template_id, frozen)
+        # The clones hand over the objects of the builder's role, which stays (NOLOGIN) with the template.
+        return contract.FrozenTemplate(frozen, Credentials(ref, role, ""))
+
+    def clone(self, template: contract.FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
+        marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
+        with self._admin() as conn, template_lock(conn, template.artifact, exclusive=False):
+            self._close_shared_databases(conn)
+            check_frozen(conn, template, self.deployment)
+            # Nobody can connect to the template: its copy does not wait, nor fail on a session in it.
+            copy = replace(spec, template=template.artifact)
+            create_tenant(conn, copy, marker=marker, createdb=self.settings.tenant_createdb)
+            made = self._finish(spec, lambda there: adopt_clone(there, template.tenant.db_username, spec.db_username))
+        log.info(
+            "cloned template %s into database %s for instance %s", template.artifact, spec.db_name, spec.instance_name
+        )
+        return made
+
+    def drop_template(self, artifact: str) -> None:
+        with self._admin() as conn, template_lock(conn, artifact, exclusive=True):
+            drop_frozen(conn, artifact, deployment=self.deployment, connect=self._admin)
+        log.info("dropped template %s", artifact)
+
+    def list_templates(self) -> dict[int, str]:
+        with self._admin() as conn:
+            return list_frozen(conn, self.deployment)
 
     def claim(self, ref: str, pooled: Credentials, spec: DatabaseSpec) -> ProvisionedDatabase:
         # The marker names the database, which list_objects reports as the object's ref.
@@ -312,6 +353,13 @@ class ClusterBackend(contract.Backend):
                 raise BackendUnavailable(f"The connection to the PostgreSQL cluster failed: {str(e).strip()}") from e
             except psycopg.Error as e:
                 raise BackendError(f"The PostgreSQL cluster refused: {str(e).strip()}") from e
+
+
+def _lock_down(spec: DatabaseSpec, conn: psycopg.Connection) -> None:
+    """A new database, on an admin connection to it: as template0's copy on PostgreSQL 15."""
+    lock_down_public_schema(conn)
+    if spec.template is not None:
+        adopt_template_objects(conn, spec.db_username)
 
 
 def _unavailable(state: tuple[bool, bool, bool] | None) -> str | None:

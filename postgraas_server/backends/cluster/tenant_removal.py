@@ -76,17 +76,14 @@ def drop_tenant(
         # First: the tenant can neither log in nor act any more while its objects go (a session it
         # kept would go on creating databases), so what is listed below is all there is.
         run_step(conn, sql.SQL("alter role {} nologin").format(sql.Identifier(role)), connect)
-        _end_sessions_of(conn, role)
-    # Those the tenant created itself (tenant_createdb), the instance's own database excepted.
-    created = _databases_created_by(conn, role_oid, db_name) if role_oid is not None else []
-    # Those in the databases it created go with them, after those are closed (_drop_created_database).
-    _rollback_prepared_of(
+        end_sessions_of(conn, role)
+    # Those in the databases it created go with them, after those are closed (close_and_drop_database).
+    rollback_prepared_of(
         conn, [db_name] if database is not None else [], role if role_oid is not None else None, connect
     )
     # The tenant's own first: the instance's database, dropped after them, is the one a plain delete
     # keeps when a session of somebody else's is opened in it meanwhile.
-    for name, is_template in created:
-        _drop_created_database(conn, name, is_template=is_template, connect=connect)
+    created = drop_databases_owned_by(conn, role_oid, keep=db_name, connect=connect) if role_oid is not None else []
     if database is not None:
         try:
             _drop_database(conn, db_name, is_template=database[2], force=force, connect=connect)
@@ -95,10 +92,10 @@ def drop_tenant(
                 run_step(conn, login, connect)  # the instance works on, as with any in use
             raise
     if role_oid is not None:
-        _drop_role(conn, role, role_oid, deployment, connect)
+        drop_role(conn, role, role_oid, deployment, connect)
     notes = []
     if created:
-        names = ", ".join(repr(name) for name, _ in created)
+        names = ", ".join(repr(name) for name in created)
         notes.append(f"The {len(created)} database(s) its role had created went with it: {names}.")
     if left:
         notes.append(
@@ -108,11 +105,23 @@ def drop_tenant(
     return " ".join(notes) or None
 
 
-def _databases_created_by(conn: psycopg.Connection, role_oid: int, db_name: str) -> list[tuple[str, bool]]:
+def drop_databases_owned_by(
+    conn: psycopg.Connection, role_oid: int, *, keep: str | None, connect: Connect
+) -> list[str]:
+    """Drop every database the role owns but ``keep`` (those its tenant created, tenant_createdb), as
+    close_and_drop_database does; their names. The role can no longer log in: the list is final."""
+    created = _databases_created_by(conn, role_oid, keep)
+    for name, is_template in created:
+        close_and_drop_database(conn, name, is_template=is_template, connect=connect)
+    return [name for name, _ in created]
+
+
+def _databases_created_by(conn: psycopg.Connection, role_oid: int, db_name: str | None) -> list[tuple[str, bool]]:
     """The databases the role owns besides its instance's: it created them (a role of ours owns
     only its own database otherwise, and no tenant can give a database to another role)."""
     rows = conn.execute(
-        "select datname, datistemplate from pg_database where datdba = %s and datname <> %s order by datname",
+        "select datname, datistemplate from pg_database where datdba = %s and datname is distinct from %s"
+        " order by datname",
         (role_oid, db_name),
     ).fetchall()
     return [(name, bool(is_template)) for name, is_template in rows]
@@ -149,7 +158,7 @@ def _drop_invalid(
     run_step(conn, sql.SQL("drop database if exists {}").format(sql.Identifier(datname)), connect)
 
 
-def _end_sessions_of(conn: psycopg.Connection, role: str) -> None:
+def end_sessions_of(conn: psycopg.Connection, role: str) -> None:
     """The role's sessions, everywhere, waited for until they are gone (it cannot log in again: it
     is NOLOGIN now)."""
     conn.execute(
@@ -165,7 +174,7 @@ def _role_sessions_elsewhere(conn: psycopg.Connection, role: str, db_name: str) 
     return int(row[0]) if row else 0
 
 
-def _drop_created_database(conn: psycopg.Connection, name: str, *, is_template: bool, connect: Connect) -> None:
+def close_and_drop_database(conn: psycopg.Connection, name: str, *, is_template: bool, connect: Connect) -> None:
     """A database the tenant created: closed to PUBLIC first (PostgreSQL opens a new database to
     every role, and another tenant there could keep preparing transactions that a drop refuses),
     then everyone in it ended, its prepared transactions rolled back, and dropped."""
@@ -179,7 +188,7 @@ def _drop_created_database(conn: psycopg.Connection, name: str, *, is_template: 
     _drop_database(conn, name, is_template=is_template, force=True, connect=connect)
 
 
-def _rollback_prepared_of(conn: psycopg.Connection, databases: list[str], role: str | None, connect: Connect) -> None:
+def rollback_prepared_of(conn: psycopg.Connection, databases: list[str], role: str | None, connect: Connect) -> None:
     """A prepared transaction keeps its database in use with no session left, and its owner alive.
     Only those in this instance's databases or of its role (None: not this instance's)."""
     if not databases and role is None:
@@ -198,7 +207,7 @@ SESSION_EXIT_WAIT_MS = 5000
 DROP_ATTEMPTS = 5
 
 
-def _drop_role(conn: psycopg.Connection, role: str, role_oid: int, deployment: str, connect: Connect) -> None:
+def drop_role(conn: psycopg.Connection, role: str, role_oid: int, deployment: str, connect: Connect) -> None:
     drop = sql.SQL("drop role if exists {}").format(sql.Identifier(role))
     for attempt in range(1, DROP_ATTEMPTS + 1):
         _drop_everything_of(conn, role, role_oid, deployment, connect)

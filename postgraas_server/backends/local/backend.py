@@ -5,6 +5,9 @@ copy of a template cluster, run by its own postgres (see server_processes). Insi
 requested user is an ordinary LOGIN role owning its database; the superuser ``postgres`` can only
 log in through the private socket (local trust), so a tenant never gets superuser powers (which
 would run programs as the OS user owning every data dir).
+
+A template is an instance's directory frozen (its server shut down, moved aside; see templates);
+a clone is made as an instance is, from the template's cluster instead of the initdb one.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,10 +25,25 @@ from psycopg import sql
 
 from ...backend_settings import LocalBackendSettings
 from ...errors import BackendError, BackendTimeout, InUse
-from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
+from ..contract import (
+    Credentials,
+    DatabaseSpec,
+    FrozenTemplate,
+    ManagedObject,
+    ObjectDescription,
+    ObjectState,
+    ProvisionedDatabase,
+)
 from ..postgres.client import NotReady, wait_for_login
 from ..postgres.own_server import OwnServerBackend
-from ..postgres.tenants import count_sessions, create_tenant, require_pooled_database
+from ..postgres.tenants import (
+    count_sessions,
+    create_tenant,
+    database_exists,
+    hand_over_tenant,
+    require_pooled_database,
+    role_exists,
+)
 from .data_directories import (
     RunAs,
     configure,
@@ -40,6 +58,7 @@ from .data_directories import (
     write_meta,
 )
 from .server_processes import ADMIN_DATABASE, SUPERUSER, TENANT_DATABASE, ServerPrograms, connect_superuser
+from .templates import TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +71,53 @@ class LocalBackend(OwnServerBackend):
         self.settings = settings
         self.data_root = Path(settings.data_root or default_data_root()).resolve()
         self._programs = ServerPrograms(settings, self.data_root)
+        self._templates = TemplateStore(self.data_root, deployment)
 
     def why_no_pool(self) -> str | None:
         return None
 
+    def why_no_template(self) -> str | None:
+        return None
+
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
+        if spec.template is not None:
+            # A database an admin designated is the cluster backend's; here templates are clones.
+            raise BackendError("The local backend makes instances from its own templates only (clone).")
         run_as = self._run_as()
         self._ensure_data_root(run_as)
+        template = self._programs.template(run_as)
+
+        def make_tenant(conn: psycopg.Connection) -> None:
+            # CREATEDB, as test runners need, but no superuser: every local instance runs as the
+            # same OS user, and a superuser's server-side file access would reach the others'.
+            create_tenant(conn, spec, existing_database=self._existing_database(conn, spec), createdb=True)
+
+        return self._provision(spec, run_as, template / "data", make_tenant)
+
+    def clone(self, template: FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
+        run_as = self._run_as()
+        self._ensure_data_root(run_as)
+        source = self._templates.data_of(template.artifact)
+
+        def take_over_tenant(conn: psycopg.Connection) -> None:
+            if spec.db_name == SUPERUSER and template.tenant.db_name != SUPERUSER:
+                # As in create: the server's own "postgres" goes, and the tenant's takes its name.
+                conn.execute(sql.SQL("drop database {}").format(sql.Identifier(SUPERUSER)))
+            # From the admin database, the only session: the tenant's database can be renamed.
+            hand_over_tenant(conn, template.tenant, spec, own_server=True)
+
+        return self._provision(spec, run_as, source, take_over_tenant, f" from template {template.artifact}")
+
+    def _provision(
+        self,
+        spec: DatabaseSpec,
+        run_as: RunAs | None,
+        source: Path,
+        set_up_tenant: Callable[[psycopg.Connection], None],
+        origin: str = "",
+    ) -> ProvisionedDatabase:
+        """A new instance as a copy of the cluster ``source``, started, its tenant set up by
+        ``set_up_tenant`` on the superuser's connection; on any failure everything is removed."""
         # Short and unique: the socket path must fit in sun_path; the name is in instance.json.
         ref = f"{spec.instance_id}-{secrets.token_hex(4)}"
         home = self.data_root / ref
@@ -80,15 +139,12 @@ class LocalBackend(OwnServerBackend):
                 for path in (home, home / "run"):
                     os.chown(path, run_as.uid, run_as.gid)
             # cp -a keeps the owner (the postgres user) and modes, and a copy is far quicker than initdb.
-            template = self._programs.template(run_as)
-            self._programs.run(["cp", "-a", template / "data", home / "data"], None, "copying the template")
+            self._programs.run(["cp", "-a", source, home / "data"], None, f"copying {source.parent.name}")
             configure(home, self.settings.listen_address, spec.ephemeral)
             port = self._programs.start(home, run_as)
             write_meta(home, {**meta, "port": port})
             with self._superuser(home, port) as conn:
-                # CREATEDB, as test runners need, but no superuser: every local instance runs as the
-                # same OS user, and a superuser's server-side file access would reach the others'.
-                create_tenant(conn, spec, existing_database=self._existing_database(conn, spec), createdb=True)
+                set_up_tenant(conn)
             wait_for_login(self._probe_host, port, spec.credentials, timeout=self.settings.ready_timeout)
         except BaseException as e:
             try:
@@ -98,8 +154,60 @@ class LocalBackend(OwnServerBackend):
             if isinstance(e, NotReady):
                 raise BackendTimeout(f"The new cluster did not accept a login in time ({e}); it was removed.") from e
             raise
-        log.info("started local cluster %s for instance %s on port %s", ref, spec.instance_name, port)
+        log.info("started local cluster %s%s for instance %s on port %s", ref, origin, spec.instance_name, port)
         return ProvisionedDatabase(ref=ref, host=self.settings.advertised_host, port=port)
+
+    def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> FrozenTemplate:
+        home = home_of(self.data_root, ref)
+        if read_meta(home).get("deployment") != self.deployment:
+            raise BackendError(f"The local cluster {ref} does not exist.")
+        artifact = self._templates.artifact_for(template_id)
+        if self._templates.exists(artifact):
+            raise BackendError(f"The local template {artifact} exists already.")
+        run_as = self._run_as()
+        port = port_of(home)
+        with self._superuser(home, port) as conn:
+            # A template without its tenant would only make clones that fail.
+            if not (role_exists(conn, credentials.db_username) and database_exists(conn, credentials.db_name)):
+                raise BackendError(f"The local cluster {ref} has no tenant {credentials.db_username!r}.")
+        try:
+            # Fast: every session ends. Clean: the clones' copies start without recovery.
+            self._programs.shut_down(home, run_as)
+            self._templates.move_in(home, template_id, credentials, run_as)
+        except BaseException as e:
+            self._restart(home, run_as, port)
+            if isinstance(e, OSError):
+                raise BackendError(f"The local cluster {ref} could not become a template: {e}") from e
+            raise
+        try:
+            frozen = self._templates.path_of(artifact)
+            # A builder may have run ephemeral: its clones are durable unless they ask otherwise.
+            configure_durability(frozen, durable=True)
+            # What an ephemeral builder wrote may not be on disk yet, nor is the rename.
+            self._programs.run(["sync", "-f", frozen / "data"], None, "syncing the template")
+        except BaseException as e:
+            self._templates.remove(artifact)
+            if isinstance(e, OSError):
+                raise BackendError(f"The local template {artifact} could not be configured: {e}") from e
+            raise
+        log.info("froze local cluster %s into template %s", ref, artifact)
+        return FrozenTemplate(artifact, Credentials(credentials.db_name, credentials.db_username, ""))
+
+    def drop_template(self, artifact: str) -> None:
+        self._templates.remove(artifact)
+        log.info("removed local template %s", artifact)
+
+    def list_templates(self) -> dict[int, str]:
+        return self._templates.list()
+
+    def _restart(self, home: Path, run_as: RunAs | None, port: int | None) -> None:
+        """After a freeze failed: the instance runs again, on its port where it is free."""
+        try:
+            if home.is_dir() and not self._programs.running(home, run_as):
+                started = self._programs.start(home, run_as, prefer=port)
+                write_meta(home, {**read_meta(home), "port": started})
+        except (BackendError, NotReady, OSError):
+            log.exception("the local cluster %s could not be started again after a failed freeze", home.name)
 
     # claim and keep_ready: OwnServerBackend's, through _connect_pooled and _make_ephemeral.
 
@@ -151,6 +259,8 @@ class LocalBackend(OwnServerBackend):
         objects = []
         with contextlib.suppress(FileNotFoundError):
             for home in self.data_root.iterdir():
+                if home.name.startswith("."):
+                    continue  # the backend's own: the template cluster, the templates (no instance.json either)
                 meta = read_meta(home)
                 if meta.get("deployment") != self.deployment:
                     continue

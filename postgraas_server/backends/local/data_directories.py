@@ -2,7 +2,8 @@
 
 An instance lives in ``<data_root>/<ref>/``: ``data/`` (the cluster), ``run/`` (its unix socket,
 mode 0700), ``postgres.log`` and ``instance.json`` (port, and the names it was made with, no
-secret), by which ``list_objects`` finds it.
+secret), by which ``list_objects`` finds it. Names starting with a dot are the backend's own: the
+initdb cluster every instance copies (``.t-*``) and the frozen templates (``.templates/``).
 """
 
 from __future__ import annotations
@@ -87,16 +88,17 @@ def _traversable(directory: Path, user: RunAs) -> bool:
 def home_of(data_root: Path, ref: str) -> Path:
     """The instance directory ``ref`` names, which must be one right below ``data_root``."""
     home = (data_root / ref).resolve()
-    if home.parent != data_root:
+    # Dot names are the backend's own (the template cluster ".t-*", the templates' ".templates").
+    if home.parent != data_root or home.name.startswith("."):
         raise BackendError(f"Invalid local instance reference {ref!r}.")
     return home
 
 
-def write_meta(home: Path, meta: dict) -> None:
+def write_meta(home: Path, meta: dict, name: str = META_FILE) -> None:
     # Write then rename: a crash never leaves half a file for list_objects to trip on.
-    partial = home / "instance.json.partial"
+    partial = home / f"{name}.partial"
     partial.write_text(json.dumps(meta))
-    partial.replace(home / META_FILE)
+    partial.replace(home / name)
 
 
 def read_meta(home: Path) -> dict:
@@ -115,10 +117,12 @@ def port_of(home: Path) -> int | None:
     return port
 
 
-def configure_durability(home: Path) -> None:
+def configure_durability(home: Path, durable: bool = False) -> None:
+    """Turn EPHEMERAL_SETTINGS off (or back on: a template frozen from an ephemeral builder)."""
+    value = "on" if durable else "off"
     with (home / "data" / "postgresql.conf").open("a") as conf:
         # The instance's own server: a crash may lose or corrupt it, and that was asked for.
-        conf.write("\n" + "".join(f"{setting} = off\n" for setting in EPHEMERAL_SETTINGS))
+        conf.write("\n" + "".join(f"{setting} = {value}\n" for setting in EPHEMERAL_SETTINGS))
 
 
 def configure(home: Path, listen_address: str, ephemeral: bool) -> None:
@@ -135,22 +139,22 @@ def configure(home: Path, listen_address: str, ephemeral: bool) -> None:
         )
 
 
-def remove_home(home: Path) -> None:
-    """instance.json goes last: a removal cut short (a process writing there meanwhile) leaves
-    a home that list_objects still finds, so the reaper tries again."""
+def remove_home(home: Path, meta_file: str = META_FILE) -> None:
+    """``meta_file`` (instance.json) goes last: a removal cut short (a process writing there
+    meanwhile) leaves a home that list_objects still finds, so the reaper tries again."""
     if not home.exists():
         return
     try:
         for entry in home.iterdir():
-            if entry.name == META_FILE:
+            if entry.name == meta_file:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-        left = sorted(entry.name for entry in home.iterdir() if entry.name != META_FILE)
+        left = sorted(entry.name for entry in home.iterdir() if entry.name != meta_file)
         if not left:
-            meta = home / META_FILE
+            meta = home / meta_file
             kept = meta.read_bytes() if meta.exists() else None
             meta.unlink(missing_ok=True)
             try:
@@ -160,6 +164,6 @@ def remove_home(home: Path) -> None:
                     meta.write_bytes(kept)
                 raise
     except OSError as e:
-        raise BackendError(f"The local instance directory {home} could not be removed: {e}.") from e
+        raise BackendError(f"The local directory {home} could not be removed: {e}.") from e
     if left:
-        raise BackendError(f"The local instance directory {home} could not be removed: {', '.join(left)} remain.")
+        raise BackendError(f"The local directory {home} could not be removed: {', '.join(left)} remain.")

@@ -54,6 +54,8 @@ INITDB_OPTIONS = (
 START_POLL_S = 0.005
 START_ATTEMPTS = 8
 LOG_TAIL_LINES = 20
+# pg_controldata's line (in the C locale run sets) whose value is "shut down" after a clean stop.
+CLUSTER_STATE = "Database cluster state:"
 # The programs that work in an instance's directory (as in /proc/<pid>/comm).
 INSTANCE_PROGRAMS = frozenset({"cp", "pg_ctl", "sh", "postgres"})
 
@@ -146,24 +148,27 @@ class ServerPrograms:
             raise BackendError(f"{what} failed (exit {result.returncode}): {_tail(result.stderr + result.stdout)}")
         return result
 
-    def start(self, home: Path, run_as: RunAs | None) -> int:
-        """Start on a free port; a port taken meanwhile makes postgres fail to bind, so try another."""
+    def start(self, home: Path, run_as: RunAs | None, prefer: int | None = None) -> int:
+        """Start on a free port (``prefer`` first, where given); a port taken meanwhile makes
+        postgres fail to bind, so try another."""
         tried: set[int] = set()
-        for _ in range(START_ATTEMPTS):
-            port = self._candidate_port(tried)
+        for attempt in range(START_ATTEMPTS):
+            port = prefer if attempt == 0 and prefer is not None else self._candidate_port(tried)
             tried.add(port)
             (home / "data" / "postgraas_port.conf").write_text(f"port = {port}\n")
             log_file = home / "postgres.log"
+            # Only what this start writes tells how it went: a server started again appends to its log.
+            offset = log_file.stat().st_size if log_file.exists() else 0
             # -W: pg_ctl returns once postgres is forked (its own wait polls every 100 ms); _await_start polls faster.
             self.run(
                 [self.bin_dir / "pg_ctl", "-D", home / "data", "-l", log_file, "-W", "start"], run_as, "pg_ctl start"
             )
-            if self._await_start(home, port, log_file):
+            if self._await_start(home, port, log_file, offset):
                 return port
             log_file.unlink(missing_ok=True)
         raise BackendError(f"postgres found no free port in {self.settings.port_min}-{self.settings.port_max}.")
 
-    def _await_start(self, home: Path, port: int, log_file: Path) -> bool:
+    def _await_start(self, home: Path, port: int, log_file: Path, offset: int) -> bool:
         """True once the superuser can connect through the private socket; False when the port was
         taken (postgres then exits); raises when postgres failed otherwise or took too long."""
         deadline = time.monotonic() + self.settings.ready_timeout
@@ -173,7 +178,7 @@ class ServerPrograms:
                 return True
             except psycopg.OperationalError:
                 pass
-            server_log = log_file.read_text(errors="replace") if log_file.exists() else ""
+            server_log = _read_from(log_file, offset)
             if "could not bind" in server_log or "could not create any TCP/IP sockets" in server_log:
                 _wait_for_exit(home)
                 return False
@@ -220,6 +225,22 @@ class ServerPrograms:
         if ended := end_processes_working_in(home, INSTANCE_PROGRAMS):
             log.warning("ended the processes %s still working in %s", ended, home)
 
+    def shut_down(self, home: Path, run_as: RunAs | None) -> None:
+        """Stop the server with a fast shutdown (every session ended, then a shutdown checkpoint)
+        and make sure the cluster was left shut down cleanly, so that a copy of it starts without
+        recovery. Raises BackendError otherwise (the server may still run, or have crashed)."""
+        data = home / "data"
+        if (data / "postmaster.pid").exists():
+            self.run([self.bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], run_as, "pg_ctl stop")
+        # pg_ctl stop succeeds too when the shutdown checkpoint failed (a PANIC ends the server).
+        controldata = self.run([self.bin_dir / "pg_controldata", data], run_as, "pg_controldata").stdout
+        state = ""
+        for line in controldata.splitlines():
+            if line.startswith(CLUSTER_STATE):
+                state = line.removeprefix(CLUSTER_STATE).strip()
+        if state != "shut down":
+            raise BackendError(f"postgres was not shut down cleanly (cluster state: {state or 'unknown'}).")
+
 
 def connect_superuser(home: Path, port: int | None, connect_timeout: int) -> psycopg.Connection:
     """The superuser, through the instance's private socket, to the admin database."""
@@ -232,6 +253,15 @@ def connect_superuser(home: Path, port: int | None, connect_timeout: int) -> psy
         connect_timeout=connect_timeout,
         application_name=OUR_SESSIONS,
     )
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as file:
+            file.seek(offset)
+            return file.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _wait_for_exit(home: Path, timeout: float = 10.0) -> None:
