@@ -149,6 +149,8 @@ class Lease(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes d
 class TemplateStatus:
     # A builder is filling its database (the builder instance, template.builder_instance_id).
     BUILDING = "building"
+    # Its finalize is freezing the builder's database: nobody else touches build or builder.
+    FINALIZING = "finalizing"
     READY = "ready"
     FAILED = "failed"
     DELETING = "deleting"
@@ -178,6 +180,9 @@ class Template(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy make
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     build_timeout: Mapped[int] = mapped_column(default=1800)
     pool_size: Mapped[int] = mapped_column(default=0)
+    # Which build this is (a new one each time a build starts): every change a build makes is
+    # conditional on it, so that a given-up build's late calls cannot touch its successor.
+    build_id: Mapped[str | None] = mapped_column(String(32))
     # The instance the builder fills, until finalize freezes it into the template.
     builder_instance_id: Mapped[int | None]
     # What the backend made of it (FrozenTemplate): its reference, and the tenant inside by name.

@@ -15,7 +15,7 @@ from .schemas import (
     ExtendInstanceRequest,
     InstanceOut,
 )
-from .template_schemas import BuildingTemplateOut, EnsureTemplateRequest, TemplateOut
+from .template_schemas import BuilderRequest, BuildingTemplateOut, EnsureTemplateRequest, TemplateOut
 
 MAX_ID = 2**63 - 1
 REF = "#/components/schemas/{model}"
@@ -60,7 +60,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     reasons = {
         400: "Invalid request; `errors` names the fields",
         401: "Wrong db_pwd, or no valid token",
-        404: "No such instance (or another owner's)",
+        404: "No such instance or template (or another owner's)",
         409: "Name taken, instance in use, or being changed",
         413: "Body too large",
         422: "Reserved user name",
@@ -119,22 +119,24 @@ def _template_paths() -> dict[str, Any]:
             "parameters": [template_id],
             "post": {
                 "summary": "Freeze the builder's database into the template",
-                "responses": {"200": one, **_errors(400, 401, 404, 409, 502, 503)},
+                "requestBody": _body(BuilderRequest, required=True),
+                "responses": {"200": one, **_errors(400, 401, 404, 409, 413, 502, 503)},
             },
         },
         "/postgraas_templates/{template_id}/heartbeat": {
             "parameters": [template_id],
             "post": {
                 "summary": "The builder is alive: the build's deadline moves on",
-                "responses": {"200": one, **_errors(400, 401, 404, 409)},
+                "requestBody": _body(BuilderRequest, required=True),
+                "responses": {"200": one, **_errors(400, 401, 404, 409, 413)},
             },
         },
     }  # fmt: skip
 
 
-def build_document(token_auth: bool, backends: list[str], templates: bool) -> dict[str, Any]:
-    """``backends``: the configured names (what "backend" may be); ``templates``: whether any
-    of them takes a template."""
+def build_document(token_auth: bool, backends: list[str], template_backends: list[str]) -> dict[str, Any]:
+    """``backends``: the configured names (what "backend" may be); ``template_backends``: those
+    that keep templates."""
     _, definitions = models_json_schema(
         [
             (CreateInstanceRequest, "validation"),
@@ -147,6 +149,7 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
             (HealthBody, "serialization"),
             (ReadyBody, "serialization"),
             (EnsureTemplateRequest, "validation"),
+            (BuilderRequest, "validation"),
             (TemplateOut, "serialization"),
             (BuildingTemplateOut, "serialization"),
         ],
@@ -172,7 +175,7 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
             "responses": {
                 "201": _json(_ref(CreatedInstanceOut), "Ready: a login works; the only answer with db_pwd"),
                 "202": _json(_ref(CreatedInstanceOut), "Accepted (wait: false); see the Location header"),
-                **_errors(400, 401, 409, 413, 422, 429, 502, 503, 504),
+                **_errors(400, 401, 404, 409, 413, 422, 429, 502, 503, 504),
             },
         },
     }
@@ -264,7 +267,10 @@ def build_document(token_auth: bool, backends: list[str], templates: bool) -> di
     }
     create = definitions["$defs"]["CreateInstanceRequest"]["properties"]
     create["backend"] = {"anyOf": [{"type": "string", "enum": backends}, {"type": "null"}], "default": None}
-    if not templates:
+    ensure = definitions["$defs"]["EnsureTemplateRequest"]["properties"]
+    names = [{"type": "string", "enum": template_backends}] if template_backends else []
+    ensure["backend"] = {"anyOf": [*names, {"type": "null"}], "default": None}
+    if not template_backends:
         create["template"] = {"type": "null", "default": None}
     if not token_auth:
         # Without a token, the password is the only proof: required to delete or extend.

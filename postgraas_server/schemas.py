@@ -226,8 +226,10 @@ _TYPE_MESSAGES = {
     "missing": "is required",
     "string_type": "must be a string",
     "bool_type": "must be true or false",
-    "int_type": "must be a number of seconds or a string like '30m', '2h', '7d'",
+    "int_type": "must be a whole number",
 }
+# A ttl is a number or a duration string: its message says both.
+_TTL_TYPE = "must be a number of seconds or a string like '30m', '2h', '7d'"
 
 
 def parse_request(model: type[T], body: Any) -> T:
@@ -242,7 +244,8 @@ def parse_request(model: type[T], body: Any) -> T:
         reserved_only = True
         for err in e.errors():
             field = str(err["loc"][0]) if err["loc"] else "body"
-            errors.setdefault(field, _TYPE_MESSAGES.get(err["type"], err["msg"]))
+            message = _TTL_TYPE if field == "ttl" and err["type"] == "int_type" else None
+            errors.setdefault(field, message or _TYPE_MESSAGES.get(err["type"], err["msg"]))
             reserved_only &= err["type"] == "reserved"
         fields = ", ".join(f"{k} {v}" for k, v in errors.items())
         if reserved_only:

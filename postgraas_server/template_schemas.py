@@ -6,11 +6,11 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, StrictInt, StrictStr, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictInt, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .models import Template
-from .schemas import BackendName, InstanceName, Ttl, _Request, connection_uri
+from .schemas import BackendName, InstanceName, Ttl, _Request, _whole_number, connection_uri
 
 HASH_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -26,6 +26,10 @@ ContentHash = Annotated[
 ]
 
 
+# JSON does not tell 4 from 4.0; a bool is no number here.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_number)]
+
+
 class EnsureTemplateRequest(_Request):
     # Template names follow instance names; "NAME@HASH" names one content of it in a create.
     name: InstanceName
@@ -33,10 +37,17 @@ class EnsureTemplateRequest(_Request):
     hash: ContentHash
     backend: BackendName | None = None
     # Clones made ahead (not served yet: accepted and kept).
-    pool_size: StrictInt = Field(default=0, ge=0, le=100)
+    pool_size: WholeNumber = Field(default=0, ge=0, le=100)
     ttl: Ttl | None = None
     # Seconds a build may go without the builder's heartbeat before it is given up.
-    build_timeout: StrictInt = Field(default=1800, ge=10, le=86400)
+    build_timeout: WholeNumber = Field(default=1800, ge=10, le=86400)
+
+
+class BuilderRequest(_Request):
+    """Finalize and heartbeat: the builder's instance (from the 201), and without a token its db_pwd."""
+
+    instance_id: WholeNumber
+    db_pwd: StrictStr | None = None
 
 
 class TemplateOut(BaseModel):

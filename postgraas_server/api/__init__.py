@@ -116,7 +116,7 @@ def register_routes(app: Flask) -> None:
     document = build_document(
         token_auth=state.settings.auth.mode == "token",
         backends=list(state.backends.backends),
-        templates=any(b.why_no_template() is None for b in state.backends.backends.values()),
+        template_backends=[name for name, b in state.backends.backends.items() if b.why_no_template() is None],
     )
 
     @app.get("/openapi.json")

@@ -9,7 +9,7 @@ from flask_restful import Resource
 
 from ..schemas import parse_request, render
 from ..service import TemplateService
-from ..template_schemas import BuildingTemplateOut, EnsureTemplateRequest, TemplateOut
+from ..template_schemas import BuilderRequest, BuildingTemplateOut, EnsureTemplateRequest, TemplateOut
 from .instances import _json_body, _wait_timeout
 
 
@@ -45,9 +45,11 @@ class TemplateItem(Resource):
 
 class TemplateFinalize(Resource):
     def post(self, template_id: int) -> dict[str, Any]:
-        return render(TemplateOut.from_row(_service().finalize(template_id, g.principal)))
+        builder = parse_request(BuilderRequest, _json_body())
+        return render(TemplateOut.from_row(_service().finalize(template_id, builder, g.principal)))
 
 
 class TemplateHeartbeat(Resource):
     def post(self, template_id: int) -> dict[str, Any]:
-        return render(TemplateOut.from_row(_service().heartbeat(template_id, g.principal)))
+        builder = parse_request(BuilderRequest, _json_body())
+        return render(TemplateOut.from_row(_service().heartbeat(template_id, builder, g.principal)))

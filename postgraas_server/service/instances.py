@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec, ObjectState
+from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec, FrozenTemplate, ObjectState
 from ..config import LifecycleSettings
 from ..errors import Conflict, InvalidRequest, NotFound, PostgraasError
 from ..models import INSTANCES, POOL_OWNER, DBInstance, InstanceStatus, db
@@ -144,7 +144,7 @@ class InstanceService:
         with failures_counted(backend_name):
             # Where no Postgraas template has the name: a database a cluster's admin designated.
             if request.template is not None and template is None and not backend.takes_designated_templates:
-                raise InvalidRequest(
+                raise NotFound(
                     f"There is no ready template named {request.template!r}.",
                     {"template": "no ready template of that name"},
                 )
@@ -169,7 +169,7 @@ class InstanceService:
                 db_username=request.db_username,
                 db_pwd=request.db_pwd,
                 template=request.template if template is None else None,
-                from_template=frozen_of(template) if template is not None else None,
+                from_template=template,
                 ephemeral=request.durability == "ephemeral",
                 db_pwd_verifier=hashes.scram_verifier,
             )
@@ -184,9 +184,9 @@ class InstanceService:
                 raise
 
     @staticmethod
-    def _template_of(request: CreateInstanceRequest, owner: str) -> Any:
-        """The owner's ready Postgraas template the request names, if any; the create then goes to
-        its backend (400 when the request names another)."""
+    def _template_of(request: CreateInstanceRequest, owner: str) -> FrozenTemplate | None:
+        """What the owner's ready Postgraas template the request names is, if any (read now: the
+        row may go meanwhile); the create then goes to its backend (400 when it names another)."""
         if request.template is None:
             return None
         template = find_template(request.template, owner)
@@ -198,7 +198,7 @@ class InstanceService:
                 {"backend": f"must be {template.backend!r} (the template's) or left out"},
             )
         request.backend = template.backend
-        return template
+        return frozen_of(template)
 
     def _provision_in_background(
         self, instance_id: int, backend_name: str, backend: Backend, spec: DatabaseSpec

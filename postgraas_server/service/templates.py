@@ -10,6 +10,7 @@ instance row goes. The others wait until the template is ready or failed.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from ..errors import Conflict, InvalidRequest, NotFound, PostgraasError
 from ..models import TEMPLATES, DBInstance, InstanceStatus, Template, TemplateStatus, db, utcnow
 from ..passwords import generate_password
 from ..schemas import CreateInstanceRequest
-from ..template_schemas import EnsureTemplateRequest
+from ..template_schemas import BuilderRequest, EnsureTemplateRequest
 from ..tokens import Principal
 from .instances import InstanceService
 from .transitions import execute_dml, forget, transition, update_row
@@ -63,7 +64,7 @@ class TemplateService:
         while True:
             db.session.expire_all()
             row = self.get(template_id, principal)
-            if row.status != TemplateStatus.BUILDING or time.monotonic() >= deadline:
+            if row.status not in (TemplateStatus.BUILDING, TemplateStatus.FINALIZING) or time.monotonic() >= deadline:
                 return row
             db.session.rollback()  # a waiting request holds no pooled connection
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -81,35 +82,45 @@ class TemplateService:
             )
         expires_at = self.instances.policy.expiry(request.ttl, default=None, principal=principal)
         owner = principal.owner if principal else ""
-        row, outcome = self._claim_build(request, backend_name, owner, expires_at)
+        row, outcome, build_id, old_builder = self._claim_build(request, backend_name, owner, expires_at)
         if outcome != "build":
             return Ensured(row, outcome)
+        template_id = row.id
+        if old_builder is not None:
+            # The database of the build given up before this one.
+            self._remove_builder(old_builder)
+        # Names no tenant of a shared cluster can take ahead of time, and no build's again.
+        tag = secrets.token_hex(4)
         db_pwd = generate_password()
         builder_request = CreateInstanceRequest(
-            postgraas_instance_name=f"template.{row.id}",
-            db_name=f"template_{row.id}",
-            db_username=f"builder_{row.id}",
+            postgraas_instance_name=f"template.{template_id}.{tag}",
+            db_name=f"template_{template_id}_{tag}",
+            db_username=f"builder_{template_id}_{tag}",
             db_pwd=db_pwd,
             backend=backend_name,
             ttl=request.build_timeout,
         )
         try:
             builder = self.instances.create(builder_request, principal)
-        except PostgraasError as e:
-            self._fail(row.id, f"the builder's database could not be made: {e.msg}")
+        except Exception as e:
+            detail = e.msg if isinstance(e, PostgraasError) else f"internal error: {type(e).__name__}"
+            self._fail(template_id, build_id, f"the builder's database could not be made: {detail}")
             raise
-        if not update_row_of(row.id, TEMPLATES.c.status == TemplateStatus.BUILDING, builder_instance_id=builder.id):
+        builder_id = builder.id
+        this_build = (TEMPLATES.c.status == TemplateStatus.BUILDING, TEMPLATES.c.build_id == build_id)
+        if not update_row_of(template_id, *this_build, builder_instance_id=builder_id):
             # Given up or deleted meanwhile: the builder's database has no template to become.
-            self._remove_builder(builder.id)
-            raise Conflict(f"The template {row.name!r} was deleted while its builder's database was made.")
-        db.session.refresh(row)
-        log.info("template %s (id %s) is being built in instance %s", row.name, row.id, builder.id)
-        return Ensured(row, "build", builder, db_pwd)
+            self._remove_builder(builder_id)
+            raise Conflict("The template was deleted (or its build given up) while its builder's database was made.")
+        log.info("template %s (id %s) is being built in instance %s", request.name, template_id, builder_id)
+        return Ensured(self._reload(template_id), "build", builder, db_pwd)
 
     def _claim_build(
         self, request: EnsureTemplateRequest, backend_name: str, owner: str, expires_at: Any
-    ) -> tuple[Template, str]:
+    ) -> tuple[Template, str, str, int | None]:
+        """(the row, "build" / "ready" / "wait", the build's id, the builder of a build given up)."""
         now = utcnow()
+        build_id = secrets.token_hex(16)
         row = Template(
             name=request.name,
             content_hash=request.hash,
@@ -120,13 +131,14 @@ class TemplateService:
             created_at=now,
             heartbeat_at=now,
             build_timeout=request.build_timeout,
+            build_id=build_id,
             pool_size=request.pool_size,
             expires_at=expires_at,
         )
         db.session.add(row)
         try:
             db.session.commit()
-            return row, "build"
+            return row, "build", build_id, None
         except IntegrityError:
             db.session.rollback()
         existing = db.session.scalars(
@@ -136,9 +148,10 @@ class TemplateService:
         ).one_or_none()
         if existing is None:
             raise Conflict(f"The template {request.name!r} was deleted meanwhile; ask again.")
-        if existing.status == TemplateStatus.READY:
-            return existing, "ready"
-        if existing.status == TemplateStatus.DELETING:
+        existing_id, status, old_builder = existing.id, existing.status, existing.builder_instance_id
+        if status == TemplateStatus.READY:
+            return existing, "ready", "", None
+        if status == TemplateStatus.DELETING:
             raise Conflict(f"The template {request.name!r} is being deleted; ask again once it is gone.")
         stale = now - timedelta(seconds=existing.build_timeout)
         # A failed build, or one whose builder went silent: the first to ask builds it anew.
@@ -147,7 +160,7 @@ class TemplateService:
             (TEMPLATES.c.status == TemplateStatus.BUILDING) & (TEMPLATES.c.heartbeat_at < stale),
         )
         if update_row_of(
-            existing.id,
+            existing_id,
             rebuild,
             status=TemplateStatus.BUILDING,
             status_detail=None,
@@ -155,89 +168,108 @@ class TemplateService:
             heartbeat_at=now,
             backend=backend_name,
             build_timeout=request.build_timeout,
+            build_id=build_id,
             builder_instance_id=None,
         ):
-            db.session.refresh(existing)
-            return existing, "build"
-        db.session.refresh(existing)
-        return existing, "ready" if existing.status == TemplateStatus.READY else "wait"
+            return self._reload(existing_id), "build", build_id, old_builder
+        again = self._reload(existing_id)
+        return again, "ready" if again.status == TemplateStatus.READY else "wait", "", None
 
-    def heartbeat(self, template_id: int, principal: Principal | None = None) -> Template:
+    def heartbeat(self, template_id: int, request: BuilderRequest, principal: Principal | None = None) -> Template:
         """The builder is alive: the build's deadline (and its database's expiry) move on."""
         row = self.get(template_id, principal)
+        build_timeout = row.build_timeout
+        self._builder_of(row, request, principal)
         now = utcnow()
-        if not update_row_of(row.id, TEMPLATES.c.status == TemplateStatus.BUILDING, heartbeat_at=now):
-            raise Conflict(f"The template is {row.status}, not building.")
-        if row.builder_instance_id is not None:
-            update_row(row.builder_instance_id, expires_at=now + timedelta(seconds=row.build_timeout))
-        db.session.refresh(row)
-        return row
+        this_builder = TEMPLATES.c.builder_instance_id == request.instance_id
+        if not update_row_of(
+            template_id, TEMPLATES.c.status == TemplateStatus.BUILDING, this_builder, heartbeat_at=now
+        ):
+            raise Conflict("The template is not being built by this builder any more.")
+        update_row(request.instance_id, expires_at=now + timedelta(seconds=build_timeout))
+        return self._reload(template_id)
 
-    def finalize(self, template_id: int, principal: Principal | None = None) -> Template:
+    def finalize(self, template_id: int, request: BuilderRequest, principal: Principal | None = None) -> Template:
         """Freeze the builder's database into the template: its sessions end, and it is ready."""
         row = self.get(template_id, principal)
-        if row.status == TemplateStatus.READY:
+        if row.status == TemplateStatus.READY and row.builder_instance_id is None:
             return row
-        builder = db.session.get(DBInstance, row.builder_instance_id) if row.builder_instance_id else None
-        if (
-            row.status != TemplateStatus.BUILDING
-            or builder is None
-            or builder.status != InstanceStatus.READY
-            or not builder.container_id
-        ):
-            raise Conflict(f"The template is {row.status} and has no builder's database to freeze.")
-        # The builder instance stops being one: no delete, reaper or expiry acts on it meanwhile.
-        if not transition(builder.id, InstanceStatus.READY, InstanceStatus.DELETING, f"becoming template {row.id}"):
+        build_id = row.build_id
+        builder = self._builder_of(row, request, principal)
+        ref, backend_name = builder.container_id, builder.backend
+        credentials = Credentials(builder.db_name, builder.username, "")
+        if builder.status != InstanceStatus.READY or not ref:
+            raise Conflict(f"The builder's database is {builder.status}, not ready to be frozen.")
+        # This build's finalize from now on: no give-up, delete or second finalize touches the builder.
+        this_build = (TEMPLATES.c.build_id == build_id, TEMPLATES.c.builder_instance_id == request.instance_id)
+        now = utcnow()
+        if not update_row_of(
+            template_id, TEMPLATES.c.status == TemplateStatus.BUILDING, *this_build,
+            status=TemplateStatus.FINALIZING, heartbeat_at=now, status_changed_at=now,
+        ):  # fmt: skip
+            raise Conflict("The template is not being built by this builder any more.")
+        if not transition(request.instance_id, InstanceStatus.READY, InstanceStatus.DELETING, "becoming a template"):
+            self._fail(template_id, build_id, "the builder's database was being deleted when finalize began")
             raise Conflict("The builder's database is being changed by another request.")
-        backend = self.instances.backends.holding(builder.backend)
+        backend = self.instances.backends.holding(backend_name)
         try:
-            with self.instances.heartbeats.beating(builder.id):
-                frozen = backend.freeze(
-                    builder.container_id, Credentials(builder.db_name, builder.username, ""), template_id=row.id
-                )
-        except PostgraasError as e:
+            with self.instances.heartbeats.beating(request.instance_id):
+                frozen = backend.freeze(ref, credentials, template_id=template_id)
+        except Exception as e:
             db.session.rollback()
-            self._fail(row.id, f"finalize failed: {e.msg}")
-            self._remove_builder(builder.id)
+            detail = e.msg if isinstance(e, PostgraasError) else f"internal error: {type(e).__name__}"
+            self._fail(template_id, build_id, f"finalize failed: {detail}")
+            _remove_own_builder(self.instances.backends, request.instance_id, backend_name, ref, credentials)
             raise
         made_ready = update_row_of(
-            row.id,
-            TEMPLATES.c.status == TemplateStatus.BUILDING,
-            status=TemplateStatus.READY,
-            status_detail=None,
-            status_changed_at=utcnow(),
-            heartbeat_at=None,
-            builder_instance_id=None,
-            artifact=frozen.artifact,
-            tenant_db_name=frozen.tenant.db_name,
+            template_id, TEMPLATES.c.status == TemplateStatus.FINALIZING, *this_build,
+            status=TemplateStatus.READY, status_detail=None, status_changed_at=utcnow(), heartbeat_at=None,
+            builder_instance_id=None, artifact=frozen.artifact, tenant_db_name=frozen.tenant.db_name,
             tenant_username=frozen.tenant.db_username,
-        )
-        forget(builder.id, InstanceStatus.DELETING)
+        )  # fmt: skip
+        forget(request.instance_id, InstanceStatus.DELETING)
         if not made_ready:
             # Deleted (or given up) while it froze: the template has no row to belong to.
             backend.drop_template(frozen.artifact)
             raise Conflict("The template was deleted while it was finalized.")
-        db.session.refresh(row)
-        log.info("template %s (id %s, %s) is ready in backend %s", row.name, row.id, row.content_hash, row.backend)
-        return row
+        template = self._reload(template_id)
+        log.info("template %s (id %s) is ready in backend %s", template.name, template_id, backend_name)
+        return template
+
+    def _builder_of(self, row: Template, request: BuilderRequest, principal: Principal | None) -> DBInstance:
+        """The builder instance the request names, if it is this template's current one; its
+        db_pwd is the proof without a token, as an instance's is."""
+        if row.status not in (TemplateStatus.BUILDING, TemplateStatus.FINALIZING):
+            raise Conflict(f"The template is {row.status}, not being built.")
+        if row.builder_instance_id != request.instance_id:
+            raise Conflict(
+                "That is not this template's builder (its build may have been given up and started anew).",
+                {"instance_id": "is not the template's builder"},
+            )
+        builder = db.session.get(DBInstance, request.instance_id)
+        if builder is None:
+            raise Conflict("The builder's database is gone.")
+        self.instances.policy.authorize(builder, request.db_pwd, principal)
+        return builder
 
     # -- deleting ----------------------------------------------------------------------------
 
     def delete(self, template_id: int, principal: Principal | None = None) -> str:
         """Remove the template (and a build in progress); the instances made from it stay."""
-        row = self.get(template_id, principal)
-        name = row.name
-        expected = (TemplateStatus.READY, TemplateStatus.FAILED, TemplateStatus.BUILDING)
-        if not update_row_of(row.id, TEMPLATES.c.status.in_(expected), status=TemplateStatus.DELETING):
-            raise Conflict(f"The template is {row.status} and cannot be deleted by this request now.")
-        if not remove_template(self.instances.backends, row.id):
+        name = self.get(template_id, principal).name
+        expected = (TemplateStatus.READY, TemplateStatus.FAILED, TemplateStatus.BUILDING, TemplateStatus.FINALIZING)
+        if not update_row_of(template_id, TEMPLATES.c.status.in_(expected), status=TemplateStatus.DELETING):
+            raise Conflict(f"The template is {self._reload(template_id).status} and cannot be deleted now.")
+        if not remove_template(self.instances.backends, template_id):
             return f"Deleting template {name!r} (id {template_id}); the reaper finishes what its backend could not."
         return f"Deleted template {name!r} (id {template_id}); instances made from it stay."
 
-    def _fail(self, template_id: int, detail: str) -> None:
+    def _fail(self, template_id: int, build_id: str | None, detail: str) -> None:
+        """This build failed (a later build, or a delete, is left alone)."""
         update_row_of(
             template_id,
-            TEMPLATES.c.status == TemplateStatus.BUILDING,
+            TEMPLATES.c.status.in_((TemplateStatus.BUILDING, TemplateStatus.FINALIZING)),
+            TEMPLATES.c.build_id == build_id,
             status=TemplateStatus.FAILED,
             status_detail=detail,
             status_changed_at=utcnow(),
@@ -250,6 +282,15 @@ class TemplateService:
             # The reaper retries the builder instance's delete (its row stays deleting).
             log.warning("could not remove builder instance %s: %s", instance_id, e.msg)
 
+    @staticmethod
+    def _reload(template_id: int) -> Template:
+        """The row as it is now; NotFound when it was deleted meanwhile."""
+        db.session.expire_all()
+        row = db.session.get(Template, template_id)
+        if row is None:
+            raise NotFound(f"There is no template with id {template_id} (any more).")
+        return row
+
 
 def remove_template(backends: BackendRegistry, template_id: int) -> bool:
     """Remove a deleting template's builder and artifact, then its row; False when the backend
@@ -257,29 +298,43 @@ def remove_template(backends: BackendRegistry, template_id: int) -> bool:
     row = db.session.get(Template, template_id)
     if row is None:
         return True
+    builder_id, artifact, backend_name, name = row.builder_instance_id, row.artifact, row.backend, row.name
     try:
-        if row.builder_instance_id is not None:
-            remove_builder(backends, row.builder_instance_id)
-        if row.artifact:
-            backends.holding(row.backend).drop_template(row.artifact)
+        if builder_id is not None:
+            remove_builder(backends, builder_id)
+        if artifact:
+            backends.holding(backend_name).drop_template(artifact)
     except PostgraasError as e:
-        log.warning("could not remove template %s (id %s) yet: %s", row.name, row.id, e.msg)
+        log.warning("could not remove template %s (id %s) yet: %s", name, template_id, e.msg)
         return False
-    execute_dml(TEMPLATES.delete().where(TEMPLATES.c.id == template_id))
+    execute_dml(TEMPLATES.delete().where(TEMPLATES.c.id == template_id, TEMPLATES.c.status == TemplateStatus.DELETING))
     db.session.commit()
     return True
 
 
 def remove_builder(backends: BackendRegistry, instance_id: int) -> None:
-    """The builder's instance goes with its build (force: the builder may still be connected)."""
+    """The builder's instance goes with its build (force: the builder may still be connected),
+    unless another request has it: a finalize freezing it, a delete, or a create still making it
+    (whose request then removes what it made, as for any instance deleted while being created)."""
     builder = db.session.get(DBInstance, instance_id)
     if builder is None:
         return
-    transition(instance_id, (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST), InstanceStatus.DELETING)
-    if builder.container_id:
-        credentials = Credentials(builder.db_name, builder.username, "")
-        backends.holding(builder.backend).delete(builder.container_id, credentials, instance_id=instance_id, force=True)
-    forget(instance_id)
+    if transition(instance_id, InstanceStatus.CREATING, InstanceStatus.DELETING, "its template's build ended"):
+        return
+    settled = (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST)
+    if not transition(instance_id, settled, InstanceStatus.DELETING, "its template's build ended"):
+        return
+    ref, credentials = builder.container_id, Credentials(builder.db_name, builder.username, "")
+    _remove_own_builder(backends, instance_id, builder.backend, ref, credentials)
+
+
+def _remove_own_builder(
+    backends: BackendRegistry, instance_id: int, backend_name: str, ref: str | None, credentials: Credentials
+) -> None:
+    """A builder instance this request moved to deleting: its object, then its row."""
+    if ref:
+        backends.holding(backend_name).delete(ref, credentials, instance_id=instance_id, force=True)
+    forget(instance_id, InstanceStatus.DELETING)
 
 
 def update_row_of(template_id: int, *conditions: Any, **values: Any) -> bool:

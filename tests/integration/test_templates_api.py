@@ -37,10 +37,9 @@ class Owner:
     def template(self, template_id: int, query: str = "") -> requests.Response:
         return requests.get(f"{self.url}/postgraas_templates/{template_id}{query}", headers=self.headers, timeout=60)
 
-    def finalize(self, template_id: int) -> requests.Response:
-        return requests.post(
-            f"{self.url}/postgraas_templates/{template_id}/finalize", headers=self.headers, timeout=120
-        )
+    def finalize(self, builder: dict) -> requests.Response:
+        url = f"{self.url}/postgraas_templates/{builder['id']}/finalize"
+        return requests.post(url, json={"instance_id": builder["instance_id"]}, headers=self.headers, timeout=120)
 
     def delete_template(self, template_id: int) -> requests.Response:
         return requests.delete(f"{self.url}/postgraas_templates/{template_id}", headers=self.headers, timeout=120)
@@ -73,7 +72,12 @@ def test_eight_ensures_build_once_and_clones_hold_the_data_apart(server, backend
         conn.execute(f"insert into items (v) select 'item ' || i from generate_series(1, {ROWS}) i")
     # A waiter sees it building, then ready once finalized.
     assert owner.template(builder["id"]).json()["status"] == "building"
-    assert owner.finalize(builder["id"]).json()["status"] == "ready"
+    # Another owner can neither finalize it nor see it.
+    stranger = Owner(server, f"stranger-{backend}")
+    assert stranger.finalize(builder).status_code == 404
+    assert stranger.template(builder["id"]).status_code == 404
+    finalized = owner.finalize(builder)
+    assert finalized.json()["status"] == "ready", finalized.text
     assert owner.template(builder["id"], "?wait=ready&timeout=10").json()["status"] == "ready"
     assert owner.ensure(**content).status_code == 200
 
@@ -87,15 +91,20 @@ def test_eight_ensures_build_once_and_clones_hold_the_data_apart(server, backend
         assert conn.execute("select tableowner from pg_tables where tablename = 'items'").fetchone() == (
             second["db_username"],
         )
-    # The builder's login went with its database.
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(builder["connection_uri"], connect_timeout=5)
+    # The builder's login went with its database: not even to a clone, where its database is
+    # the clone's and its role is gone.
+    for clone in (first, second):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(
+                host=clone["host"], port=clone["port"], dbname=clone["db_name"], user=builder["db_username"],
+                password=builder["db_pwd"], connect_timeout=5,
+            )  # fmt: skip
 
-    # Another owner neither sees nor uses it.
-    stranger = Owner(server, f"stranger-{backend}")
+    # Another owner neither sees, deletes nor uses it.
     assert stranger.template(builder["id"]).status_code == 404
+    assert stranger.delete_template(builder["id"]).status_code == 404
     refused = stranger.create(template="shop")
-    assert refused.status_code == 400 and "template" in refused.json()["errors"]
+    assert refused.status_code == 404 and "template" in refused.json()["errors"]
 
     assert owner.delete_template(builder["id"]).status_code == 200
     # The clones stay.

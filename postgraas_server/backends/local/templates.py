@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .data_directories import META_FILE, RunAs, remove_home, write_meta
 
 TEMPLATES_DIR = ".templates"
 TEMPLATE_META = "template.json"
+# The name a template's directory gets while it is removed (not a template's name any more).
+DROPPING = ".dropping-"
 # A drop that takes the emptied area away may race a freeze between its mkdir and its rename.
 MOVE_ATTEMPTS = 3
 
@@ -85,8 +88,23 @@ class TemplateStore:
         return data
 
     def remove(self, artifact: str) -> None:
-        """Remove the template (idempotent), then the area if it was the last one."""
-        remove_home(self.path_of(artifact), TEMPLATE_META)
+        """Remove the template (idempotent), then the area if it was the last one. Renamed away
+        first, in one step: a clone copying it meanwhile then fails (its copy finds files gone)
+        instead of starting from a half-removed cluster, and no clone starts from it after."""
+        path = self.path_of(artifact)
+        for leftover in self.area.glob(f"{DROPPING}{self.deployment}-*") if self.area.exists() else ():
+            # Of a drop cut short (a crash): it is nobody's template any more.
+            remove_home(leftover, TEMPLATE_META)
+        if path.exists():
+            dropping = self.area / f"{DROPPING}{artifact}-{secrets.token_hex(4)}"
+            try:
+                path.rename(dropping)
+            except FileNotFoundError:
+                pass  # another drop took it
+            except OSError as e:
+                raise BackendError(f"The local template {artifact} could not be removed: {e}.") from e
+            else:
+                remove_home(dropping, TEMPLATE_META)
         # Not empty (another template, another deployment's, a freeze under way): it stays.
         with contextlib.suppress(OSError):
             self.area.rmdir()

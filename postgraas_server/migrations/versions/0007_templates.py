@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("build_timeout", sa.Integer(), nullable=False),
         sa.Column("pool_size", sa.Integer(), nullable=False),
+        sa.Column("build_id", sa.String(32), nullable=True),
         sa.Column("builder_instance_id", sa.Integer(), nullable=True),
         sa.Column("artifact", sa.String(255), nullable=True),
         sa.Column("tenant_db_name", sa.String(63), nullable=True),
