@@ -171,8 +171,16 @@ def token() -> None:
 @click.option("--admin", is_flag=True, help="May see and delete every owner's instances.")
 @click.option("--max-instances", type=click.IntRange(min=0), help="At most this many instances at once.")
 @click.option("--max-ttl", help="Longest ttl its instances may have (seconds, 30m, 2h, 7d).")
+@click.option("--max-templates", type=click.IntRange(min=0), help="At most this many templates at once.")
 @click.pass_obj
-def token_create(settings: Settings, owner: str, admin: bool, max_instances: int | None, max_ttl: str | None) -> None:
+def token_create(
+    settings: Settings,
+    owner: str,
+    admin: bool,
+    max_instances: int | None,
+    max_ttl: str | None,
+    max_templates: int | None,
+) -> None:
     """Make a token and print it once; only its hash is kept."""
     if not OWNER_RE.fullmatch(owner):
         raise click.BadParameter("1 to 63 letters, digits, '_', '.', '-' or '@'", param_hint="--owner")
@@ -181,7 +189,9 @@ def token_create(settings: Settings, owner: str, admin: bool, max_instances: int
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-ttl") from None
     with _app(settings).app_context():
-        record, secret = issue_token(owner, admin=admin, max_instances=max_instances, max_ttl=ttl)
+        record, secret = issue_token(
+            owner, admin=admin, max_instances=max_instances, max_ttl=ttl, max_templates=max_templates
+        )
     click.echo(secret)
     click.echo(f"token {record.id} for {owner} created; it is shown only this once", err=True)
 
@@ -192,7 +202,7 @@ def token_list(settings: Settings) -> None:
     """The tokens, without their secrets."""
     with _app(settings).app_context():
         for t in list_tokens():
-            limits = f"max_instances={t.max_instances} max_ttl={t.max_ttl}"
+            limits = f"max_instances={t.max_instances} max_ttl={t.max_ttl} max_templates={t.max_templates}"
             state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
             click.echo(
                 f"{t.id}\t{t.owner}\t{'admin' if t.admin else 'user'}\t{limits}\t{t.created_at:%Y-%m-%d}\t{state}"

@@ -99,6 +99,9 @@ class DBInstance(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy ma
     durability: Mapped[str] = mapped_column(String(16), default="durable", server_default="durable")
     # The token owner that created it (auth.mode token); "" without authentication.
     owner: Mapped[str] = mapped_column(String(63), index=True, default="", server_default="")
+    # The template it is a clone of, while that matters: a pooled clone waits for a create naming
+    # that template, and a create still cloning holds its template back from removal.
+    template_id: Mapped[int | None]
 
     def set_status(self, status: str, detail: str | None = None) -> None:
         self.status = status
@@ -121,6 +124,7 @@ class Token(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy makes d
     admin: Mapped[bool] = mapped_column(default=False)
     max_instances: Mapped[int | None]
     max_ttl: Mapped[int | None]
+    max_templates: Mapped[int | None]
     salt: Mapped[str] = mapped_column(String(32))
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

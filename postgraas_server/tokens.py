@@ -28,13 +28,16 @@ class Principal:
     max_instances: int | None
     max_ttl: int | None
     token_id: int
+    max_templates: int | None = None
 
 
 def _digest(salt: str, secret: str) -> str:
     return hashlib.sha256(f"{salt}:{secret}".encode()).hexdigest()
 
 
-def issue_token(owner: str, *, admin: bool, max_instances: int | None, max_ttl: int | None) -> tuple[Token, str]:
+def issue_token(
+    owner: str, *, admin: bool, max_instances: int | None, max_ttl: int | None, max_templates: int | None = None
+) -> tuple[Token, str]:
     """Store a new token and return it with its plain text, which is shown once and never again."""
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
@@ -43,6 +46,7 @@ def issue_token(owner: str, *, admin: bool, max_instances: int | None, max_ttl: 
         admin=admin,
         max_instances=max_instances,
         max_ttl=max_ttl,
+        max_templates=max_templates,
         salt=salt,
         secret_hash=_digest(salt, secret),
         created_at=utcnow(),
@@ -62,7 +66,7 @@ def authenticate(presented: str) -> Principal | None:
         return None
     if not hmac.compare_digest(token.secret_hash, _digest(token.salt, match.group(2))):
         return None
-    return Principal(token.owner, token.admin, token.max_instances, token.max_ttl, token.id)
+    return Principal(token.owner, token.admin, token.max_instances, token.max_ttl, token.id, token.max_templates)
 
 
 def list_tokens() -> list[Token]:

@@ -29,10 +29,15 @@ class BackgroundWork:
 
 
 def start_background_work(service: InstanceService, settings: Settings, context: Context) -> BackgroundWork:
-    """Start the pool keeper (where a backend has a pool) and the reaper (unless its interval is 0).
-    Every process runs both: keepers count before they fill, and the reaper's lease lets one act."""
+    """Start the pool keeper (where a backend has a pool, or may keep templates' pools) and the
+    reaper (unless its interval is 0). Every process runs both: keepers count before they fill, and
+    the reaper's lease lets one act."""
     keeper = None
-    if service.backends.pools:
+    template_pools = any(
+        backend.why_no_pool() is None and backend.why_no_template() is None
+        for backend in service.backends.backends.values()
+    )
+    if service.backends.pools or template_pools:
         keeper = PoolKeeper(service.pool)
         keeper.start(context)
     reaper = None

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec, FrozenTemplate, ObjectState
+from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec, ObjectState
 from ..config import LifecycleSettings
-from ..errors import Conflict, InvalidRequest, NotFound, PostgraasError
+from ..errors import Conflict, NotFound, PostgraasError
 from ..models import INSTANCES, POOL_OWNER, DBInstance, InstanceStatus, db
 from ..passwords import generate_password, password_hashes
 from ..schemas import CreateInstanceRequest, DeleteInstanceRequest, ExtendInstanceRequest
@@ -26,7 +26,7 @@ from .heartbeats import Heartbeats
 from .policy import Policy
 from .pool import WarmPool
 from .provisioning import Provisioner, failures_counted
-from .template_lookup import find_template, frozen_of
+from .template_lookup import ChosenTemplate, find_template, still_ready
 from .transitions import forget, release, transition, update_row
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,14 @@ DELETABLE = (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST)
 
 def _at_once(action: Callable[[], None]) -> None:
     action()
+
+
+def _no_template(request: CreateInstanceRequest) -> NotFound:
+    where = f" in backend {request.backend!r}" if request.backend else ""
+    return NotFound(
+        f"There is no ready template named {request.template!r}{where}.",
+        {"template": "no ready template of that name"},
+    )
 
 
 class InstanceService:
@@ -144,23 +152,27 @@ class InstanceService:
         with failures_counted(backend_name):
             # Where no Postgraas template has the name: a database a cluster's admin designated.
             if request.template is not None and template is None and not backend.takes_designated_templates:
-                raise NotFound(
-                    f"There is no ready template named {request.template!r}.",
-                    {"template": "no ready template of that name"},
-                )
+                raise _no_template(request)
             expires_at = self.policy.expiry(request.ttl, default=self.lifecycle.default_ttl, principal=principal)
             if request.db_pwd is None:
                 # The caller returns request.db_pwd once, in the answer to this create.
                 request.db_pwd = generate_password()
             hashes = password_hashes(request.db_pwd)
-            if request.wait and self.pool.serves(backend_name, backend, request):
-                taken = self.pool.take(request, hashes, backend_name, backend, expires_at, owner, principal)
+            template_id = template.id if template is not None else None
+            if request.wait and self.pool.serves(backend_name, backend, request, template):
+                taken = self.pool.take(
+                    request, hashes, backend_name, backend, expires_at, owner, principal, template_id
+                )
                 if taken is not None:
                     if self.pool.taken is not None:
                         # Making the replacement competes for the cores the answer still needs.
                         after_response(self.pool.taken)
                     return taken
-            row = self.provisioner.reserve(request, hashes.meta_hash, backend_name, expires_at, owner)
+            row = self.provisioner.reserve(request, hashes.meta_hash, backend_name, expires_at, owner, template_id)
+            if template is not None and not still_ready(template):
+                # Deleted or replaced since it was chosen; its removal did not see this row.
+                release(row.id)
+                raise _no_template(request)
             self.policy.enforce_quotas(row.id, row.owner, backend_name, principal)
             spec = DatabaseSpec(
                 instance_id=row.id,
@@ -169,7 +181,7 @@ class InstanceService:
                 db_username=request.db_username,
                 db_pwd=request.db_pwd,
                 template=request.template if template is None else None,
-                from_template=template,
+                from_template=template.frozen if template is not None else None,
                 ephemeral=request.durability == "ephemeral",
                 db_pwd_verifier=hashes.scram_verifier,
             )
@@ -184,21 +196,15 @@ class InstanceService:
                 raise
 
     @staticmethod
-    def _template_of(request: CreateInstanceRequest, owner: str) -> FrozenTemplate | None:
-        """What the owner's ready Postgraas template the request names is, if any (read now: the
-        row may go meanwhile); the create then goes to its backend (400 when it names another)."""
+    def _template_of(request: CreateInstanceRequest, owner: str) -> ChosenTemplate | None:
+        """The owner's ready Postgraas template the request names, if any (read now: it may go
+        meanwhile); the create then goes to its backend."""
         if request.template is None:
             return None
-        template = find_template(request.template, owner)
-        if template is None:
-            return None
-        if request.backend is not None and request.backend != template.backend:
-            raise InvalidRequest(
-                f"The template {request.template!r} lives in backend {template.backend!r}, not {request.backend!r}.",
-                {"backend": f"must be {template.backend!r} (the template's) or left out"},
-            )
-        request.backend = template.backend
-        return frozen_of(template)
+        template = find_template(request.template, owner, request.backend)
+        if template is not None:
+            request.backend = template.backend
+        return template
 
     def _provision_in_background(
         self, instance_id: int, backend_name: str, backend: Backend, spec: DatabaseSpec

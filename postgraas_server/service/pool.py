@@ -1,5 +1,7 @@
 """The warm pool: each backend's ``pool_size`` instances made ahead under throwaway names, so a
 create only takes one and has the backend hand it over (``Backend.claim``) to the request's names.
+A template's ``pool_size`` keeps clones of it ready the same way, in a pool of its own (the rows'
+``template_id``).
 
 Every server process runs a PoolKeeper; each counts what the meta db holds before it makes more, so
 several workers overshoot by a few at most, and the reaper removes the surplus.
@@ -19,12 +21,23 @@ from sqlalchemy.exc import IntegrityError
 
 from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec
 from ..errors import Conflict, PostgraasError
-from ..models import INSTANCES, POOL_OWNER, DBInstance, InstanceStatus, db, utcnow
+from ..models import (
+    INSTANCES,
+    POOL_OWNER,
+    TEMPLATES,
+    DBInstance,
+    InstanceStatus,
+    Template,
+    TemplateStatus,
+    db,
+    utcnow,
+)
 from ..passwords import PasswordHashes, generate_password, password_hashes
 from ..schemas import CreateInstanceRequest
 from ..tokens import Principal
 from .policy import Policy
 from .provisioning import Provisioner, name_taken, remove_quietly
+from .template_lookup import ChosenTemplate, frozen_of, still_ready
 from .transitions import count, execute_dml, forget, release, transition, update_row
 
 log = logging.getLogger(__name__)
@@ -48,6 +61,8 @@ _FIRST_POOLED = (
     .order_by(INSTANCES.c.id)
     .limit(1)
 )
+_FIRST_POOLED_OF_BACKEND = _FIRST_POOLED.where(INSTANCES.c.template_id.is_(None))
+_FIRST_POOLED_CLONE = _FIRST_POOLED.where(INSTANCES.c.template_id == bindparam("template_id"))
 _TAKE_POOLED = (
     update(INSTANCES)
     .where(INSTANCES.c.id == bindparam("pooled_id"), INSTANCES.c.status == InstanceStatus.POOLED)
@@ -66,6 +81,18 @@ _TAKE_POOLED = (
         durability=bindparam("new_durability"),
     )
 )
+
+
+def pool_sizes(backends: BackendRegistry) -> dict[tuple[str, int | None], int]:
+    """How many pooled instances each pool is to hold, by (backend, template id or None)."""
+    sizes: dict[tuple[str, int | None], int] = {(name, None): size for name, size in backends.pools.items()}
+    ready = select(TEMPLATES.c.id, TEMPLATES.c.backend, TEMPLATES.c.pool_size).where(
+        TEMPLATES.c.status == TemplateStatus.READY
+    )
+    for template_id, backend_name, size in db.session.execute(ready).all():
+        sizes[(backend_name, template_id)] = size
+    db.session.rollback()
+    return sizes
 
 
 @dataclass(frozen=True)
@@ -88,13 +115,15 @@ class WarmPool:
         # Set by a PoolKeeper running in this process: a create that took an instance wakes it.
         self.taken: Callable[[], None] | None = None
 
-    def serves(self, backend_name: str, backend: Backend, request: CreateInstanceRequest) -> bool:
-        """Whether a pooled instance can become this request's."""
-        return (
-            request.template is None
-            and backend_name in self.backends.pools
-            and backend.can_claim(request.db_name, request.db_username)
-        )
+    def serves(
+        self, backend_name: str, backend: Backend, request: CreateInstanceRequest, template: ChosenTemplate | None
+    ) -> bool:
+        """Whether a pooled instance (a pooled clone of ``template``) can become this request's."""
+        if not backend.can_claim(request.db_name, request.db_username):
+            return False
+        if template is not None:
+            return template.pool_size > 0 and backend.why_no_pool() is None
+        return request.template is None and backend_name in self.backends.pools
 
     def take(
         self,
@@ -105,10 +134,11 @@ class WarmPool:
         expires_at: datetime | None,
         owner: str,
         principal: Principal | None,
+        template_id: int | None = None,
     ) -> SimpleNamespace | None:
-        """Hand a pooled instance over to ``request``; None when the pool is empty or the pooled
-        object failed (the caller then creates one as usual)."""
-        pooled = self._take_row(request, hashes.meta_hash, backend_name, expires_at, owner)
+        """Hand a pooled instance (a pooled clone of ``template_id``) over to ``request``; None when
+        the pool is empty or the pooled object failed (the caller then creates one as usual)."""
+        pooled = self._take_row(request, hashes.meta_hash, backend_name, expires_at, owner, template_id)
         if pooled is None:
             return None
         try:
@@ -152,12 +182,18 @@ class WarmPool:
         backend_name: str,
         expires_at: datetime | None,
         owner: str,
+        template_id: int | None,
     ) -> _PooledRow | None:
         """Turn one pooled row into the request's, in one conditional UPDATE (exactly one create
         gets each); what it was is read just before, to hand over or give back."""
         # Concurrent creates aim at the same first row; a loser tries the next while there are any.
         for _ in range(TAKE_ATTEMPTS):
-            found = db.session.execute(_FIRST_POOLED, {"backend_name": backend_name}).first()
+            if template_id is None:
+                found = db.session.execute(_FIRST_POOLED_OF_BACKEND, {"backend_name": backend_name}).first()
+            else:
+                found = db.session.execute(
+                    _FIRST_POOLED_CLONE, {"backend_name": backend_name, "template_id": template_id}
+                ).first()
             if found is None:
                 db.session.rollback()
                 return None
@@ -203,6 +239,20 @@ class WarmPool:
             heartbeat_at=None,
         )
 
+    def pooled_templates(self) -> list[ChosenTemplate]:
+        """The ready templates whose pool_size asks for clones made ahead, in a backend that can
+        hand clones over."""
+        rows = db.session.scalars(
+            select(Template).where(Template.status == TemplateStatus.READY, Template.pool_size > 0)
+        ).all()
+        chosen = [
+            ChosenTemplate(row.id, row.backend, row.pool_size, frozen_of(row))
+            for row in rows
+            if row.backend in self.backends.backends and self.backends.backends[row.backend].why_no_pool() is None
+        ]
+        db.session.rollback()
+        return chosen
+
     def keep_ready(self, backend_name: str) -> int:
         """Let the backend hold what the claims of its pooled objects need (see Backend.keep_ready),
         and remove those it can never claim (made under another pool secret); returns how many."""
@@ -233,14 +283,20 @@ class WarmPool:
             removed += 1
         return removed
 
-    def fill(self, backend_name: str, size: int) -> int:
-        """Create pooled instances until ``backend_name`` has ``size`` (made or being made);
-        returns how many were made. Stops at the first failure (the next round tries again)."""
+    def fill(self, backend_name: str, size: int, template: ChosenTemplate | None = None) -> int:
+        """Create pooled instances (clones of ``template``) until ``backend_name`` (the template)
+        has ``size``, made or being made; returns how many were made. Stops at the first failure
+        (the next round tries again)."""
         made = 0
         backend = self.backends.holding(backend_name)
+        template_id = template.id if template is not None else None
+        of_this_pool = (
+            DBInstance.template_id.is_(None) if template_id is None else DBInstance.template_id == template_id
+        )
         while True:
             have = count(
                 (DBInstance.backend == backend_name)
+                & of_this_pool
                 & (DBInstance.owner == POOL_OWNER)
                 & DBInstance.status.in_((InstanceStatus.CREATING, InstanceStatus.POOLED))
             )
@@ -254,7 +310,11 @@ class WarmPool:
                 postgraas_instance_name=f"pool-{tag}", db_name=f"pool_{tag}", db_username=f"pool_{tag}", db_pwd=password
             )
             hashes = password_hashes(password)
-            row = self.provisioner.reserve(request, hashes.meta_hash, backend_name, None, POOL_OWNER)
+            row = self.provisioner.reserve(request, hashes.meta_hash, backend_name, None, POOL_OWNER, template_id)
+            if template is not None and not still_ready(template):
+                # Deleted or replaced meanwhile: its pool goes with it.
+                release(row.id)
+                return made
             spec = DatabaseSpec(
                 row.id,
                 row.postgraas_instance_name,
@@ -263,6 +323,7 @@ class WarmPool:
                 password,
                 db_pwd_verifier=hashes.scram_verifier,
                 pooled=True,
+                from_template=template.frozen if template is not None else None,
             )
             try:
                 self.provisioner.provision(backend_name, backend, spec, ready_status=InstanceStatus.POOLED)

@@ -32,11 +32,16 @@ class PoolKeeper:
     def fill(self) -> int:
         """One round: top up every pool; returns how many instances were made."""
         made = 0
-        for backend_name, size in self.pool.backends.pools.items():
-            # First, for every pooled object, whoever made it (any process may claim it): a fill
-            # can take seconds, and a failing one must not stop this.
+        templates = self.pool.pooled_templates()
+        pooling = {*self.pool.backends.pools, *(template.backend for template in templates)}
+        # First, for every pooled object, whoever made it (any process may claim it): a fill can
+        # take seconds, and a failing one must not stop this.
+        for backend_name in pooling:
             self.pool.keep_ready(backend_name)
+        for backend_name, size in self.pool.backends.pools.items():
             made += self.pool.fill(backend_name, size)
+        for template in templates:
+            made += self.pool.fill(template.backend, template.pool_size, template)
         return made
 
     def start(self, context: Callable[[], AbstractContextManager[Any]]) -> threading.Thread:

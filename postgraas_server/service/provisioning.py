@@ -29,9 +29,15 @@ class Provisioner:
 
     @staticmethod
     def reserve(
-        request: CreateInstanceRequest, password_hash: str, backend_name: str, expires_at: datetime | None, owner: str
+        request: CreateInstanceRequest,
+        password_hash: str,
+        backend_name: str,
+        expires_at: datetime | None,
+        owner: str,
+        template_id: int | None = None,
     ) -> DBInstance:
-        """The row of a new instance, creating: its name is taken from now on (409 when it was)."""
+        """The row of a new instance, creating: its name is taken from now on (409 when it was).
+        ``template_id``: the template it is to be a clone of."""
         now = utcnow()
         row = DBInstance(
             postgraas_instance_name=request.postgraas_instance_name,
@@ -46,6 +52,7 @@ class Provisioner:
             expires_at=expires_at,
             owner=owner,
             durability=request.durability,
+            template_id=template_id,
         )
         db.session.add(row)
         try:

@@ -26,6 +26,7 @@ from ..metrics import REAPER_ACTIONS
 from ..models import ALL_STATUSES, INSTANCES, InstanceStatus, Lease, db, utcnow
 from .background import Context
 from .heartbeats import Heartbeats
+from .pool import pool_sizes
 from .template_upkeep import TemplateUpkeep
 from .transitions import execute_dml, forget, transition, update_row
 
@@ -304,13 +305,14 @@ class Reaper:
             )
 
     def _trim_pools(self, report: PassReport) -> None:
-        """Pooled instances beyond a backend's pool_size (keepers of several workers overshoot;
-        a pool made smaller, or no longer configured) go, newest first."""
-        pooled: dict[str, list[Row]] = {}
+        """Pooled instances beyond their pool's size (a backend's or a ready template's pool_size;
+        keepers of several workers overshoot; a pool made smaller, or gone) go, newest first."""
+        sizes = pool_sizes(self.backends)
+        pooled: dict[tuple[str, int | None], list[Row]] = {}
         for row in self._rows(InstanceStatus.POOLED):
-            pooled.setdefault(row.backend, []).append(row)
-        for backend_name, rows in pooled.items():
-            surplus = len(rows) - self.backends.pools.get(backend_name, 0)
+            pooled.setdefault((row.backend, row.template_id), []).append(row)
+        for (backend_name, template_id), rows in pooled.items():
+            surplus = len(rows) - sizes.get((backend_name, template_id), 0)
             for row in sorted(rows, key=lambda r: r.id, reverse=True)[: max(surplus, 0)]:
                 if not self._transition(row, InstanceStatus.POOLED, InstanceStatus.DELETING, "pool surplus"):
                     continue  # taken by a create meanwhile

@@ -15,7 +15,7 @@ from ..backends import BackendRegistry
 from ..config import LifecycleSettings
 from ..errors import PostgraasError
 from ..models import TEMPLATES, Template, TemplateStatus, db
-from .templates import remove_builder, remove_template, update_row_of
+from .template_removal import remove_builder, remove_template, update_row_of
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,18 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from ..backends import BackendRegistry, Credentials
-from ..errors import Conflict, InvalidRequest, NotFound, PostgraasError
+from ..backends import Credentials
+from ..errors import Conflict, InvalidRequest, NotFound, PostgraasError, QuotaExceeded
 from ..models import TEMPLATES, DBInstance, InstanceStatus, Template, TemplateStatus, db, utcnow
 from ..passwords import generate_password
 from ..schemas import CreateInstanceRequest
 from ..template_schemas import BuilderRequest, EnsureTemplateRequest
 from ..tokens import Principal
 from .instances import InstanceService
+from .template_removal import remove_builder, remove_own_builder, remove_template, retire_replaced, update_row_of
 from .transitions import execute_dml, forget, transition, update_row
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class TemplateService:
             )
         expires_at = self.instances.policy.expiry(request.ttl, default=None, principal=principal)
         owner = principal.owner if principal else ""
-        row, outcome, build_id, old_builder = self._claim_build(request, backend_name, owner, expires_at)
+        row, outcome, build_id, old_builder = self._claim_build(request, backend_name, owner, expires_at, principal)
         if outcome != "build":
             return Ensured(row, outcome)
         template_id = row.id
@@ -116,7 +117,12 @@ class TemplateService:
         return Ensured(self._reload(template_id), "build", builder, db_pwd)
 
     def _claim_build(
-        self, request: EnsureTemplateRequest, backend_name: str, owner: str, expires_at: Any
+        self,
+        request: EnsureTemplateRequest,
+        backend_name: str,
+        owner: str,
+        expires_at: Any,
+        principal: Principal | None,
     ) -> tuple[Template, str, str, int | None]:
         """(the row, "build" / "ready" / "wait", the build's id, the builder of a build given up)."""
         now = utcnow()
@@ -138,9 +144,11 @@ class TemplateService:
         db.session.add(row)
         try:
             db.session.commit()
-            return row, "build", build_id, None
         except IntegrityError:
             db.session.rollback()
+        else:
+            _enforce_template_quota(row.id, owner, principal)
+            return row, "build", build_id, None
         existing = db.session.scalars(
             select(Template).where(
                 Template.owner == owner, Template.name == request.name, Template.content_hash == request.hash
@@ -219,7 +227,7 @@ class TemplateService:
             db.session.rollback()
             detail = e.msg if isinstance(e, PostgraasError) else f"internal error: {type(e).__name__}"
             self._fail(template_id, build_id, f"finalize failed: {detail}")
-            _remove_own_builder(self.instances.backends, request.instance_id, backend_name, ref, credentials)
+            remove_own_builder(self.instances.backends, request.instance_id, backend_name, ref, credentials)
             raise
         made_ready = update_row_of(
             template_id, TEMPLATES.c.status == TemplateStatus.FINALIZING, *this_build,
@@ -234,7 +242,11 @@ class TemplateService:
             raise Conflict("The template was deleted while it was finalized.")
         template = self._reload(template_id)
         log.info("template %s (id %s) is ready in backend %s", template.name, template_id, backend_name)
-        return template
+        if retired := retire_replaced(self.instances.backends, template):
+            log.info("template %s (id %s) replaces the ids %s", template.name, template_id, retired)
+        if template.pool_size and self.instances.pool.taken is not None:
+            self.instances.pool.taken()  # its pool is filled now, not at the keeper's next round
+        return self._reload(template_id)
 
     def _builder_of(self, row: Template, request: BuilderRequest, principal: Principal | None) -> DBInstance:
         """The builder instance the request names, if it is this template's current one; its
@@ -292,58 +304,20 @@ class TemplateService:
         return row
 
 
-def remove_template(backends: BackendRegistry, template_id: int) -> bool:
-    """Remove a deleting template's builder and artifact, then its row; False when the backend
-    could not (the row stays deleting, for the reaper to try again)."""
-    row = db.session.get(Template, template_id)
-    if row is None:
-        return True
-    builder_id, artifact, backend_name, name = row.builder_instance_id, row.artifact, row.backend, row.name
-    try:
-        if builder_id is not None:
-            remove_builder(backends, builder_id)
-        if artifact:
-            backends.holding(backend_name).drop_template(artifact)
-    except PostgraasError as e:
-        log.warning("could not remove template %s (id %s) yet: %s", name, template_id, e.msg)
-        return False
-    execute_dml(TEMPLATES.delete().where(TEMPLATES.c.id == template_id, TEMPLATES.c.status == TemplateStatus.DELETING))
+def _enforce_template_quota(template_id: int, owner: str, principal: Principal | None) -> None:
+    """Counted after the new row is in, so concurrent ensures can only undershoot the limit; over
+    it, the row goes again."""
+    limit = principal.max_templates if principal is not None else None
+    if limit is None:
+        return
+    held = db.session.execute(
+        select(func.count()).where(TEMPLATES.c.owner == owner, TEMPLATES.c.status != TemplateStatus.DELETING)
+    ).scalar_one()
+    if held <= limit:
+        return
+    execute_dml(TEMPLATES.delete().where(TEMPLATES.c.id == template_id))
     db.session.commit()
-    return True
-
-
-def remove_builder(backends: BackendRegistry, instance_id: int) -> None:
-    """The builder's instance goes with its build (force: the builder may still be connected),
-    unless another request has it: a finalize freezing it, a delete, or a create still making it
-    (whose request then removes what it made, as for any instance deleted while being created)."""
-    builder = db.session.get(DBInstance, instance_id)
-    if builder is None:
-        return
-    if transition(instance_id, InstanceStatus.CREATING, InstanceStatus.DELETING, "its template's build ended"):
-        return
-    settled = (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST)
-    if not transition(instance_id, settled, InstanceStatus.DELETING, "its template's build ended"):
-        return
-    ref, credentials = builder.container_id, Credentials(builder.db_name, builder.username, "")
-    _remove_own_builder(backends, instance_id, builder.backend, ref, credentials)
-
-
-def _remove_own_builder(
-    backends: BackendRegistry, instance_id: int, backend_name: str, ref: str | None, credentials: Credentials
-) -> None:
-    """A builder instance this request moved to deleting: its object, then its row."""
-    if ref:
-        backends.holding(backend_name).delete(ref, credentials, instance_id=instance_id, force=True)
-    forget(instance_id, InstanceStatus.DELETING)
-
-
-def update_row_of(template_id: int, *conditions: Any, **values: Any) -> bool:
-    """One conditional UPDATE of a template row; True when it applied."""
-    result = execute_dml(
-        update(Template)
-        .where(Template.id == template_id, *conditions)
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    raise QuotaExceeded(
+        f"Owner {owner!r} already has {held - 1} template(s), the most its token allows (max_templates {limit}).",
+        {"name": "over the max_templates of your token"},
     )
-    db.session.commit()
-    return bool(result.rowcount == 1)

@@ -1,4 +1,5 @@
-"""Templates: built once per content, cloned by creates.
+"""Templates: built once per content, cloned by creates; an instance records the template it is a
+clone of, and a token may limit its owner's templates.
 
 Revision ID: 0007
 Revises: 0006
@@ -37,8 +38,16 @@ def upgrade() -> None:
     op.create_index(
         "ux_postgraas_template_content", "postgraas_template", ["owner", "name", "content_hash"], unique=True
     )
+    with op.batch_alter_table("db_instance") as batch:
+        batch.add_column(sa.Column("template_id", sa.Integer(), nullable=True))
+    with op.batch_alter_table("postgraas_token") as batch:
+        batch.add_column(sa.Column("max_templates", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("postgraas_token") as batch:
+        batch.drop_column("max_templates")
+    with op.batch_alter_table("db_instance") as batch:
+        batch.drop_column("template_id")
     op.drop_index("ux_postgraas_template_content", "postgraas_template")
     op.drop_table("postgraas_template")

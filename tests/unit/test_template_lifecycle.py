@@ -1,0 +1,192 @@
+"""Templates over time, against the meta db and the fake backend: a template's pool of clones made
+ahead, older contents replaced by a newer one, a create still cloning holding its template back,
+and a token's max_templates."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from postgraas_server.app import create_app
+from postgraas_server.backends import BackendRegistry
+from postgraas_server.config import settings_from_dict
+from postgraas_server.migrations import upgrade
+from postgraas_server.models import DBInstance, InstanceStatus, db
+from postgraas_server.service import PoolKeeper
+from postgraas_server.service.reaper import Reaper
+from postgraas_server.tokens import issue_token
+
+from .api_calls import create, rows
+from .test_templates import ensure, finalize
+
+
+@pytest.fixture
+def app(tmp_path, fake_backend):
+    settings = settings_from_dict(
+        {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}}
+    )
+    upgrade(settings.metadb.sqlalchemy_url())
+    # The tests run the keeper's rounds themselves.
+    app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
+    app.config["TESTING"] = False
+    return app
+
+
+@pytest.fixture
+def keeper(app):
+    pool = app.extensions["postgraas"].service.pool
+    keeper = PoolKeeper(pool)
+    pool.taken = keeper.wake
+    return keeper
+
+
+def fill(app, keeper) -> int:
+    with app.app_context():
+        try:
+            return keeper.fill()
+        finally:
+            db.session.remove()
+
+
+def reap(app) -> None:
+    with app.app_context():
+        state = app.extensions["postgraas"]
+        Reaper(state.backends, state.settings.lifecycle).run_pass()
+
+
+def built(client, content_hash: str = "h1", **overrides) -> dict:
+    answer = ensure(client, hash=content_hash, **overrides)
+    assert answer.status_code == 201, answer.get_json()
+    finalized = finalize(client, answer.get_json())
+    assert finalized.get_json()["status"] == "ready", finalized.get_json()
+    return finalized.get_json()
+
+
+def pooled_clones(app, template_id: int) -> list[DBInstance]:
+    return [r for r in rows(app) if r.template_id == template_id and r.status == InstanceStatus.POOLED]
+
+
+def test_a_templates_pool_is_filled_with_clones_and_a_create_takes_one(app, client, keeper, fake_backend):
+    template = built(client, pool_size=2)
+    assert fill(app, keeper) == 2
+    pooled = pooled_clones(app, template["id"])
+    assert len(pooled) == 2
+    assert all(spec.pooled for spec in fake_backend.pooled_specs)
+    assert [artifact for artifact, _ in fake_backend.cloned] == [f"fake-template-{template['id']}"] * 2
+
+    answer = create(client, template="shop")
+    assert answer.status_code == 201, answer.get_json()
+    # One of the clones made ahead, handed over: no clone made on the create's path.
+    assert answer.get_json()["id"] in {row.id for row in pooled}
+    assert len(fake_backend.cloned) == 2 and len(fake_backend.claims) == 1
+    # The keeper was woken and makes the replacement.
+    assert keeper._wake.is_set()
+    assert fill(app, keeper) == 1
+    # The backend's own pool (none configured) takes none of them, and a plain create is made anew.
+    plain = create(client, postgraas_instance_name="plain", db_name="plain", db_username="plain")
+    assert plain.status_code == 201 and len(fake_backend.claims) == 1
+
+
+def test_a_templates_pool_goes_with_the_template_and_its_taken_clones_stay(app, client, keeper, fake_backend):
+    template = built(client, pool_size=2)
+    fill(app, keeper)
+    taken = create(client, template="shop").get_json()
+    fill(app, keeper)
+    assert client.delete(f"/postgraas_templates/{template['id']}").status_code == 200
+    assert pooled_clones(app, template["id"]) == []
+    assert [r.id for r in rows(app)] == [taken["id"]]
+    assert set(fake_backend.objects) == {f"fake-{taken['id']}"}
+    # Nothing is made for a template that is gone.
+    assert fill(app, keeper) == 0
+
+
+def test_the_reaper_trims_a_templates_pool_to_its_size(app, client, keeper):
+    template = built(client, pool_size=3)
+    fill(app, keeper)
+    with app.app_context():
+        db.session.execute(
+            DBInstance.__table__.update().where(DBInstance.template_id == template["id"]).values(template_id=None)
+        )
+        db.session.commit()
+    # Those three are now pooled instances of a backend without a pool: surplus, all of them.
+    reap(app)
+    assert rows(app) == []
+
+
+def test_a_newer_content_that_becomes_ready_replaces_the_older_one(app, client, fake_backend):
+    old = built(client, "h1")
+    clone = create(client, template="shop").get_json()
+    new = built(client, "h2")
+    assert client.get(f"/postgraas_templates/{old['id']}").status_code == 404
+    assert fake_backend.list_templates() == {new["id"]: f"fake-template-{new['id']}"}
+    refused = create(client, template="shop@h1", postgraas_instance_name="old", db_name="old", db_username="old")
+    assert refused.status_code == 404 and "template" in refused.get_json()["errors"]
+    # The clone of the older content stays.
+    assert client.get(f"/postgraas_instances/{clone['id']}").get_json()["status"] == "ready"
+    again = create(client, template="shop", postgraas_instance_name="new", db_name="new", db_username="new")
+    assert fake_backend.cloned[-1] == (f"fake-template-{new['id']}", again.get_json()["id"])
+    # Another name is not replaced by it.
+    other = built(client, "h9", name="other")
+    assert client.get(f"/postgraas_templates/{new['id']}").get_json()["status"] == "ready"
+    assert client.get(f"/postgraas_templates/{other['id']}").get_json()["status"] == "ready"
+
+
+def test_a_template_being_cloned_is_removed_only_after_the_clone(app, client, fake_backend):
+    template = built(client)
+    with app.app_context():
+        # A create that recorded the template and is cloning it now.
+        cloning = DBInstance(
+            postgraas_instance_name="cloning", db_name="c", username="c", backend="fake",
+            status=InstanceStatus.CREATING, template_id=template["id"],
+        )  # fmt: skip
+        db.session.add(cloning)
+        db.session.commit()
+        cloning_id = cloning.id
+    answer = client.delete(f"/postgraas_templates/{template['id']}")
+    assert answer.status_code == 200 and "reaper" in answer.get_json()["msg"]
+    assert client.get(f"/postgraas_templates/{template['id']}").get_json()["status"] == "deleting"
+    assert fake_backend.list_templates() == {template["id"]: f"fake-template-{template['id']}"}
+    # No create starts from it meanwhile.
+    assert create(client, template="shop").status_code == 404
+    reap(app)
+    assert fake_backend.list_templates() != {}
+    with app.app_context():
+        db.session.execute(
+            DBInstance.__table__.update().where(DBInstance.id == cloning_id).values(status=InstanceStatus.READY)
+        )
+        db.session.commit()
+    reap(app)
+    assert fake_backend.list_templates() == {}
+    assert client.get(f"/postgraas_templates/{template['id']}").status_code == 404
+
+
+def test_a_tokens_max_templates_is_a_429_naming_the_field_and_leaves_nothing(tmp_path, fake_backend):
+    settings = settings_from_dict(
+        {
+            "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
+            "lifecycle": {"reaper_interval": 0},
+            "auth": {"mode": "token"},
+        }
+    )
+    upgrade(settings.metadb.sqlalchemy_url())
+    app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
+    app.config["TESTING"] = False
+    with app.app_context():
+        token = issue_token("carol", admin=False, max_instances=None, max_ttl=None, max_templates=1)[1]
+        other = issue_token("dave", admin=False, max_instances=None, max_ttl=None, max_templates=1)[1]
+    carol, dave = {"Authorization": f"Bearer {token}"}, {"Authorization": f"Bearer {other}"}
+    client = app.test_client()
+    first = client.post("/postgraas_templates", json={"name": "shop", "hash": "h1"}, headers=carol)
+    assert first.status_code == 201
+    # The same content again is no new template: it waits for the build.
+    assert client.post("/postgraas_templates", json={"name": "shop", "hash": "h1"}, headers=carol).status_code == 202
+    over = client.post("/postgraas_templates", json={"name": "cart", "hash": "h1"}, headers=carol)
+    assert over.status_code == 429, over.get_json()
+    assert "max_templates" in over.get_json()["msg"] and "name" in over.get_json()["errors"]
+    assert [t["name"] for t in client.get("/postgraas_templates", headers=carol).get_json()] == ["shop"]
+    # Only the builder's database was made.
+    assert len(fake_backend.objects) == 1
+    # Another owner's quota is its own.
+    assert client.post("/postgraas_templates", json={"name": "cart", "hash": "h1"}, headers=dave).status_code == 201
+    with app.app_context():
+        assert len(db.session.execute(select(DBInstance)).all()) == 2
