@@ -82,6 +82,7 @@ class TemplateService:
                 {"backend": f"has no templates ({backend.type_name})"},
             )
         expires_at = self.instances.policy.expiry(request.ttl, default=None, principal=principal)
+        self._check_build_timeout(request.build_timeout, principal)
         owner = principal.owner if principal else ""
         row, outcome, build_id, old_builder = self._claim_build(request, backend_name, owner, expires_at, principal)
         if outcome != "build":
@@ -115,6 +116,15 @@ class TemplateService:
             raise Conflict("The template was deleted (or its build given up) while its builder's database was made.")
         log.info("template %s (id %s) is being built in instance %s", request.name, template_id, builder_id)
         return Ensured(self._reload(template_id), "build", builder, db_pwd)
+
+    def _check_build_timeout(self, build_timeout: int, principal: Principal | None) -> None:
+        """The builder's database lives build_timeout from each heartbeat: a ttl the token and the
+        server must allow. Refused before anything is made, naming the field the caller sent."""
+        try:
+            self.instances.policy.expiry(build_timeout, default=None, principal=principal)
+        except PostgraasError as e:
+            why = e.errors.get("ttl", "too long")
+            raise type(e)(f"build_timeout: {e.msg}", {"build_timeout": why}) from None
 
     def _claim_build(
         self,

@@ -190,3 +190,28 @@ def test_a_tokens_max_templates_is_a_429_naming_the_field_and_leaves_nothing(tmp
     assert client.post("/postgraas_templates", json={"name": "cart", "hash": "h1"}, headers=dave).status_code == 201
     with app.app_context():
         assert len(db.session.execute(select(DBInstance)).all()) == 2
+
+
+def test_a_build_timeout_longer_than_the_server_allows_is_refused_before_anything_is_made(tmp_path, fake_backend):
+    settings = settings_from_dict(
+        {
+            "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
+            "lifecycle": {"reaper_interval": 0, "max_ttl": "1h"},
+        }
+    )
+    upgrade(settings.metadb.sqlalchemy_url())
+    app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
+    app.config["TESTING"] = False
+    client = app.test_client()
+    refused = client.post(
+        "/postgraas_templates", json={"name": "shop", "hash": "h1", "ttl": "30m", "build_timeout": 7200}
+    )
+    assert refused.status_code == 400, refused.get_json()
+    assert "build_timeout" in refused.get_json()["errors"]
+    assert client.get("/postgraas_templates").get_json() == [] and not fake_backend.objects
+    assert (
+        client.post(
+            "/postgraas_templates", json={"name": "shop", "hash": "h1", "ttl": "30m", "build_timeout": 600}
+        ).status_code
+        == 201
+    )
