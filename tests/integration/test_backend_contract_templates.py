@@ -45,6 +45,9 @@ class Templates:
         return frozen, template_id, builder
 
     def cleanup(self) -> None:
+        # Clones first: Docker keeps a template's image while containers of it exist.
+        self.create.cleanup()
+        self.create.made.clear()
         for frozen in self.frozen:
             self.backend.drop_template(frozen.artifact)
 

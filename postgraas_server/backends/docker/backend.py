@@ -1,5 +1,6 @@
 """The docker backend: one container of the configured postgres image per instance (by default of
-its prepared image, see prepared_image.py)."""
+its prepared image, see prepared_image.py). A template is a container committed into an image,
+a clone a container of that image (templates.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ import psycopg
 
 from ...backend_settings import DockerBackendSettings
 from ...errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
-from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
+from ..contract import (
+    Credentials,
+    DatabaseSpec,
+    FrozenTemplate,
+    ManagedObject,
+    ObjectDescription,
+    ObjectState,
+    ProvisionedDatabase,
+)
 from ..postgres.client import OTHER_SESSIONS_SQL, NotReady, count_other_sessions, wait_for_login
 from ..postgres.own_server import EPHEMERAL_SETTINGS
 from .containers import (
@@ -30,6 +39,7 @@ from .containers import (
 from .image_preparer import ImagePreparer
 from .prepared_backend import DEPLOYMENT_LABEL, INSTANCE_ID_LABEL, NAME_LABEL, ImageBackend
 from .prepared_image import VERIFIER_ENV
+from .templates import TemplateImages, refuse_names_taken
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,7 @@ class DockerBackend(ImageBackend):
         super().__init__(settings, deployment, client_factory)
         self.settings = settings
         self._preparer = ImagePreparer(lambda: limits(self.settings))
+        self._templates = TemplateImages(deployment)
 
     def why_no_pool(self) -> str | None:
         # A claim logs in as the pooled tenant and acts as the image's own superuser, which only a
@@ -64,13 +75,73 @@ class DockerBackend(ImageBackend):
             return None
         return "the docker backend keeps a warm pool of prepared images only (prepare_image: true)"
 
+    def why_no_template(self) -> str | None:
+        if self.settings.prepare_image:
+            return None
+        # docker commit keeps what a container wrote to its own layer, not to a volume.
+        return (
+            "the docker backend keeps templates of the prepared image only (prepare_image: true): a template is "
+            "a container committed into an image, and the plain image keeps its data in a volume, which a commit "
+            "leaves out"
+        )
+
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
-        if spec.pooled:
-            # A password any process of this server can derive again to claim the container.
-            spec = replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)
-        credentials = spec.credentials
+        spec = self._with_pool_password(spec)
         with self._api("create the container"):
             container, secrets_in_env = self._create_container(spec)
+        return self._start(container, spec, secrets_in_env)
+
+    # -- templates (see templates.py) --------------------------------------------------------
+
+    def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> FrozenTemplate:
+        if (why := self.why_no_template()) is not None:
+            raise BackendError(f"The docker backend cannot make templates: {why}.")
+        with self._api("look up the container"):
+            try:
+                container = self.client.containers.get(ref)
+            except docker.errors.NotFound:
+                raise BackendError(f"Container {ref[:12]} does not exist.") from None
+        labels = container.attrs.get("Config", {}).get("Labels") or {}
+        if labels.get(DEPLOYMENT_LABEL) != self.deployment or not labels.get(INSTANCE_ID_LABEL):
+            raise BackendError(f"Container {ref[:12]} is no instance of this deployment; it was left alone.")
+        with self._api("commit the container into a template image"):
+            artifact = self._templates.freeze(self.client, container, credentials, template_id)
+        log.info("froze container %s into template image %s", container.name, artifact)
+        return FrozenTemplate(artifact, Credentials(credentials.db_name, credentials.db_username, ""))
+
+    def clone(self, template: FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
+        refuse_names_taken(template.tenant, spec)
+        spec = self._with_pool_password(spec)
+        environment, secrets_in_env = _tenant_environment(spec)
+        options = self._container_options(spec, template.artifact, environment)
+        with self._api("create the container"):
+            try:
+                container = self.client.containers.create(**options)
+            except docker.errors.ImageNotFound:
+                raise BackendError(f"The template image {template.artifact} does not exist (any more).") from None
+        return self._start(container, spec, secrets_in_env, f" from template image {template.artifact}")
+
+    def drop_template(self, artifact: str) -> None:
+        with self._api("remove the template image"):
+            self._templates.drop(self.client, artifact)
+
+    def list_templates(self) -> dict[int, str]:
+        with self._api("list the template images"):
+            return self._templates.list(self.client)
+
+    # -- instances -----------------------------------------------------------------------------
+
+    def _with_pool_password(self, spec: DatabaseSpec) -> DatabaseSpec:
+        if not spec.pooled:
+            return spec
+        # A password any process of this server can derive again to claim the container.
+        return replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)
+
+    def _start(
+        self, container: Any, spec: DatabaseSpec, secrets_in_env: tuple[str, ...], origin: str = ""
+    ) -> ProvisionedDatabase:
+        """Start the created ``container`` and return once a TCP login as spec's tenant works; on
+        any failure the container is removed."""
         try:
             with self._api("start the container"):
                 container.start()
@@ -79,7 +150,7 @@ class DockerBackend(ImageBackend):
             wait_for_login(
                 self._probe_host,
                 port,
-                credentials,
+                spec.credentials,
                 timeout=self.settings.ready_timeout,
                 still_starting=self._exit_watch(container),
             )
@@ -98,7 +169,7 @@ class DockerBackend(ImageBackend):
                     f"it was removed. Last log lines:\n{logs}"
                 ) from e
             raise
-        log.info("created container %s for instance %s on port %s", container.name, spec.instance_name, port)
+        log.info("created container %s%s for instance %s on port %s", container.name, origin, spec.instance_name, port)
         return ProvisionedDatabase(ref=container.id, host=self.settings.advertised_host, port=port)
 
     def _label(self, ref: str) -> str:
@@ -183,10 +254,7 @@ class DockerBackend(ImageBackend):
                 f"The warm pool needs the prepared image of {self.settings.image}, which is not available."
             )
         if prepared is not None:
-            verifier = spec.scram_verifier()
-            # No plaintext password: the wrapper creates the tenant with its SCRAM verifier.
-            environment = {"POSTGRES_USER": spec.db_username, "POSTGRES_DB": spec.db_name, VERIFIER_ENV: verifier}
-            secrets_in_env: tuple[str, ...] = (spec.db_pwd, verifier)
+            environment, secrets_in_env = _tenant_environment(spec)
         else:
             environment = {
                 "POSTGRES_USER": spec.db_username,
@@ -194,8 +262,23 @@ class DockerBackend(ImageBackend):
                 "POSTGRES_DB": spec.db_name,
             }
             secrets_in_env = (spec.db_pwd,)
-        kwargs = dict(
-            image=prepared or self.settings.image,
+        options = self._container_options(spec, prepared or self.settings.image, environment)
+        try:
+            return self.client.containers.create(**options), secrets_in_env
+        except docker.errors.ImageNotFound:
+            if prepared is not None:
+                if not retry:
+                    raise
+                # Removed since it was found (an image prune, say): find or make it again.
+                self._preparer.forget(prepared)
+                return self._create_container(spec, retry=False)
+            self._pull_image()
+            return self.client.containers.create(**options), secrets_in_env
+
+    def _container_options(self, spec: DatabaseSpec, image: str, environment: dict[str, str]) -> dict[str, Any]:
+        """What containers.create takes for spec's container of ``image``."""
+        options = dict(
+            image=image,
             # The random suffix keeps names unique across meta dbs sharing one engine.
             name=f"postgraas-{spec.instance_name}-{secrets.token_hex(3)}",
             environment=environment,
@@ -208,19 +291,9 @@ class DockerBackend(ImageBackend):
             restart_policy={"Name": "unless-stopped"},
         )
         if spec.ephemeral:
-            # The official entrypoint (and the prepared wrapper) pass "postgres ARGS" through.
-            kwargs["command"] = ["postgres", *(f"-c{name}=off" for name in EPHEMERAL_SETTINGS)]
-        try:
-            return self.client.containers.create(**kwargs), secrets_in_env
-        except docker.errors.ImageNotFound:
-            if prepared is not None:
-                if not retry:
-                    raise
-                # Removed since it was found (an image prune, say): find or make it again.
-                self._preparer.forget(prepared)
-                return self._create_container(spec, retry=False)
-            self._pull_image()
-            return self.client.containers.create(**kwargs), secrets_in_env
+            # The official entrypoint (and the prepared and clone wrappers) pass "postgres ARGS" through.
+            options["command"] = ["postgres", *(f"-c{name}=off" for name in EPHEMERAL_SETTINGS)]
+        return options
 
     def _prepared_image(self) -> str | None:
         """The prepared image's tag, made on first use; None when the configured image cannot be prepared."""
@@ -288,3 +361,11 @@ class DockerBackend(ImageBackend):
         raise Conflict(
             f'Could not check the instance for open sessions {reason}; delete with "force": true to remove it anyway.'
         )
+
+
+def _tenant_environment(spec: DatabaseSpec) -> tuple[dict[str, str], tuple[str, ...]]:
+    """A prepared (or template) image's container's environment for spec's tenant, and the
+    secrets in it. No plaintext password: the wrapper sets the tenant's SCRAM verifier."""
+    verifier = spec.scram_verifier()
+    environment = {"POSTGRES_USER": spec.db_username, "POSTGRES_DB": spec.db_name, VERIFIER_ENV: verifier}
+    return environment, (spec.db_pwd, verifier)

@@ -94,8 +94,7 @@ class ImageBackend(OwnServerBackend):
             INSTANCE_ID_LABEL: str(instance_id),
         }
 
-    def why_no_template(self) -> str | None:
-        return "templates of the docker and swarm backends (a committed image per template) are not built yet"
+    # Templates, for a subclass without them (swarm): refused, for the reason its why_no_template() gives.
 
     def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> FrozenTemplate:
         raise BackendError(f"The {self.type_name} backend cannot make templates: {self.why_no_template()}.")

@@ -243,7 +243,7 @@ def build(client: Any, image: Any, build: _Build, tag: str, options: dict[str, A
         if text != DATA_DIR:
             raise PrepareFailed(f"the image ignores PGDATA (its cluster is in {text[-200:]!r})")
         original = original_entrypoint(image)
-        container.put_archive("/", _wrapper_archive(wrapper_script(original)))
+        container.put_archive("/", script_archive(WRAPPER_PATH, wrapper_script(original)))
         # A clean shutdown: a container of the image then starts without crash recovery.
         container.stop(timeout=60)
         code = container.wait(timeout=60).get("StatusCode")
@@ -327,11 +327,12 @@ def _commit_changes(image: Any) -> list[str]:
     return changes
 
 
-def _wrapper_archive(script: str) -> bytes:
+def script_archive(path: str, script: str) -> bytes:
+    """A tar archive (for put_archive at "/") holding one executable script at ``path``."""
     data = script.encode()
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo(WRAPPER_PATH.lstrip("/"))
+        info = tarfile.TarInfo(path.lstrip("/"))
         info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
         tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()

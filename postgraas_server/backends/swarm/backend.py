@@ -67,6 +67,12 @@ class SwarmBackend(ImageBackend):
             return None
         return "the swarm backend keeps a warm pool of the prepared image only, which needs registry and prepare_image"
 
+    def why_no_template(self) -> str | None:
+        return (
+            "a template is an instance's container committed into an image, and the Swarm manager's API cannot "
+            "commit a task's container (only the engine of the node running it can)"
+        )
+
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         if spec.pooled:
             spec = replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)

@@ -18,6 +18,7 @@ from postgraas_server.backends.docker.prepared_image import (
     prepared_tag,
 )
 
+_created = itertools.count(1_700_000_000)
 SPEC = DatabaseSpec(7, "demo", "app", "alice", "s3cret")
 IMAGE_ID = "sha256:" + "ab" * 32
 TAG = prepared_tag(IMAGE_ID)
@@ -30,6 +31,7 @@ class FakeImage:
         self.labels = labels or {}
         self.attrs = {"Config": config or {}}
         self.images: FakeImages | None = None
+        self.created = next(_created)
 
     def tag(self, repository, tag):
         self.tags.append(f"{repository}:{tag}")
@@ -45,12 +47,23 @@ class FakeContainer:
         self.labels = kwargs.get("labels") or {}
         self.status = "created"
         self.attrs = {"NetworkSettings": {"Ports": {}}, "State": {"ExitCode": 0}, "Created": time.time()}
+        # As inspect shows them: the image's environment and labels under the container's own.
+        image = client.images.by_ref.get(kwargs.get("image", ""))
+        image_env = dict(item.split("=", 1) for item in (image.attrs["Config"].get("Env") or [])) if image else {}
+        env = {**image_env, **(kwargs.get("environment") or {})}
+        self.attrs["Config"] = {
+            "Env": [f"{key}={value}" for key, value in env.items()],
+            "Labels": {**(image.labels if image else {}), **self.labels},
+        }
+        self.attrs["Image"] = image.id if image else kwargs.get("image")
+        self.started = 0
         self.removed = None
         self.execs: list[list[str]] = []
         self.archives: list[tuple[str, bytes]] = []
         self.commits: list[dict] = []
 
     def start(self):
+        self.started += 1
         self.status = "running"
         self.attrs["NetworkSettings"]["Ports"] = {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}]}
 
@@ -72,6 +85,8 @@ class FakeContainer:
 
     def exec_run(self, command, environment=None):
         self.execs.append(command)
+        if self.client.exec_results:
+            return self.client.exec_results.pop(0)
         if "-h" in command:  # the wait for a TCP login
             return self.client.login_result
         return self.client.socket_result
@@ -86,11 +101,19 @@ class FakeContainer:
     def wait(self, timeout):
         return {"StatusCode": self.client.stop_code}
 
-    def commit(self, message, changes):
+    def commit(self, repository=None, tag=None, message=None, changes=None, conf=None, pause=True):
         if self.client.commit_error:
             raise self.client.commit_error
-        image = FakeImage(f"sha256:prepared{next(self.client.ids)}", [], dict(self.labels))
-        self.commits.append({"changes": changes, "image": image})
+        conf = conf or {}
+        # The container's config, what conf gives overriding it (as the engine merges them).
+        labels = {**self.attrs["Config"]["Labels"], **(conf.get("Labels") or {})}
+        env = dict(item.split("=", 1) for item in self.attrs["Config"]["Env"])
+        env.update(item.split("=", 1) for item in conf.get("Env") or [])
+        config = {key: value for key, value in conf.items() if key not in ("Labels", "Env")}
+        config["Env"] = [f"{key}={value}" for key, value in env.items()]
+        image_id = f"sha256:{next(self.client.ids):064x}"
+        image = FakeImage(image_id, [f"{repository}:{tag}"] if repository else [], labels, config)
+        self.commits.append({"changes": changes, "image": image, "conf": conf, "message": message})
         self.client.images.add(image)
         return image
 
@@ -128,7 +151,8 @@ class FakeContainers:
 
 
 class FakeImages:
-    def __init__(self):
+    def __init__(self, client):
+        self.client = client
         self.by_ref: dict[str, FakeImage] = {}
         self.pulled = []
         self.error: Exception | None = None
@@ -150,7 +174,15 @@ class FakeImages:
         return self.by_ref[ref]
 
     def remove(self, ref, force=False):
+        if ref not in self.by_ref:
+            raise docker.errors.ImageNotFound(f"no such image: {ref}")
         image = self.by_ref[ref]
+        # By id, as the docker backend removes template images: refused while a container uses it.
+        in_use = any(c.attrs["Image"] == image.id for c in self.client.containers.by_id.values())
+        if not force and ref == image.id and in_use:
+            response = requests.Response()
+            response.status_code = 409
+            raise docker.errors.APIError("Conflict", response, explanation="image is being used by a container")
         for key in [key for key, value in self.by_ref.items() if value is image]:
             del self.by_ref[key]
 
@@ -161,11 +193,28 @@ class FakeImages:
         self.add(FakeImage(IMAGE_ID, [image], config={"Entrypoint": ["docker-entrypoint.sh"], "Cmd": ["postgres"]}))
 
 
+class FakeLowLevelApi:
+    def __init__(self, client):
+        self.client = client
+
+    def images(self, filters):
+        key, value = filters["label"].split("=", 1)
+        unique = {image.id: image for image in self.client.images.by_ref.values()}
+        return [
+            {"Id": image.id, "Labels": image.labels, "Created": image.created}
+            for image in unique.values()
+            if image.labels.get(key) == value
+        ]
+
+
 class FakeClient:
     def __init__(self):
         self.ids = itertools.count()
         self.containers = FakeContainers(self)
-        self.images = FakeImages()
+        self.images = FakeImages(self)
+        self.api = FakeLowLevelApi(self)
+        # What the next exec_run calls answer, first to last, before the defaults below.
+        self.exec_results: list[tuple[int, bytes]] = []
         self.created: list[FakeContainer] = []
         self.next_status: str | None = None
         self.reloads = 0
