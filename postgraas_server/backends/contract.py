@@ -163,7 +163,9 @@ class Backend(ABC):
     @abstractmethod
     def list_templates(self) -> dict[int, str]:
         """Every template of this deployment in the backend: template id -> artifact (for the
-        reaper, whose rows may be gone). Raises ``BackendUnavailable``."""
+        reaper, whose rows may be gone). Where one id has several artifacts (a build frozen again
+        after the server lost its first freeze), the oldest: once it is dropped, the next is
+        listed. Raises ``BackendUnavailable``."""
 
     @abstractmethod
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:

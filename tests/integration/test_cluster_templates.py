@@ -45,9 +45,11 @@ class Builds:
             conn.commit()
         return builder
 
-    def freeze(self, builder: Made) -> FrozenTemplate:
+    def freeze(self, builder: Made, template_id: int | None = None) -> FrozenTemplate:
         frozen = self.backend.freeze(
-            builder.ref, replace(builder.spec.credentials, db_pwd=""), template_id=next(_template_ids)
+            builder.ref,
+            replace(builder.spec.credentials, db_pwd=""),
+            template_id=next(_template_ids) if template_id is None else template_id,
         )
         self.create.made.remove(builder)
         self.artifacts.append(frozen.artifact)
@@ -287,15 +289,15 @@ def test_a_drop_waits_for_a_clone_under_way(builds_for, pg_server, monkeypatch):
     builds = builds_for()
     frozen = builds.freeze(builds.builder())
     copied, go = threading.Event(), threading.Event()
-    real = cluster.adopt_clone
+    real = cluster.create_tenant
 
-    def slow_adopt(*args):
-        # CREATE DATABASE has copied the template: its objects are the template role's until this.
+    def slow_create_tenant(*args, **kwargs):
+        real(*args, **kwargs)
+        # CREATE DATABASE has copied the template; the clone still holds the template's lock.
         copied.set()
         assert go.wait(10)
-        real(*args)
 
-    monkeypatch.setattr(cluster, "adopt_clone", slow_adopt)
+    monkeypatch.setattr(cluster, "create_tenant", slow_create_tenant)
     made: list[Made] = []
     cloning = threading.Thread(target=lambda: made.append(builds.create.clone(frozen)))
     dropping = threading.Thread(target=builds.backend.drop_template, args=(frozen.artifact,))
@@ -336,3 +338,15 @@ def test_drop_template_removes_the_role_whatever_a_tenant_granted_it(builds_for,
     for granter in (clone, neighbour):
         with granter.connect() as conn:
             assert conn.execute("select count(*) from shared").fetchone() == (0,)
+
+
+def test_two_freezes_under_one_id_are_listed_oldest_first_so_both_can_be_dropped(builds_for):
+    """A build frozen again after the server lost its first freeze (it died before the row said
+    so): the reaper must see the first one, which no row holds, before the one its row holds."""
+    builds = builds_for()
+    template_id = next(_template_ids)
+    first = builds.freeze(builds.builder(), template_id)
+    second = builds.freeze(builds.builder(), template_id)
+    assert builds.backend.list_templates()[template_id] == first.artifact
+    builds.backend.drop_template(first.artifact)
+    assert builds.backend.list_templates()[template_id] == second.artifact

@@ -97,9 +97,10 @@ def test_a_create_takes_a_pooled_clone_and_the_templates_removal_takes_the_pool(
     assert clone["id"] in made_ahead
     assert values_in(clone) == [("v1", ROWS)]
     with psycopg.connect(clone["connection_uri"]) as conn:
-        assert conn.execute("select tableowner from pg_tables where tablename = 'items'").fetchone() == (
-            clone["db_username"],
-        )
+        # Its own (in a cluster clone as its database's owner, see test_templates_api.py).
+        table_owner = conn.execute("select tableowner from pg_tables where tablename = 'items'").fetchone()[0]
+        assert conn.execute("select pg_has_role(current_user, %s, 'member')", (table_owner,)).fetchone() == (True,)
+        conn.execute("alter table items add column mine int")
     # The pool is made whole again.
     eventually(lambda: len(pooled(server, template["id"])) == POOL_SIZE, 60, "the pool refilled")
     left = pooled(server, template["id"]).values()

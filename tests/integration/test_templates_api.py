@@ -88,9 +88,12 @@ def test_eight_ensures_build_once_and_clones_hold_the_data_apart(server, backend
         conn.execute("delete from items")
     with psycopg.connect(second["connection_uri"]) as conn:
         assert conn.execute("select count(*) from items").fetchone() == (ROWS,)
-        assert conn.execute("select tableowner from pg_tables where tablename = 'items'").fetchone() == (
-            second["db_username"],
-        )
+        # The tenant owns it: by name (local, docker), or as its database's owner, the one member of
+        # the pg_database_owner that owns everything in a cluster clone.
+        table_owner = conn.execute("select tableowner from pg_tables where tablename = 'items'").fetchone()[0]
+        assert table_owner == (second["db_username"] if backend != "cluster" else "pg_database_owner")
+        assert conn.execute("select pg_has_role(current_user, %s, 'member')", (table_owner,)).fetchone() == (True,)
+        conn.execute("alter table items add column mine int")
     # The builder's login went with its database: not even to a clone, where its database is
     # the clone's and its role is gone.
     for clone in (first, second):

@@ -33,7 +33,7 @@ from ..postgres.tenants import (
 )
 from .admin_connections import AdminConnections, guarded_conninfo
 from .admin_steps import concurrently_updated, end_tenant_sessions_in, run_step
-from .templates import adopt_clone, check_frozen, drop_frozen, freeze_tenant, list_frozen, template_lock
+from .templates import check_frozen, drop_frozen, freeze_tenant, list_frozen, template_lock
 from .tenant_removal import drop_tenant
 
 # The NOLOGIN role whose members (tenants, with tenant_createdb) may connect to "postgres".
@@ -158,8 +158,9 @@ class ClusterBackend(contract.Backend):
             check_frozen(conn, template, self.deployment)
             # Nobody can connect to the template: its copy does not wait, nor fail on a session in it.
             copy = replace(spec, template=template.artifact)
+            # Its owner is the tenant, and so pg_database_owner, which owns everything in it.
             create_tenant(conn, copy, marker=marker, createdb=self.settings.tenant_createdb)
-            made = self._finish(spec, lambda there: adopt_clone(there, template.tenant.db_username, spec.db_username))
+            made = self._finish(spec, None)
         log.info(
             "cloned template %s into database %s for instance %s", template.artifact, spec.db_name, spec.instance_name
         )

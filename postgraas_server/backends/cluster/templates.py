@@ -1,13 +1,17 @@
 """The cluster backend's templates: a builder's database frozen inside the shared server, and clones of it.
 
+At the freeze, every object in the builder's database is handed to ``pg_database_owner``: in each
+copy that role's one member is the copy's owner, so ``CREATE DATABASE ... TEMPLATE ... OWNER``
+alone makes the new tenant the owner of everything in its clone, without a session in the copy
+(the first session in a new database costs more than the copy of a small one). No other tenant is
+that role's member there: membership follows the database one is in.
+
 A frozen template is a database named ``postgraas_tpl_...`` that
-- the admin owns: a clone runs REASSIGN OWNED BY <builder's role> in its copy, which hands over the
-  shared objects that role owns too, so a template database the role owned would become the
-  first clone's tenant's;
+- the admin owns;
 - nobody can connect to (ALLOW_CONNECTIONS false, CONNECT revoked from everyone; CREATE DATABASE
   ... TEMPLATE copies it without a connection, and refuses while anybody is connected to it);
 - is not flagged IS_TEMPLATE, which would let every role with CREATEDB (tenant_createdb) copy it.
-Its objects stay the builder's role's, NOLOGIN from now on. That role carries the template's marker
+The builder's role, NOLOGIN from now on and owning nothing, carries the template's marker
 (``template_marker``), as an instance's role carries the instance's: a comment only the admin can
 set, by which list_templates finds the template and list_objects no longer takes the role for an
 instance's. The database carries the same marker; only the admin can comment a database it owns.
@@ -53,7 +57,7 @@ where r.rolname = %(role)s
 """
 
 # A template of ours: role and database carry the same marker, the admin owns the database, and
-# the role owns no database (REASSIGN OWNED in a clone would hand that over).
+# the role owns no database.
 _FROZEN = """
 select shobj_description(r.oid, 'pg_authid'),
        shobj_description(d.oid, 'pg_database') = shobj_description(r.oid, 'pg_authid')
@@ -100,6 +104,10 @@ def freeze_tenant(
         # Once nobody can add any: a refusal leaves what the builder created beside.
         _refuse_foreign_objects(conn, ref, db_oid, role_oid)
         drop_databases_owned_by(conn, role_oid, keep=ref, connect=connect)
+        # Before the REASSIGN OWNED, which hands over the databases the role owns too.
+        run_step(conn, sql.SQL("alter database {} owner to current_user").format(sql.Identifier(ref)), connect)
+        _hand_objects_to_database_owner(ref, role, connect)
+        _close(conn, ref, role, connect)
         marker = template_marker(deployment, template_id, artifact, datetime.now(UTC))
         _become_template(conn, ref, role, role_oid, artifact, marker, connect)
     except BaseException:
@@ -123,6 +131,22 @@ def _lock_out(conn: psycopg.Connection, ref: str, role: str, connect: Connect) -
     ).fetchall()
     names = sql.SQL(", ").join([sql.SQL("public"), *(sql.Identifier(name) for (name,) in grantees)])
     run_step(conn, sql.SQL("revoke all on database {} from {} cascade").format(database, names), connect)
+
+
+def _hand_objects_to_database_owner(ref: str, role: str, connect: Connect) -> None:
+    """In ``ref``, still open to the admin alone: what the builder's role owns becomes
+    pg_database_owner's, and whatever else names the role there (default privileges, policies,
+    grants) goes, so no clone depends on it."""
+    builder = sql.Identifier(role)
+    with connect(ref) as inside:
+        run_step(inside, sql.SQL("reassign owned by {} to pg_database_owner").format(builder), connect)
+        run_step(inside, sql.SQL("drop owned by {}").format(builder), connect)
+        lock_down_public_schema(inside)
+
+
+def _close(conn: psycopg.Connection, ref: str, role: str, connect: Connect) -> None:
+    """Nobody gets into ``ref`` any more, the admin included, and nothing holds it in use."""
+    database = sql.Identifier(ref)
     run_step(
         conn, sql.SQL("alter database {} with allow_connections false is_template false").format(database), connect
     )
@@ -165,7 +189,6 @@ def _become_template(
     ).fetchall()
     statements: list[Statement] = [
         sql.SQL("alter database {} rename to {}").format(sql.Identifier(ref), database),
-        sql.SQL("alter database {} owner to current_user").format(database),
         sql.SQL("comment on database {} is {}").format(database, sql.Literal(marker)),
         sql.SQL("comment on role {} is {}").format(owner, sql.Literal(marker)),
         *(sql.SQL("revoke {} from {}").format(owner, sql.Identifier(name)) for (name,) in members),
@@ -176,10 +199,12 @@ def _become_template(
 
 
 def _reopen(conn: psycopg.Connection, ref: str, role: str, connect: Connect) -> None:
-    """After a failed freeze: the instance as it was, for its tenant (or its delete)."""
+    """After a failed freeze: the instance as it was, for its tenant (or its delete); what was
+    handed to pg_database_owner is the tenant's again as its database's owner."""
     for statement in (
         sql.SQL("alter role {} login").format(sql.Identifier(role)),
         sql.SQL("alter database {} allow_connections true").format(sql.Identifier(ref)),
+        sql.SQL("alter database {} owner to {}").format(sql.Identifier(ref), sql.Identifier(role)),
     ):
         try:
             run_step(conn, statement, connect)
@@ -195,24 +220,6 @@ def check_frozen(conn: psycopg.Connection, template: FrozenTemplate, deployment:
         raise BackendError(f"There is no template {template.artifact!r} of this deployment in the cluster.")
 
 
-def adopt_clone(conn: psycopg.Connection, template_role: str, role: str) -> None:
-    """Give the tenant every object the template's role owns in the clone; ``conn`` is an admin
-    connection to the clone."""
-    builder = sql.Identifier(template_role)
-    conn.execute(sql.SQL("reassign owned by {} to {}").format(builder, sql.Identifier(role)))
-    # Left: its default privileges and the policies naming it. Only then DROP OWNED, which also
-    # revokes what the role was granted in other databases (once, by the first clone that needs it).
-    left = conn.execute(
-        "select 1 from pg_shdepend s join pg_database d on d.oid = s.dbid"
-        " where d.datname = current_database() and s.refclassid = 'pg_authid'::regclass"
-        " and s.refobjid = (select oid from pg_roles where rolname = %s) limit 1",
-        (template_role,),
-    ).fetchone()
-    if left:
-        conn.execute(sql.SQL("drop owned by {}").format(builder))
-    lock_down_public_schema(conn)
-
-
 _SHARED = (
     "select pg_advisory_lock_shared(hashtextextended(%s, 0))",
     "select pg_advisory_unlock_shared(hashtextextended(%s, 0))",
@@ -222,8 +229,8 @@ _EXCLUSIVE = ("select pg_advisory_lock(hashtextextended(%s, 0))", "select pg_adv
 
 @contextmanager
 def template_lock(conn: psycopg.Connection, artifact: str, *, exclusive: bool) -> Iterator[None]:
-    """Held by a clone (shared) from its CREATE DATABASE to its REASSIGN OWNED, and by a drop
-    (exclusive): a drop in between would take the template role's objects out of the new clone.
+    """Held by a clone (shared) while it copies the template, and by a drop (exclusive): a drop
+    waits for the copies under way, and a clone that comes after it finds no template.
     A session lock on the kept admin connection ``conn``; lock_timeout bounds the wait."""
     lock, unlock = _EXCLUSIVE if exclusive else _SHARED
     key = (f"postgraas template {artifact}",)
@@ -270,10 +277,19 @@ def drop_frozen(conn: psycopg.Connection, artifact: str, *, deployment: str, con
 
 
 def list_frozen(conn: psycopg.Connection, deployment: str) -> dict[int, str]:
-    """Template id -> database, from the markers of the templates' roles (each dropped last)."""
+    """Template id -> database, from the markers of the templates' roles (each dropped last).
+    Where one id has several (a build frozen again after the server lost its first freeze), the
+    oldest: the newer may be its row's, so the older goes first, and the newer is seen after."""
     rows = conn.execute(
         "select shobj_description(oid, 'pg_authid') from pg_roles where shobj_description(oid, 'pg_authid') like %s",
         (f"postgraas deployment={deployment} template=%",),
     ).fetchall()
-    found = (marked_template(comment, deployment) for (comment,) in rows)
-    return dict(marked for marked in found if marked is not None)
+    oldest: dict[int, tuple[str, str]] = {}
+    for (comment,) in rows:
+        match = _TEMPLATE_MARKER_RE.fullmatch(comment or "")
+        if match is None or match.group(1) != deployment:
+            continue
+        template_id, database, created = int(match.group(2)), match.group(3), match.group(4)
+        if template_id not in oldest or created < oldest[template_id][0]:
+            oldest[template_id] = (created, database)
+    return {template_id: database for template_id, (_, database) in oldest.items()}
