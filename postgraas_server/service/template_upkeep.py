@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ..backends import BackendRegistry
 from ..config import LifecycleSettings
 from ..errors import PostgraasError
-from ..models import TEMPLATES, Template, TemplateStatus, db
+from ..models import TEMPLATES, Template, TemplateStatus, db, utcnow
 from .template_removal import remove_builder, remove_template, update_row_of
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,11 @@ class TemplateUpkeep:
                 if row.status in (TemplateStatus.BUILDING, TemplateStatus.FINALIZING):
                     self._give_up_silent_build(row, now)
                 elif row.status == TemplateStatus.DELETING:
-                    self._remove(row, "deleting")
+                    # A request (or a finalize replacing it) removing it right now is left to finish.
+                    if (row.status_changed_at or row.created_at) <= now - timedelta(
+                        seconds=self.lifecycle.heartbeat_timeout
+                    ):
+                        self._remove(row, "deleting")
                 elif expired and row.status in (TemplateStatus.READY, TemplateStatus.FAILED):
                     self._delete(row, "expired")
                 elif row.status == TemplateStatus.FAILED and (row.status_changed_at or row.created_at) <= failed_before:
@@ -85,7 +89,9 @@ class TemplateUpkeep:
 
     def _delete(self, row: Any, why: str) -> None:
         self.keep_lease()
-        if update_row_of(row.id, TEMPLATES.c.status == row.status, status=TemplateStatus.DELETING):
+        if update_row_of(
+            row.id, TEMPLATES.c.status == row.status, status=TemplateStatus.DELETING, status_changed_at=utcnow()
+        ):
             self._remove(row, why)
 
     def _remove(self, row: Any, why: str) -> None:

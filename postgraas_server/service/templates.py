@@ -280,7 +280,8 @@ class TemplateService:
         """Remove the template (and a build in progress); the instances made from it stay."""
         name = self.get(template_id, principal).name
         expected = (TemplateStatus.READY, TemplateStatus.FAILED, TemplateStatus.BUILDING, TemplateStatus.FINALIZING)
-        if not update_row_of(template_id, TEMPLATES.c.status.in_(expected), status=TemplateStatus.DELETING):
+        deleting = {"status": TemplateStatus.DELETING, "status_changed_at": utcnow()}
+        if not update_row_of(template_id, TEMPLATES.c.status.in_(expected), **deleting):
             raise Conflict(f"The template is {self._reload(template_id).status} and cannot be deleted now.")
         if not remove_template(self.instances.backends, template_id):
             return f"Deleting template {name!r} (id {template_id}); the reaper finishes what its backend could not."

@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,8 +25,12 @@ from .data_directories import META_FILE, RunAs, remove_home, write_meta
 
 TEMPLATES_DIR = ".templates"
 TEMPLATE_META = "template.json"
-# The name a template's directory gets while it is removed (not a template's name any more).
+# The name a template's directory gets while it is removed (not a template's name any more),
+# with the time the removal began.
 DROPPING = ".dropping-"
+# A directory being removed for longer than this was left by a removal cut short (a crash): another
+# removal takes it then, and leaves younger ones to the removal under way.
+ABANDONED_AFTER_S = 600
 # A drop that takes the emptied area away may race a freeze between its mkdir and its rename.
 MOVE_ATTEMPTS = 3
 
@@ -92,11 +97,9 @@ class TemplateStore:
         first, in one step: a clone copying it meanwhile then fails (its copy finds files gone)
         instead of starting from a half-removed cluster, and no clone starts from it after."""
         path = self.path_of(artifact)
-        for leftover in self.area.glob(f"{DROPPING}{self.deployment}-*") if self.area.exists() else ():
-            # Of a drop cut short (a crash): it is nobody's template any more.
-            remove_home(leftover, TEMPLATE_META)
+        self._remove_abandoned()
         if path.exists():
-            dropping = self.area / f"{DROPPING}{artifact}-{secrets.token_hex(4)}"
+            dropping = self.area / f"{DROPPING}{artifact}-{int(time.time())}-{secrets.token_hex(4)}"
             try:
                 path.rename(dropping)
             except FileNotFoundError:
@@ -108,6 +111,15 @@ class TemplateStore:
         # Not empty (another template, another deployment's, a freeze under way): it stays.
         with contextlib.suppress(OSError):
             self.area.rmdir()
+
+    def _remove_abandoned(self) -> None:
+        """Directories of removals cut short: nobody's template any more."""
+        pattern = re.compile(re.escape(f"{DROPPING}{self.deployment}-") + r"\d+-(\d+)-[0-9a-f]+")
+        for leftover in self.area.glob(f"{DROPPING}{self.deployment}-*") if self.area.exists() else ():
+            began = pattern.fullmatch(leftover.name)
+            # A name without a time is not one this code writes: nobody removes it but this.
+            if began is None or time.time() - int(began.group(1)) > ABANDONED_AFTER_S:
+                remove_home(leftover, TEMPLATE_META)
 
     def list(self) -> dict[int, str]:
         """This deployment's templates by id, from the directories' names."""
