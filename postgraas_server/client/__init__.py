@@ -16,10 +16,12 @@ from .errors import (
     PostgraasClientError,
     QuotaError,
     ServerUnreachable,
+    TemplateFailedError,
     UnavailableError,
     leftover_of,
 )
 from .instance import Instance
+from .templates import Ensured, Template, TemplateApi
 
 __all__ = [
     "DEFAULT_URL",
@@ -29,6 +31,7 @@ __all__ = [
     "BackendFailedError",
     "ConfigurationError",
     "ConflictError",
+    "Ensured",
     "Instance",
     "InvalidRequestError",
     "Leftover",
@@ -37,6 +40,9 @@ __all__ = [
     "PostgraasClientError",
     "QuotaError",
     "ServerUnreachable",
+    "Template",
+    "TemplateApi",
+    "TemplateFailedError",
     "UnavailableError",
     "leftover_of",
 ]

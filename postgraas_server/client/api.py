@@ -6,13 +6,12 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import requests
-import urllib3.exceptions
 
 from .addresses import DEFAULT_URL, display_url, token_problem, url_problem
+from .connection_errors import connection_reason, never_connected, retry_after
 from .errors import (
     AmbiguousName,
     AuthenticationError,
@@ -25,6 +24,7 @@ from .errors import (
     error_for_status,
 )
 from .instance import Instance, default_db_name, default_username
+from .templates import TemplateApi
 
 # The server long-polls at most 300 s; shorter chunks let a caller report progress and a proxy
 # with a 60 s idle timeout stay out of the way.
@@ -38,47 +38,12 @@ ID_PREFIX = "id:"
 NAME_PREFIX = "name:"
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+class _Settling(Protocol):
+    @property
+    def settled(self) -> bool: ...
 
 
-def _causes(e: BaseException) -> list[BaseException]:
-    """The exception and what it wraps: requests nests urllib3's (MaxRetryError -> NewConnectionError
-    -> ConnectionRefusedError) in args, .reason, __cause__ and __context__."""
-    seen: list[BaseException] = []
-    todo: list[object] = [e]
-    while todo and len(seen) < 20:
-        item = todo.pop(0)
-        if not isinstance(item, BaseException) or any(item is s for s in seen):
-            continue
-        seen.append(item)
-        todo += [*item.args, getattr(item, "reason", None), item.__cause__, item.__context__]
-    return seen
-
-
-def _connection_reason(e: requests.RequestException) -> str:
-    # The OS's words for the errno ("Connection refused"), never the exception's text: that can hold
-    # the URL with its password, or a header with the token.
-    for cause in _causes(e):
-        if isinstance(cause, OSError) and isinstance(cause.errno, int) and isinstance(cause.strerror, str):
-            return f"{cause.strerror.strip().rstrip('.')} ({type(e).__name__})"
-    return type(e).__name__
-
-
-def _never_connected(e: requests.RequestException) -> bool:
-    """True when no byte of the request can have reached the server: the connection was never made."""
-    if isinstance(e, requests.ConnectTimeout | requests.exceptions.SSLError):
-        return True
-    return any(isinstance(cause, urllib3.exceptions.NewConnectionError) for cause in _causes(e))
+Settles = TypeVar("Settles", bound=_Settling)
 
 
 class PostgraasClient:
@@ -106,6 +71,7 @@ class PostgraasClient:
         self.create_timeout = create_timeout
         self._token = token or None
         self._session = session or requests.Session()
+        self.templates = TemplateApi(self)
 
     def __repr__(self) -> str:
         return f"PostgraasClient({display_url(self.url)!r}, token={'set' if self._token else None})"
@@ -116,6 +82,11 @@ class PostgraasClient:
 
     def close(self) -> None:
         self._session.close()
+
+    def with_own_session(self) -> PostgraasClient:
+        """The same server and token over connections of its own, for another thread: a requests
+        Session is not safe to share between threads."""
+        return PostgraasClient(self.url, token=self._token, timeout=self.timeout, create_timeout=self.create_timeout)
 
     def __enter__(self) -> PostgraasClient:
         return self
@@ -134,10 +105,12 @@ class PostgraasClient:
         ttl: int | str | None = None,
         backend: str | None = None,
         wait: bool = True,
+        template: str | None = None,
     ) -> Instance:
         """Create an instance. Without ``password`` one is generated here (URL-safe, never needs
         quoting); either way the returned Instance carries it. With ``wait=False`` the answer comes
-        at once, with status ``creating``: see wait().
+        at once, with status ``creating``: see wait(). ``template`` (``NAME`` or ``NAME@HASH``)
+        makes it a clone of a ready template of that name (client.templates).
 
         Interrupted before the answer came (KeyboardInterrupt, a timeout, a lost connection), the
         create is undone when the password was generated: nobody else could ever delete that
@@ -157,6 +130,8 @@ class PostgraasClient:
             body["ttl"] = ttl
         if backend:
             body["backend"] = backend
+        if template:
+            body["template"] = template
         timeout = self.create_timeout if wait else self.timeout
         try:
             data = self._request("POST", INSTANCES, json=body, timeout=timeout, secret=password)
@@ -253,20 +228,21 @@ class PostgraasClient:
         """Wait until the instance is no longer ``creating`` or ``timeout`` seconds passed, and
         return it as last seen. Whether ``failed`` or ``lost`` is an error is the caller's call.
         ``on_progress`` gets the instance after every chunk that ended still creating."""
+        return self._long_poll(f"{INSTANCES}/{int(instance_id)}", timeout, Instance.from_json, on_progress)
+
+    def _long_poll(
+        self, path: str, timeout: float, parse: Callable[[Any], Settles], on_progress: Callable[[Settles], None] | None
+    ) -> Settles:
+        """GET ``path`` with ?wait=ready in chunks until what it shows settled or ``timeout`` passed."""
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             chunk = max(0.0, min(WAIT_CHUNK_SECONDS, deadline - time.monotonic()))
-            data = self._request(
-                "GET",
-                f"{INSTANCES}/{int(instance_id)}",
-                params={"wait": "ready", "timeout": f"{chunk:.1f}"},
-                timeout=chunk + self.timeout,
-            )
-            instance = Instance.from_json(data)
-            if instance.settled or time.monotonic() >= deadline:
-                return instance
+            params = {"wait": "ready", "timeout": f"{chunk:.1f}"}
+            item = parse(self._request("GET", path, params=params, timeout=chunk + self.timeout))
+            if item.settled or time.monotonic() >= deadline:
+                return item
             if on_progress is not None:
-                on_progress(instance)
+                on_progress(item)
 
     def delete(self, instance_id: int, password: str | None = None, force: bool = False) -> str:
         """Delete an instance and its database; returns the server's message. ``password`` is
@@ -321,12 +297,12 @@ class PostgraasClient:
         except requests.Timeout as e:
             raise ServerUnreachable(
                 f"The Postgraas server at {display_url(self.url)} did not answer within {timeout:g} s.",
-                maybe_received=not _never_connected(e),
+                maybe_received=not never_connected(e),
             ) from None
         except requests.ConnectionError as e:
             raise ServerUnreachable(
-                f"Cannot reach the Postgraas server at {display_url(self.url)}: {_connection_reason(e)}.",
-                maybe_received=not _never_connected(e),
+                f"Cannot reach the Postgraas server at {display_url(self.url)}: {connection_reason(e)}.",
+                maybe_received=not never_connected(e),
             ) from None
         except requests.RequestException as e:
             # InvalidURL, InvalidHeader ...: the constructor's checks should have caught them.
@@ -362,7 +338,7 @@ class PostgraasClient:
             body = f"body: {self._snippet(response.text, secret)}" if response.text.strip() else "an empty body"
             message = f"Not a Postgraas answer from {display_url(self.url)}: {reason}, {body}"
             errors = {}
-        return error_for_status(status)(status, message, errors, _retry_after(response.headers.get("Retry-After")))
+        return error_for_status(status)(status, message, errors, retry_after(response.headers.get("Retry-After")))
 
     def _redact(self, text: str, secret: str | None) -> str:
         for value in (self._token, secret):

@@ -1,4 +1,5 @@
-"""The ``postgraas`` console script: create, list, show, wait for, extend and delete instances.
+"""The ``postgraas`` console script: create, list, show, wait for, extend and delete instances;
+``postgraas template ...`` (template_cli.py) for templates.
 
 stdout carries only what was asked for (JSON, env lines, a URI, the table), so that
 ``eval "$(postgraas create ... --output env)"`` works; notes and progress go to stderr.
@@ -22,6 +23,7 @@ from .api import PostgraasClient
 from .errors import ApiError, PostgraasClientError, leftover_of
 from .instance import Instance
 from .output import UnsafeEnvValue, format_env, format_expires, format_table, has_control_character
+from .template_cli import template
 
 OUTPUTS = ("json", "env", "uri")
 DEFAULT_WAIT_TIMEOUT = 300.0
@@ -197,6 +199,7 @@ def _instance_command(password_for: str | None = None) -> Callable[[Callable[...
 @click.option("--password", help="The user's password (default: a generated one, shown once).")
 @click.option("--ttl", help="Lifetime: seconds or 30m, 2h, 7d (default: the server's).")
 @click.option("--backend", help="A backend configured on the server (default: the server's).")
+@click.option("--template", "template_ref", metavar="NAME[@HASH]", help="Clone a ready template (see `template`).")
 @click.option("--no-wait", is_flag=True, help="Answer at once; the instance is still being created.")
 @_output_option(OUTPUTS, "json")
 @click.pass_context
@@ -208,6 +211,7 @@ def create(
     password: str | None,
     ttl: str | None,
     backend: str | None,
+    template_ref: str | None,
     no_wait: bool,
     output: str,
 ) -> None:
@@ -224,7 +228,7 @@ def create(
         # Refused before creating: afterwards the instance would exist with nothing printed.
         raise UnsafeEnvValue("PGPASSWORD")
     kwargs: dict[str, Any] = {"db_name": db_name, "db_username": db_username, "password": password}
-    kwargs |= {"ttl": ttl, "backend": backend, "wait": not no_wait}
+    kwargs |= {"ttl": ttl, "backend": backend, "wait": not no_wait, "template": template_ref}
     try:
         if no_wait:
             instance = client.create(name, **kwargs)
@@ -306,6 +310,8 @@ def wait(client: PostgraasClient, ref: str, timeout: float) -> None:
     detail = f": {instance.status_detail}" if instance.status_detail else ""
     raise click.ClickException(f"{label} is {instance.status}{detail}")
 
+
+main.add_command(template)
 
 if __name__ == "__main__":
     main()

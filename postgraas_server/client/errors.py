@@ -33,6 +33,10 @@ class AmbiguousName(PostgraasClientError):
     """A name that more than one visible instance has (an admin token sees every owner's)."""
 
 
+class TemplateFailedError(PostgraasClientError):
+    """A template that did not get ready: its build failed (twice), or it took too long."""
+
+
 class ApiError(PostgraasClientError):
     """The server answered with an error: its status, its message and its per-field reasons."""
 

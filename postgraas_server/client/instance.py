@@ -38,7 +38,7 @@ def default_username(name: str) -> str:
     return f"u_{ident}"[:IDENTIFIER_MAX_BYTES] if ident == "postgres" or ident.startswith("pg_") else ident
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     if not value:
         return None
     parsed = datetime.fromisoformat(str(value))
@@ -79,8 +79,8 @@ class Instance:
             backend=str(data.get("backend", "")),
             status=str(data.get("status", "")),
             status_detail=data.get("status_detail"),
-            expires_at=_parse_time(data.get("expires_at")),
-            created_at=_parse_time(data.get("creation_timestamp")),
+            expires_at=parse_time(data.get("expires_at")),
+            created_at=parse_time(data.get("creation_timestamp")),
             container_id=data.get("container_id"),
             backend_state=data.get("backend_state"),
             password=password,

@@ -1,4 +1,4 @@
-"""How instances are printed: env lines a shell can eval, the list table, ages and expiries."""
+"""How instances and templates are printed: env lines a shell can eval, the list tables, ages and expiries."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from datetime import datetime
 
 from .errors import PostgraasClientError
 from .instance import Instance
+from .templates import Template
+
+# As git shows commits: enough to tell a name's hashes apart.
+SHORT_HASH = 12
 
 
 class UnsafeEnvValue(PostgraasClientError):
@@ -85,11 +89,29 @@ def format_expires(expires_at: datetime | None, now: datetime) -> str:
     return f"in {format_span(left)}" if left > 0 else "expired"
 
 
+def _aligned(rows: list[list[str]]) -> str:
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _age(created_at: datetime | None, now: datetime) -> str:
+    return format_span((now - created_at).total_seconds()) if created_at else "-"
+
+
 def format_table(instances: Iterable[Instance], now: datetime) -> str:
     rows = [["ID", "NAME", "BACKEND", "STATUS", "HOST:PORT", "AGE", "EXPIRES"]]
     for i in instances:
         address = f"{i.host}:{i.port}" if i.host and i.port else "-"
-        age = format_span((now - i.created_at).total_seconds()) if i.created_at else "-"
+        age = _age(i.created_at, now)
         rows.append([str(i.id), i.name, i.backend, i.status, address, age, format_expires(i.expires_at, now)])
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return _aligned(rows)
+
+
+def format_template_table(templates: Iterable[Template], now: datetime) -> str:
+    """The templates; HASH shows the first SHORT_HASH characters (--output json has them all)."""
+    rows = [["ID", "NAME", "HASH", "BACKEND", "STATUS", "AGE", "EXPIRES"]]
+    for t in templates:
+        short = t.hash if len(t.hash) <= SHORT_HASH else t.hash[:SHORT_HASH]
+        expires = format_expires(t.expires_at, now)
+        rows.append([str(t.id), t.name, short, t.backend, t.status, _age(t.created_at, now), expires])
+    return _aligned(rows)
