@@ -33,6 +33,9 @@ class DatabaseSpec:
     pooled: bool = False
     # A clone of this Postgraas template (``Backend.clone``), not a new empty database.
     from_template: FrozenTemplate | None = None
+    # A template's builder: ``freeze`` will be asked of it, so a backend makes it where it can
+    # freeze it (never taken from a warm pool).
+    template_builder: bool = False
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"DatabaseSpec(instance_id={self.instance_id}, instance_name={self.instance_name!r})"

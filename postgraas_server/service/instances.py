@@ -137,6 +137,8 @@ class InstanceService:
         request: CreateInstanceRequest,
         principal: Principal | None = None,
         after_response: AfterResponse = _at_once,
+        *,
+        template_builder: bool = False,
     ) -> DBInstance | SimpleNamespace:
         """Reserve the name, create the database, mark the row ready; returns the row (a snapshot
         of its columns once ready).
@@ -144,7 +146,8 @@ class InstanceService:
         With ``request.wait`` (the default) this returns once the database is ready, and any
         failure removes the row again. Otherwise it returns the row still creating and goes on
         in the background; a failure then leaves the row as ``failed``, saying why.
-        No failure leaves a backend object behind.
+        No failure leaves a backend object behind. ``template_builder``: made for a template's
+        builder, to be frozen (see DatabaseSpec.template_builder).
         """
         owner = principal.owner if principal else ""
         template = self._template_of(request, owner)
@@ -159,7 +162,7 @@ class InstanceService:
                 request.db_pwd = generate_password()
             hashes = password_hashes(request.db_pwd)
             template_id = template.id if template is not None else None
-            if request.wait and self.pool.serves(backend_name, backend, request, template):
+            if request.wait and not template_builder and self.pool.serves(backend_name, backend, request, template):
                 taken = self.pool.take(
                     request, hashes, backend_name, backend, expires_at, owner, principal, template_id
                 )
@@ -184,6 +187,7 @@ class InstanceService:
                 from_template=template.frozen if template is not None else None,
                 ephemeral=request.durability == "ephemeral",
                 db_pwd_verifier=hashes.scram_verifier,
+                template_builder=template_builder,
             )
             if not request.wait:
                 self._provision_in_background(row.id, backend_name, backend, spec)

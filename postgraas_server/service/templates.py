@@ -103,7 +103,7 @@ class TemplateService:
             ttl=request.build_timeout,
         )
         try:
-            builder = self.instances.create(builder_request, principal)
+            builder = self.instances.create(builder_request, principal, template_builder=True)
         except Exception as e:
             detail = e.msg if isinstance(e, PostgraasError) else f"internal error: {type(e).__name__}"
             self._fail(template_id, build_id, f"the builder's database could not be made: {detail}")

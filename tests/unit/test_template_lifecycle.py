@@ -221,3 +221,19 @@ def test_a_build_timeout_longer_than_the_server_allows_is_refused_before_anythin
         ).status_code
         == 201
     )
+
+
+def test_a_builder_is_made_for_freezing_never_taken_from_the_backends_pool(tmp_path, fake_backend):
+    settings = settings_from_dict(
+        {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}}
+    )
+    upgrade(settings.metadb.sqlalchemy_url())
+    registry = BackendRegistry({"fake": fake_backend}, "fake", pools={"fake": 2})
+    app = create_app(settings, backends=registry, background=False)
+    app.config["TESTING"] = False
+    pool_keeper = PoolKeeper(app.extensions["postgraas"].service.pool)
+    assert fill(app, pool_keeper) == 2
+    builder = ensure(app.test_client()).get_json()
+    assert fake_backend.claims == []
+    spec = fake_backend.objects[f"fake-{builder['instance_id']}"]
+    assert spec.template_builder and not spec.pooled
