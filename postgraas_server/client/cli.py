@@ -2,7 +2,7 @@
 ``postgraas template ...`` (template_cli.py) for templates.
 
 stdout carries only what was asked for (JSON, env lines, a URI, the table), so that
-``eval "$(postgraas create ... --output env)"`` works; notes and progress go to stderr.
+``set -a; eval "$(postgraas create ... --output env)"; set +a`` works; notes and progress go to stderr.
 """
 
 from __future__ import annotations
@@ -135,8 +135,8 @@ def _password_option(action: str) -> Any:
         envvar="PGPASSWORD",
         show_envvar=True,
         help=f"The instance's password; needed to {action} it on a server without tokens. "
-        'Defaults to $PGPASSWORD (used only without --token), so after eval "$(postgraas create NAME '
-        '--output env)" a plain `postgraas delete "$POSTGRAAS_INSTANCE_ID"` works.',
+        'Defaults to $PGPASSWORD (used only without --token), so after set -a; eval "$(postgraas create '
+        'NAME --output env)"; set +a a plain `postgraas delete "$POSTGRAAS_INSTANCE_ID"` works.',
     )
 
 
