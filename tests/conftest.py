@@ -13,6 +13,7 @@ from postgraas_server.app import create_app
 from postgraas_server.backends import Backend, BackendRegistry
 from postgraas_server.config import settings_from_dict
 from postgraas_server.migrations import upgrade
+from postgraas_server.service import PoolKeeper
 
 from .fakes import FakeBackend
 
@@ -51,3 +52,13 @@ def app(tmp_path, fake_backend: FakeBackend) -> Flask:
 def client(app: Flask) -> Iterator[FlaskClient]:
     with app.test_client() as client:
         yield client
+
+
+@pytest.fixture
+def keeper(app: Flask) -> PoolKeeper:
+    """A pool keeper of ``app`` whose rounds the test runs itself (api_calls.fill)."""
+    pool = app.extensions["postgraas"].service.pool
+    keeper = PoolKeeper(pool)
+    # What start() does, without its thread: a create that takes a pooled instance wakes it.
+    pool.taken = keeper.wake
+    return keeper

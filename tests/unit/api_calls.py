@@ -24,3 +24,12 @@ def rows(app):
 
 def create(client, **overrides):
     return client.post("/postgraas_instances", json={**BODY, **overrides})
+
+
+def fill(app, keeper) -> int:
+    """One round of the pool keeper (conftest's ``keeper``) of ``app``; how many it made."""
+    with app.app_context():
+        try:
+            return keeper.fill()
+        finally:
+            db.session.remove()

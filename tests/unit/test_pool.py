@@ -15,10 +15,9 @@ from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import BackendError, Conflict
 from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance, db
-from postgraas_server.service import PoolKeeper
 from postgraas_server.service.reaper import Reaper
 
-from .api_calls import create
+from .api_calls import create, fill
 
 POOL_SIZE = 2
 
@@ -37,23 +36,6 @@ def app(tmp_path, fake_backend):
     app = create_app(settings, backends=registry, background=False)
     app.config["TESTING"] = False
     return app
-
-
-@pytest.fixture
-def keeper(app):
-    pool = app.extensions["postgraas"].service.pool
-    keeper = PoolKeeper(pool)
-    # What start() does, without its thread: a create that takes a pooled instance wakes it.
-    pool.taken = keeper.wake
-    return keeper
-
-
-def fill(app, keeper) -> int:
-    with app.app_context():
-        try:
-            return keeper.fill()
-        finally:
-            db.session.remove()
 
 
 def statuses(app) -> list[str]:

@@ -18,7 +18,7 @@ from postgraas_server.service import PoolKeeper
 from postgraas_server.service.reaper import Reaper
 from postgraas_server.tokens import issue_token
 
-from .api_calls import create, rows
+from .api_calls import create, fill, rows
 from .test_templates import ensure, finalize
 
 
@@ -32,22 +32,6 @@ def app(tmp_path, fake_backend):
     app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
     app.config["TESTING"] = False
     return app
-
-
-@pytest.fixture
-def keeper(app):
-    pool = app.extensions["postgraas"].service.pool
-    keeper = PoolKeeper(pool)
-    pool.taken = keeper.wake
-    return keeper
-
-
-def fill(app, keeper) -> int:
-    with app.app_context():
-        try:
-            return keeper.fill()
-        finally:
-            db.session.remove()
 
 
 def reap(app) -> None:

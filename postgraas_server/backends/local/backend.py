@@ -292,9 +292,9 @@ class LocalBackend(OwnServerBackend):
         prepare_data_root(self.data_root, run_as, self.settings.run_as_user)
 
     def _destroy(self, home: Path, run_as: RunAs | None) -> None:
-        """Stop the server, end whatever else still works in the instance's directory, and remove
+        """End the server and whatever else still works in the instance's directory, and remove
         everything of the instance."""
-        self._programs.stop(home, run_as)
+        self._programs.discard(home)
         remove_home(home)
 
     def _label(self, ref: str) -> str:

@@ -204,26 +204,11 @@ class ServerPrograms:
         )
         return result.returncode == 0
 
-    def stop(self, home: Path, run_as: RunAs | None) -> None:
-        """Stop the server (fast: sessions are terminated), then end whatever else still works in
-        the instance's directory."""
-        if (home / "data" / "postmaster.pid").exists():
-            self.run(
-                [self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "fast", "-w", "stop"],
-                run_as,
-                "pg_ctl stop",
-                check=False,
-            )
-            if self.running(home, run_as):
-                self.run(
-                    [self.bin_dir / "pg_ctl", "-D", home / "data", "-m", "immediate", "-w", "stop"],
-                    run_as,
-                    "pg_ctl stop",
-                    check=False,
-                )
-        # A pg_ctl start whose server died mid-create has no postmaster.pid yet to stop it by.
-        if ended := end_processes_working_in(home, INSTANCE_PROGRAMS):
-            log.warning("ended the processes %s still working in %s", ended, home)
+    def discard(self, home: Path) -> None:
+        """End the server whose data is thrown away next, and whatever else works in the instance's
+        directory: an immediate shutdown (SIGQUIT), with no checkpoint to write and no pg_ctl to
+        wait for, as a delete needs."""
+        end_processes_working_in(home, INSTANCE_PROGRAMS)
 
     def shut_down(self, home: Path, run_as: RunAs | None) -> None:
         """Stop the server with a fast shutdown (every session ended, then a shutdown checkpoint)
