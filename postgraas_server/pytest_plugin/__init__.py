@@ -179,7 +179,8 @@ def postgraas_database(request: pytest.FixtureRequest) -> Iterator[Instance]:
 
 @pytest.fixture
 def postgraas_clean_database(request: pytest.FixtureRequest) -> Iterator[Instance]:
-    """A fresh database for this test alone, shaped as postgraas_database; deleted after the test,
+    """A fresh database for this test alone, shaped as postgraas_database; deleted after the test
+    (in the background, while the next one runs; the session waits for every delete at its end),
     unless --postgraas-keep-on-failure and the test failed."""
     instance = _create(request, CLEAN_FIXTURE)
     try:
@@ -187,7 +188,8 @@ def postgraas_clean_database(request: pytest.FixtureRequest) -> Iterator[Instanc
     finally:
         config = request.config
         keep = config.getoption("postgraas_keep_on_failure") and request.node.stash.get(_test_failed_key, False)
-        release(config, CLEAN_FIXTURE, instance, keep)
+        # Deleted while the next test runs: pytest_sessionfinish waits for it.
+        release(config, CLEAN_FIXTURE, instance, keep, in_background=True)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -9,6 +9,8 @@ import json
 import os
 import shlex
 import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,10 @@ _kept_key = pytest.StashKey[list[dict[str, str]]]()
 _problems_key = pytest.StashKey[list[str]]()
 # Without the cache provider: this session's private directory for kept databases' env files.
 _kept_dir_key = pytest.StashKey[Path]()
+# Per-test databases being deleted on threads of their own (BackgroundDeletes).
+_deletes_key = pytest.StashKey["BackgroundDeletes"]()
+# Deletes at once: they mostly wait on the server, which serves them side by side.
+BACKGROUND_DELETERS = 2
 WORKER_OUTPUT_KEY = "postgraas_kept"
 WORKER_PROBLEMS_KEY = "postgraas_problems"
 
@@ -39,8 +45,11 @@ def defer(config: pytest.Config, fixture: str, instance: Instance) -> None:
     config.stash.setdefault(_pending_key, []).append((fixture, instance))
 
 
-def release(config: pytest.Config, fixture: str, instance: Instance, keep: bool) -> None:
-    """Keep the database of ``fixture`` (when ``keep``) or delete it; what failed goes to the summary."""
+def release(
+    config: pytest.Config, fixture: str, instance: Instance, keep: bool, *, in_background: bool = False
+) -> None:
+    """Keep the database of ``fixture`` (when ``keep``) or delete it, ``in_background`` on a thread
+    of BackgroundDeletes; what failed goes to the summary."""
     client = config.stash[client_key]
     if keep:
         try:
@@ -50,7 +59,44 @@ def release(config: pytest.Config, fixture: str, instance: Instance, keep: bool)
             # Without the file its password would be lost: delete it after all.
             what = f"{instance.name} (id {instance.id})"
             _problem(config, f"{fixture}: keeping {what} failed ({type(e).__name__}); it is deleted instead")
-    _delete(config, fixture, client, instance)
+    if in_background:
+        if _deletes_key not in config.stash:
+            config.stash[_deletes_key] = BackgroundDeletes(client)
+        config.stash[_deletes_key].submit(fixture, instance)
+        return
+    if problem := _delete(fixture, client, instance):
+        _problem(config, problem)
+
+
+class BackgroundDeletes:
+    """Deletes of per-test databases on threads of their own, so that a test does not wait for the
+    delete of the one before it (a delete stops a server, or removes a container). Each thread has
+    its own client: a requests Session is not to be shared between threads. pytest_sessionfinish
+    waits for them all."""
+
+    def __init__(self, client: PostgraasClient) -> None:
+        self._client = client
+        self._per_thread = threading.local()
+        self._clients: list[PostgraasClient] = []
+        self._executor = ThreadPoolExecutor(max_workers=BACKGROUND_DELETERS, thread_name_prefix="postgraas-delete")
+        self._deletes: list[Future[str | None]] = []
+
+    def submit(self, fixture: str, instance: Instance) -> None:
+        self._deletes.append(self._executor.submit(self._delete, fixture, instance))
+
+    def finish(self) -> list[str]:
+        """Once every delete submitted is done: what failed."""
+        self._executor.shutdown(wait=True)
+        for client in self._clients:
+            client.close()
+        return [problem for delete in self._deletes if (problem := delete.result())]
+
+    def _delete(self, fixture: str, instance: Instance) -> str | None:
+        client = getattr(self._per_thread, "client", None)
+        if client is None:
+            client = self._per_thread.client = self._client.with_own_session()
+            self._clients.append(client)
+        return _delete(fixture, client, instance)
 
 
 # trylast: after pytest's own pytest_sessionfinish, which tears down what an interrupted session
@@ -62,6 +108,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     pending = config.stash.get(_pending_key, [])
     config.stash[_pending_key] = []
     keep = config.getoption("postgraas_keep_on_failure") and config.stash.get(session_failed_key, False)
+    if _deletes_key in config.stash:
+        for problem in config.stash[_deletes_key].finish():
+            _problem(config, problem)
     for fixture, instance in pending:
         release(config, fixture, instance, keep)
     if client_key in config.stash:
@@ -79,18 +128,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _delete(config: pytest.Config, fixture: str, client: PostgraasClient, instance: Instance) -> None:
+def _delete(fixture: str, client: PostgraasClient, instance: Instance) -> str | None:
+    """Delete the database; None, or what failed for the summary."""
     from ..client import PostgraasClientError
 
     try:
         client.delete(instance.id, password=instance.password, force=True)
     except PostgraasClientError as e:
         expires = instance.expires_at.isoformat() if instance.expires_at else "never"
-        _problem(
-            config,
+        return (
             f"{fixture}: deleting {instance.name} (id {instance.id}) failed: {e}; "
-            f"the server deletes it when it expires ({expires}).",
+            f"the server deletes it when it expires ({expires})."
         )
+    return None
 
 
 def _problem(config: pytest.Config, message: str) -> None:

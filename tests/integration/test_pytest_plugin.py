@@ -77,6 +77,27 @@ def test_deletes_it(postgraas_database, request):
     assert requests.delete(f"{url}/postgraas_instances/{db.id}", json=body, timeout=60).status_code == 200
 """
 
+# A fresh database per test, the first deleted by its own test (so the plugin's background
+# delete of it fails with a 404); the others written to, each in its own database.
+CLEAN_DATABASES = """
+import psycopg
+import pytest
+import requests
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_clean(postgraas_clean_database, request, n):
+    db = postgraas_clean_database
+    with open("used.txt", "a") as f:
+        f.write(f"{db.id} {db.name} {db.password}\\n")
+    with psycopg.connect(db.uri, connect_timeout=10) as conn:
+        conn.execute("create table mine (n int)")
+    if n == 0:
+        url = request.config.getoption("postgraas_url")
+        body = {"db_pwd": db.password, "force": True}
+        assert requests.delete(f"{url}/postgraas_instances/{db.id}", json=body, timeout=60).status_code == 200
+"""
+
 # What the server says about the database: its backend and expiry, and when it was asked.
 SETTINGS = """
 import json
@@ -228,6 +249,24 @@ def test_a_failed_delete_fails_the_run_without_a_warning(pytester, server, xdist
     assert "postgraas: cleaning up failed" in output
     assert re.search(rf"postgraas_database: deleting {name} \(id {instance_id}\) failed: .*\(HTTP 404\)", output)
     assert password not in output and "Warning" not in output
+
+
+def test_per_test_databases_are_deleted_in_the_background_and_a_failed_delete_is_reported(pytester, server):
+    pytester.makepyfile(CLEAN_DATABASES)
+    result = inner_run(pytester, server)
+    seen = used(pytester)
+    result.assert_outcomes(passed=4)
+    # Each test had a database of its own (each created the same table), and the session waited
+    # for every delete: the one that failed fails the run, the others are gone.
+    assert len(seen) == 4
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    output = result.stdout.str() + result.stderr.str()
+    first_id = min(seen)
+    name = seen[first_id][0]
+    assert re.search(rf"postgraas_clean_database: deleting {name} \(id {first_id}\) failed: .*\(HTTP 404\)", output)
+    assert all(password not in output for _, password in seen.values())
+    for instance_id in seen:
+        assert server.get(f"/{instance_id}").status_code == 404
 
 
 def test_backend_and_ttl_reach_the_server(pytester, server):
