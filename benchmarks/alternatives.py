@@ -135,14 +135,19 @@ def time_initdb(bin_dir: Path, home: Path, timeout: float = 60) -> float:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def time_create_database(admin: psycopg.Connection, host: str, port: int, n: int) -> float:
+def time_create_database(admin: psycopg.Connection, host: str, port: int, n: int, template: str = "template0") -> float:
     """What a person does by hand in an existing cluster, over an admin connection already open:
-    CREATE ROLE and CREATE DATABASE (from template0, as the cluster backend does), then a login."""
+    CREATE ROLE and CREATE DATABASE (from template0, as the cluster backend does, or from
+    ``template``), then a login."""
     name, password = f"bench_peer_{n}_{secrets.token_hex(3)}", secrets.token_urlsafe(16)
     started = time.perf_counter()
     try:
         admin.execute(sql.SQL("create role {} login password {}").format(sql.Identifier(name), sql.Literal(password)))
-        admin.execute(sql.SQL("create database {} owner {} template template0").format(*[sql.Identifier(name)] * 2))
+        admin.execute(
+            sql.SQL("create database {} owner {} template {}").format(
+                sql.Identifier(name), sql.Identifier(name), sql.Identifier(template)
+            )
+        )
         with psycopg.connect(
             host=host, port=port, user=name, password=password, dbname=name, connect_timeout=5
         ) as conn:

@@ -93,8 +93,15 @@ class Created:
         return self.queried or self.answered or self.started
 
 
-def create_and_query(url: str, backend: str, durability: Durability, start: threading.Barrier | None = None) -> Created:
-    """POST a create, then log in to what it returned and run ``select 1``; the caller deletes it."""
+def create_and_query(
+    url: str,
+    backend: str,
+    durability: Durability,
+    start: threading.Barrier | None = None,
+    fields: dict | None = None,
+) -> Created:
+    """POST a create (with ``fields`` added to its body, e.g. a ``template``), then log in to what it
+    returned and run ``select 1``; the caller deletes it."""
     tag = uuid.uuid4().hex[:10]
     db_pwd = secrets.token_urlsafe(18)
     body = {
@@ -104,6 +111,7 @@ def create_and_query(url: str, backend: str, durability: Durability, start: thre
         "db_pwd": db_pwd,
         "backend": backend,
         **durability.fields(),
+        **(fields or {}),
     }
     payload = json.dumps(body).encode()
     target = urlsplit(url)
@@ -124,7 +132,7 @@ def create_and_query(url: str, backend: str, durability: Durability, start: thre
     answered = time.perf_counter()
     if response.status == 400 and "durability" in body and "durability" in text:
         durability.refuse(text.strip())
-        return create_and_query(url, backend, durability)
+        return create_and_query(url, backend, durability, fields=fields)
     if response.status != 201:
         return Created(started, answered, error=f"POST answered {response.status}: {text[:300]}")
     created = json.loads(text)
@@ -183,6 +191,7 @@ def measure_creates(
     pool_size: int | None = None,
     pool_timeout: float = 120,
     alongside: Sequence[Peer] = (),
+    fields: dict | None = None,
 ) -> dict:
     """``runs`` creates one after another, each deleted before the next; with a pool, each waits for it to be full.
 
@@ -206,7 +215,7 @@ def measure_creates(
                 say(pool_waits.errors[-1])
         if i:
             settle_machine(max_wait=3.0)
-        created = create_and_query(server.url, backend, durability)
+        created = create_and_query(server.url, backend, durability, fields=fields)
         if created.error:
             to_201.errors.append(created.error)
             to_query.errors.append(created.error)
