@@ -84,6 +84,7 @@ version: 0.1
 log: {level: info}
 storage:
   filesystem: {rootdirectory: $DATA/registry}
+  # A dropped template's manifest is deleted (postgraas_server/backends/swarm/registry_api.py).
   delete: {enabled: true}
 http: {addr: "$REGISTRY"}
 EOF

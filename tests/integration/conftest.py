@@ -42,6 +42,8 @@ CONTRACT_BACKENDS = (*BACKENDS, "swarm", "fake")
 # The real backends that keep templates (test_backend_contract_templates.py pins them, and the
 # fake, whose sessions run no SQL, against why_no_template()).
 TEMPLATE_BACKENDS = ("local", "cluster", "docker")
+# The template contract suite holds the swarm backend (on the swarm of scripts/swarm.sh) to it too.
+CONTRACT_TEMPLATE_BACKENDS = (*TEMPLATE_BACKENDS, "swarm")
 DEPLOYMENT = f"contract-{RUN_ID}"
 
 

@@ -16,7 +16,7 @@ import pytest
 from postgraas_server.backends import Backend, ObjectDescription, ObjectState
 from postgraas_server.errors import BackendUnavailable, Conflict
 
-from .conftest import BACKENDS, TEMPLATE_BACKENDS, make_backend
+from .conftest import BACKENDS, CONTRACT_TEMPLATE_BACKENDS, make_backend
 from .databases import Creator
 from .servers import free_port
 
@@ -164,7 +164,7 @@ TEMPLATES = {"cluster": "cluster_template"}
 
 def test_why_no_template_is_none_exactly_for_the_backends_with_templates(create, contract_name):
     # The fake keeps templates too; its sessions run no SQL, so the template suite leaves it out.
-    assert (create.backend.why_no_template() is None) == (contract_name in (*TEMPLATE_BACKENDS, "fake"))
+    assert (create.backend.why_no_template() is None) == (contract_name in (*CONTRACT_TEMPLATE_BACKENDS, "fake"))
     assert create.backend.takes_designated_templates == (contract_name in TEMPLATES)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from postgraas_server.backends import FrozenTemplate
 
-from .conftest import TEMPLATE_BACKENDS
+from .conftest import CONTRACT_TEMPLATE_BACKENDS
 from .databases import Creator, Made
 
 ROWS = 1000
@@ -29,7 +29,8 @@ class Templates:
         self.frozen: list[FrozenTemplate] = []
 
     def build(self) -> tuple[FrozenTemplate, int, Made]:
-        builder = self.create()
+        # As the service makes a builder: where the backend can freeze it (swarm: not as a service).
+        builder = self.create(template_builder=True)
         with builder.connect() as conn:
             conn.execute("create table items (id serial primary key, v text not null)")
             conn.execute("create index items_v on items (v)")
@@ -52,7 +53,7 @@ class Templates:
             self.backend.drop_template(frozen.artifact)
 
 
-@pytest.fixture(params=TEMPLATE_BACKENDS)
+@pytest.fixture(params=CONTRACT_TEMPLATE_BACKENDS)
 def templates(request, creator_for) -> Iterator[Templates]:
     made = Templates(creator_for(request.param))
     yield made
@@ -60,7 +61,7 @@ def templates(request, creator_for) -> Iterator[Templates]:
 
 
 def test_freeze_ends_the_builders_sessions_and_the_object_becomes_the_template(templates):
-    builder = templates.create()
+    builder = templates.create(template_builder=True)
     session = builder.connect()
     try:
         frozen = templates.backend.freeze(builder.ref, builder.spec.credentials, template_id=next(_template_ids))

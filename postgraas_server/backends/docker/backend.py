@@ -111,15 +111,13 @@ class DockerBackend(ImageBackend):
 
     def clone(self, template: FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
         refuse_names_taken(template.tenant, spec)
-        spec = self._with_pool_password(spec)
-        environment, secrets_in_env = _tenant_environment(spec)
-        options = self._container_options(spec, template.artifact, environment)
-        with self._api("create the container"):
-            try:
-                container = self.client.containers.create(**options)
-            except docker.errors.ImageNotFound:
-                raise BackendError(f"The template image {template.artifact} does not exist (any more).") from None
-        return self._start(container, spec, secrets_in_env, f" from template image {template.artifact}")
+
+        def image_gone() -> None:
+            raise BackendError(f"The template image {template.artifact} does not exist (any more).")
+
+        return self._run_tenant_container(
+            spec, template.artifact, image_gone, f" from template image {template.artifact}"
+        )
 
     def drop_template(self, artifact: str) -> None:
         with self._api("remove the template image"):
@@ -130,6 +128,23 @@ class DockerBackend(ImageBackend):
             return self._templates.list(self.client)
 
     # -- instances -----------------------------------------------------------------------------
+
+    def _run_tenant_container(
+        self, spec: DatabaseSpec, image: str, image_missing: Callable[[], None], origin: str
+    ) -> ProvisionedDatabase:
+        """A container of ``image``, the prepared image or one made of it (a template's), for
+        spec's tenant, returned once a login works. ``image_missing`` raises, or makes the image
+        available again (a pull), when the engine does not have it."""
+        spec = self._with_pool_password(spec)
+        environment, secrets_in_env = _tenant_environment(spec)
+        options = self._container_options(spec, image, environment)
+        with self._api("create the container"):
+            try:
+                container = self.client.containers.create(**options)
+            except docker.errors.ImageNotFound:
+                image_missing()
+                container = self.client.containers.create(**options)
+        return self._start(container, spec, secrets_in_env, origin)
 
     def _with_pool_password(self, spec: DatabaseSpec) -> DatabaseSpec:
         if not spec.pooled:
@@ -219,9 +234,7 @@ class DockerBackend(ImageBackend):
         with self._api("list the containers"):
             # sparse: the list answer has labels and times; no inspect per container, which
             # would also fail the whole listing for one container removed meanwhile.
-            containers = self.client.containers.list(
-                all=True, sparse=True, filters={"label": f"{DEPLOYMENT_LABEL}={self.deployment}"}
-            )
+            containers = self.client.containers.list(all=True, sparse=True, filters={"label": self._listed_labels()})
         objects = []
         for container in containers:
             try:
@@ -234,6 +247,10 @@ class DockerBackend(ImageBackend):
             name = (container.attrs.get("Labels") or {}).get(NAME_LABEL)
             objects.append(ManagedObject(container.id, instance_id, created, Credentials("", "", ""), port, name))
         return objects
+
+    def _listed_labels(self) -> list[str]:
+        """The label filters (all of them) this deployment's containers are listed by."""
+        return [f"{DEPLOYMENT_LABEL}={self.deployment}"]
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ from psycopg import sql
 
 from ...backend_settings import DockerBackendSettings, SwarmBackendSettings
 from ...errors import BackendError, BackendUnavailable, Conflict
-from ..contract import Credentials, DatabaseSpec, FrozenTemplate, ProvisionedDatabase
 from ..postgres.handover_connections import NotClaimable
 from ..postgres.own_server import EPHEMERAL_SETTINGS, OwnServerBackend
 from ..postgres.pool_secret import pool_secret
@@ -93,20 +92,6 @@ class ImageBackend(OwnServerBackend):
             NAME_LABEL: instance_name,
             INSTANCE_ID_LABEL: str(instance_id),
         }
-
-    # Templates, for a subclass without them (swarm): refused, for the reason its why_no_template() gives.
-
-    def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> FrozenTemplate:
-        raise BackendError(f"The {self.type_name} backend cannot make templates: {self.why_no_template()}.")
-
-    def clone(self, template: FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
-        raise BackendError(f"The {self.type_name} backend cannot make templates: {self.why_no_template()}.")
-
-    def drop_template(self, artifact: str) -> None:
-        return None  # it never made one
-
-    def list_templates(self) -> dict[int, str]:
-        return {}
 
     # claim and keep_ready: OwnServerBackend's, acting as the image's bootstrap superuser so that
     # the tenant's own role (the pooled login, a superuser) can be renamed.

@@ -54,14 +54,15 @@ SECRET_ENV = (VERIFIER_ENV, ADMIN_VERIFIER_ENV, "POSTGRES_PASSWORD")
 STOP_TIMEOUT_S = 30
 # The builder's server, started again after a failed freeze, accepts its password back within this.
 RESUME_TIMEOUT_S = 60.0
-_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 _CLONE_WRAPPER_TEMPLATE = r"""#!/bin/sh
 # Entrypoint of a postgraas template image (postgraas_server/backends/docker/templates.py): a
 # container of the prepared image, stopped cleanly and committed. On a clone's first start this
 # hands the template's tenant (the builder's role and database) over to POSTGRES_USER and
 # POSTGRES_DB, with the password whose SCRAM verifier is in POSTGRAAS_PASSWORD_VERIFIER, in a
-# single-user postgres: the tenant keeps owning every object the builder made. Then the prepared
+# single-user postgres: the tenant keeps owning every object the builder made (and, where
+# POSTGRAAS_ADMIN_VERIFIER is set, the bootstrap superuser gets that password). Then the prepared
 # image's entrypoint, which finds its tenant made, starts postgres at once.
 set -eu
 
@@ -93,6 +94,11 @@ hand_over_sql() {
         statement "DROP DATABASE postgres"
     fi
     statement "BEGIN"
+    if [ -n "$admin_verifier" ] && [ "$user" != @BOOTSTRAP@ ]; then
+        # A swarm clone: the server logs in as the bootstrap superuser over TCP to count sessions
+        # (it cannot run a command in a task); the prepared wrapper, finding its tenant made, would not.
+        statement "ALTER ROLE $(ident @BOOTSTRAP@) PASSWORD $(literal "$admin_verifier")"
+    fi
     if [ "$user" != "$template_user" ]; then
         statement "ALTER ROLE $(ident "$template_user") RENAME TO $(ident "$user")"
     fi
@@ -107,14 +113,15 @@ if [ ! -e "$marker" ]; then
     user=${POSTGRES_USER:-$template_user}
     db=${POSTGRES_DB:-$template_db}
     verifier=${POSTGRAAS_PASSWORD_VERIFIER:-}
+    admin_verifier=${POSTGRAAS_ADMIN_VERIFIER:-}
     if [ -z "$verifier" ]; then
         say "POSTGRAAS_PASSWORD_VERIFIER is not set: the tenant would have no password"
         exit 1
     fi
-    case "$user$db$verifier" in
+    case "$user$db$verifier$admin_verifier" in
         *"
 "*)
-            say "POSTGRES_USER, POSTGRES_DB and the verifier must be on one line"
+            say "POSTGRES_USER, POSTGRES_DB and the verifiers must be on one line"
             exit 1
             ;;
     esac
@@ -137,16 +144,17 @@ def clone_wrapper_script(tenant: Credentials, template_id: int) -> str:
         .replace("@TEMPLATE_USER@", shlex.quote(tenant.db_username))
         .replace("@TEMPLATE_DB@", shlex.quote(tenant.db_name))
         .replace("@TEMPLATE_ID@", str(int(template_id)))
+        .replace("@BOOTSTRAP@", shlex.quote(BOOTSTRAP_USER))
     )
 
 
-def template_tag(deployment: str, template_id: int) -> str:
-    """``postgraas/template:<deployment>-<id>``; a deployment id a tag cannot hold as it is gets a
-    hash of itself appended, so that no two deployments share a tag."""
+def template_tag(deployment: str, template_id: int, repository: str = REPOSITORY) -> str:
+    """``postgraas/template:<deployment>-<id>`` (or of another ``repository``); a deployment id a
+    tag cannot hold as it is gets a hash of itself appended, so that no two deployments share a tag."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", deployment).lstrip(".-")[:100]
     if safe != deployment:
         safe = f"{safe[:80]}_{hashlib.sha256(deployment.encode()).hexdigest()[:12]}"
-    return f"{REPOSITORY}:{safe}-{template_id}"
+    return f"{repository}:{safe}-{template_id}"
 
 
 def refuse_names_taken(template_tenant: Credentials, spec: DatabaseSpec) -> None:
@@ -166,16 +174,30 @@ def _sql_literal(value: str) -> str:
 
 
 class TemplateImages:
-    """This deployment's template images on one engine. Methods raise the docker SDK's errors for
-    the backend to translate."""
+    """This deployment's template images on one engine, in ``repository``. Methods raise the
+    docker SDK's errors for the backend to translate."""
 
-    def __init__(self, deployment: str) -> None:
+    # Labels only a builder's container has, emptied in its image as the instance labels are.
+    builder_labels: tuple[str, ...] = ()
+
+    def __init__(self, deployment: str, repository: str = REPOSITORY) -> None:
         self.deployment = deployment
+        self.repository = repository
+
+    def _publish(self, client: Any, image: Any, template_id: int) -> str:
+        """The artifact of the committed ``image``: here its id; where the image must reach other
+        engines (swarm), a reference in a registry. A failure leaves the builder running."""
+        return str(image.id)
+
+    def _artifact(self, listed: dict[str, Any]) -> str:
+        """The artifact of an image as the low-level image listing gives it."""
+        return str(listed["Id"])
 
     def freeze(self, client: Any, container: Any, tenant: Credentials, template_id: int) -> str:
         """Commit the running builder ``container`` (checked as this deployment's) into template
-        ``template_id``'s image and remove the container; the image's id. On failure the builder
-        runs again as it was (or, when only its removal failed, the image is removed again)."""
+        ``template_id``'s image and remove the container; the artifact (``_publish``). On failure
+        the builder runs again as it was (or, when only its removal failed, the template is removed
+        again)."""
         if (why := self._why_not(container, tenant)) is not None:
             raise BackendError(f"Container {container.name} cannot become a template: {why}.")
         password = self._check_tenant(container, tenant)
@@ -200,6 +222,11 @@ class TemplateImages:
                     f"made a template. Last log lines:\n{log_tail(container, ())}"
                 )
             image = self._commit(client, container, template_id)
+            try:
+                artifact = self._publish(client, image, template_id)
+            except BaseException:
+                self._remove_quietly(client, image.id)
+                raise
         except BaseException:
             self._resume(container, tenant, password)
             raise
@@ -209,14 +236,14 @@ class TemplateImages:
             pass
         except BaseException:
             # Else the template would exist beside its builder, which the caller then removes too.
-            self._remove_quietly(client, image.id)
+            self._discard(client, image.id, artifact)
             raise
-        return str(image.id)
+        return artifact
 
     def drop(self, client: Any, artifact: str) -> None:
         """Remove the image ``artifact`` unless clones still use it (their removal lets the next
         drop remove it). Idempotent; refuses any image but this deployment's templates."""
-        if not _IMAGE_ID.fullmatch(artifact):
+        if not IMAGE_ID.fullmatch(artifact):
             raise BackendError(f"Invalid docker template reference {artifact!r}.")
         try:
             image = client.images.get(artifact)
@@ -238,7 +265,7 @@ class TemplateImages:
         log.info("removed template image %s", artifact)
 
     def list(self, client: Any) -> dict[int, str]:
-        """Template id -> image id of this deployment's template images. Of two images of one id
+        """Template id -> artifact of this deployment's template images. Of two images of one id
         (an id used again while clones kept the first), the older: the one no row can hold."""
         # The low-level listing: the model's would inspect each image, and fail for one removed meanwhile.
         listed = client.api.images(filters={"label": f"{TEMPLATE_DEPLOYMENT_LABEL}={self.deployment}"})
@@ -246,7 +273,7 @@ class TemplateImages:
         for image in sorted(listed, key=lambda image: image.get("Created") or 0):
             value = (image.get("Labels") or {}).get(TEMPLATE_ID_LABEL, "")
             if value.isdigit():
-                found.setdefault(int(value), image["Id"])
+                found.setdefault(int(value), self._artifact(image))
         return found
 
     # -- helpers ---------------------------------------------------------------------------
@@ -305,11 +332,12 @@ class TemplateImages:
                 DEPLOYMENT_LABEL: "",
                 INSTANCE_ID_LABEL: "",
                 NAME_LABEL: "",
+                **dict.fromkeys(self.builder_labels, ""),
                 TEMPLATE_DEPLOYMENT_LABEL: self.deployment,
                 TEMPLATE_ID_LABEL: str(template_id),
             },
         }
-        repository, tag = template_tag(self.deployment, template_id).rsplit(":", 1)
+        repository, tag = template_tag(self.deployment, template_id, self.repository).rsplit(":", 1)
         message = f"postgraas: template {template_id} of deployment {self.deployment}"
         return container.commit(repository, tag, message=message, conf=config, pause=False)
 
@@ -334,6 +362,10 @@ class TemplateImages:
                 time.sleep(0.2)
         except (BackendError, docker.errors.DockerException, requests.RequestException):
             log.exception("container %s could not be resumed after a failed freeze", container.name)
+
+    def _discard(self, client: Any, image_id: str, artifact: str) -> None:
+        """Remove a template whose freeze failed after ``_publish`` (logged, not raised)."""
+        self._remove_quietly(client, image_id)
 
     @staticmethod
     def _remove_quietly(client: Any, image_id: str) -> None:

@@ -1,13 +1,13 @@
 """The swarm backend: each instance is a Docker Swarm service of one task, of the (prepared)
 image, on a node Swarm chooses, published in host mode on a port Swarm picks. Everything is
-done through one manager's API."""
+done through one manager's API. A template's builder is a container on the manager's own engine,
+frozen into an image pushed to the registry; a clone is a service of that image (templates.py)."""
 
 from __future__ import annotations
 
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -18,30 +18,28 @@ import psycopg
 import requests
 
 from ...backend_settings import SwarmBackendSettings
-from ...errors import BackendError, BackendTimeout, BackendUnavailable, CapacityExhausted, Conflict, InUse
+from ...errors import BackendError, BackendTimeout, BackendUnavailable, Conflict, InUse
 from ...scram import scram_sha256_verifier
-from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescription, ObjectState, ProvisionedDatabase
+from ..contract import (
+    Credentials,
+    DatabaseSpec,
+    FrozenTemplate,
+    ManagedObject,
+    ObjectDescription,
+    ObjectState,
+    ProvisionedDatabase,
+)
 from ..docker.containers import created_at, environment_of
 from ..docker.prepared_backend import DEPLOYMENT_LABEL, INSTANCE_ID_LABEL, NAME_LABEL, ImageBackend
 from ..docker.prepared_image import ADMIN_VERIFIER_ENV, BOOTSTRAP_USER, VERIFIER_ENV
+from ..docker.templates import refuse_names_taken
 from ..postgres.client import NotReady, count_other_sessions, wait_for_login
 from .service_image import ServiceImage
-from .services import ENDED_STATES, Node, NodeBook, TaskPlace, service_options, task_place, why_lost
+from .services import NodeBook, service_options, task_place, why_lost
+from .tasks import ServiceTasks, TaskEnded
+from .templates import SwarmTemplates, builder_container
 
 log = logging.getLogger(__name__)
-
-TASK_POLL_S = 0.2
-# Between login attempts, whether the task ended (a failed start) is asked at most this often.
-TASK_CHECK_S = 0.5
-# What a 503 for a create Swarm cannot place tells clients to wait.
-PLACEMENT_RETRY_AFTER_S = 30
-# A removed service's task gets the image's stop signal (SIGINT: postgres's fast shutdown), then SIGKILL
-# after Swarm's grace period.
-STOP_TIMEOUT_S = 15.0
-
-
-class TaskEnded(Exception):
-    """The service's task stopped while we waited for its database."""
 
 
 class SwarmBackend(ImageBackend):
@@ -56,6 +54,8 @@ class SwarmBackend(ImageBackend):
         self.settings = settings
         self._image = ServiceImage(settings, self._build_options)
         self._nodes = NodeBook(settings.advertise_label)
+        self._tasks = ServiceTasks(settings, lambda: self.client, self._nodes, self._api)
+        self._templates = SwarmTemplates(settings, deployment, lambda: self.client, self._nodes, self._api)
         # Pooled services' client-facing addresses, found when their hand-over connection was made.
         self._advertised: dict[str, str] = {}
         self._manager_seen = False
@@ -68,35 +68,79 @@ class SwarmBackend(ImageBackend):
         return "the swarm backend keeps a warm pool of the prepared image only, which needs registry and prepare_image"
 
     def why_no_template(self) -> str | None:
-        return (
-            "a template is an instance's container committed into an image, and the Swarm manager's API cannot "
-            "commit a task's container (only the engine of the node running it can)"
-        )
+        # A template is a builder's container committed into an image of the prepared image (whose
+        # data is in the container's layer), and the nodes get it from the registry.
+        if self.settings.prepare_image and self.settings.registry:
+            return None
+        return "the swarm backend keeps templates of the prepared image only, which needs registry and prepare_image"
 
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
-        if spec.pooled:
-            spec = replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)
+        spec = self._with_pool_password(spec)
         if not self._manager_seen:
             # Before an image is made and pushed for nothing: base_url must name a manager.
             self.health()
             self._manager_seen = True
         with self._api("find the image"):
             image, prepared = self._image.resolve(self.client)
-        if spec.pooled and not prepared:
-            raise BackendError(
-                f"The warm pool needs the prepared image of {self.settings.image}, which is not available."
-            )
+        if (spec.pooled or spec.template_builder) and not prepared:
+            needs = "The warm pool needs" if spec.pooled else "A template's builder needs"
+            raise BackendError(f"{needs} the prepared image of {self.settings.image}, which is not available.")
+        if spec.template_builder:
+            # Where it can be committed: the manager's own engine.
+            return self._templates.engine().create_builder(spec, image)
         if prepared:
-            # No plaintext password: the prepared wrapper creates the tenant with its SCRAM verifier.
-            env = {
-                "POSTGRES_USER": spec.db_username,
-                "POSTGRES_DB": spec.db_name,
-                VERIFIER_ENV: spec.scram_verifier(),
-                # So that a delete without db_pwd (a token's) can count the open sessions over TCP.
-                ADMIN_VERIFIER_ENV: scram_sha256_verifier(self._admin_password(spec.instance_id)),
-            }
+            env = self._tenant_environment(spec)
         else:
             env = {"POSTGRES_USER": spec.db_username, "POSTGRES_PASSWORD": spec.db_pwd, "POSTGRES_DB": spec.db_name}
+        return self._run_service(spec, image, env)
+
+    # -- templates (see templates.py) --------------------------------------------------------
+
+    def freeze(self, ref: str, credentials: Credentials, *, template_id: int) -> FrozenTemplate:
+        if (why := self.why_no_template()) is not None:
+            raise BackendError(f"The swarm backend cannot make templates: {why}.")
+        frozen = self._templates.freeze(ref, credentials, template_id)
+        log.info("froze template builder %s into %s", ref, frozen.artifact)
+        return frozen
+
+    def clone(self, template: FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
+        if (why := self.why_no_template()) is not None:
+            raise BackendError(f"The swarm backend cannot make templates: {why}.")
+        refuse_names_taken(template.tenant, spec)
+        spec = self._with_pool_password(spec)
+        return self._run_service(spec, template.artifact, self._tenant_environment(spec), template.artifact)
+
+    def drop_template(self, artifact: str) -> None:
+        self._templates.drop(artifact)
+
+    def list_templates(self) -> dict[int, str]:
+        if self.why_no_template() is not None:
+            return {}  # it never made one
+        return self._templates.list()
+
+    # -- instances -----------------------------------------------------------------------------
+
+    def _with_pool_password(self, spec: DatabaseSpec) -> DatabaseSpec:
+        if not spec.pooled:
+            return spec
+        return replace(spec, db_pwd=self._pool_password(spec.instance_id, spec.db_username), db_pwd_verifier=None)
+
+    def _tenant_environment(self, spec: DatabaseSpec) -> dict[str, str]:
+        """A service's environment for spec's tenant, of the prepared image or a template's: no
+        plaintext password, the wrappers set the tenant's SCRAM verifier."""
+        return {
+            "POSTGRES_USER": spec.db_username,
+            "POSTGRES_DB": spec.db_name,
+            VERIFIER_ENV: spec.scram_verifier(),
+            # So that a delete without db_pwd (a token's) can count the open sessions over TCP.
+            ADMIN_VERIFIER_ENV: scram_sha256_verifier(self._admin_password(spec.instance_id)),
+        }
+
+    def _run_service(
+        self, spec: DatabaseSpec, image: str, env: dict[str, str], template: str | None = None
+    ) -> ProvisionedDatabase:
+        """spec's service of ``image`` (of ``template``, a clone's), returned once a login works;
+        removed on any failure."""
         options = service_options(
             self.settings,
             name=f"postgraas-{_service_safe(spec.instance_name)[:45]}-{secrets.token_hex(3)}",
@@ -108,13 +152,13 @@ class SwarmBackend(ImageBackend):
         with self._api("create the service"):
             service_id = self.client.services.create(**options).id
         try:
-            node, port = self._wait_until_running(service_id)
+            node, port = self._tasks.wait_until_running(service_id)
             wait_for_login(
                 node.address,
                 port,
                 spec.credentials,
                 timeout=self.settings.ready_timeout,
-                still_starting=self._task_watch(service_id),
+                still_starting=self._tasks.watch(service_id),
             )
         except BaseException as e:
             self._remove_quietly(service_id, "after a failed create")
@@ -124,7 +168,7 @@ class SwarmBackend(ImageBackend):
                     f"{self.settings.ready_timeout:g} s (last error: {e}); the service was removed."
                 ) from e
             if isinstance(e, TaskEnded):
-                if "rejected" in str(e):
+                if "rejected" in str(e) and template is None:
                     # A node could not start it: the image may be gone from the registry; push it again.
                     self._image.forget()
                 raise BackendError(
@@ -132,16 +176,15 @@ class SwarmBackend(ImageBackend):
                     "the service was removed."
                 ) from e
             raise
-        log.info(
-            "created swarm service %s for %s on node %s, port %s",
-            service_id[:12],
-            spec.instance_name,
-            node.hostname,
-            port,
-        )
+        origin = f" from template {template}" if template else ""
+        log.info("created swarm service %s%s for %s on node %s, port %s", service_id[:12], origin, spec.instance_name,
+                 node.hostname, port)  # fmt: skip
         return ProvisionedDatabase(ref=service_id, host=node.advertised, port=port)
 
     def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> None:
+        if (container := builder_container(ref)) is not None:
+            self._templates.engine().delete(container, credentials, instance_id=instance_id, force=force)
+            return None
         # A service id is never reused: the ref is this instance's service or none at all.
         with self._api("remove the service"):
             try:
@@ -155,11 +198,13 @@ class SwarmBackend(ImageBackend):
                 service.remove()
             except docker.errors.NotFound:
                 return None
-            self._wait_until_stopped(ref)
+            self._tasks.wait_until_stopped(ref)
         log.info("removed swarm service %s (force=%s)", ref[:12], force)
         return None
 
     def exists(self, ref: str) -> bool:
+        if (container := builder_container(ref)) is not None:
+            return self._templates.engine().exists(container)
         with self._api("look up the service"):
             try:
                 self.client.api.inspect_service(ref)
@@ -168,12 +213,14 @@ class SwarmBackend(ImageBackend):
         return True
 
     def describe(self, ref: str) -> ObjectDescription:
+        if (container := builder_container(ref)) is not None:
+            return self._templates.engine().describe(container)
         with self._api("look up the service"):
             try:
                 self.client.api.inspect_service(ref)
             except docker.errors.NotFound:
                 return ObjectDescription(ObjectState.MISSING)
-            where = self._running_at(ref)
+            where = self._tasks.running_at(ref)
         if where is None:
             return ObjectDescription(ObjectState.STOPPED)
         node, port = where
@@ -194,7 +241,7 @@ class SwarmBackend(ImageBackend):
             tasks: dict[str, list[dict[str, Any]]] = {}
             ids = [s["ID"] for s in services]
             for start in range(0, len(ids), 100):
-                for task in self._tasks(ids[start : start + 100]):
+                for task in self._tasks.of(ids[start : start + 100]):
                     tasks.setdefault(task.get("ServiceID", ""), []).append(task)
             nodes = self._nodes.refresh(self.client)
         objects = []
@@ -216,6 +263,8 @@ class SwarmBackend(ImageBackend):
                     lost=why_lost(place, nodes),
                 )
             )
+        if self.why_no_template() is None:
+            objects.extend(self._templates.list_builders())
         return objects
 
     # -- the pool's hand-over ----------------------------------------------------------------
@@ -223,7 +272,7 @@ class SwarmBackend(ImageBackend):
     def _connect_pooled(self, ref: str) -> psycopg.Connection:
         with self._api("look up the pooled service"):
             spec = self.client.api.inspect_service(ref).get("Spec") or {}
-            where = self._running_at(ref)
+            where = self._tasks.running_at(ref)
         if where is None:
             raise BackendError(f"The task of pooled swarm service {ref[:12]} does not run")
         node, port = where
@@ -241,94 +290,8 @@ class SwarmBackend(ImageBackend):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _wait_until_running(self, service_id: str) -> tuple[Node, int]:
-        """The node and port of the service's task once it runs. Raises CapacityExhausted (with
-        Swarm's reason) when no node takes it within placement_timeout, TaskEnded when it stops."""
-        started = time.monotonic()
-        placed_at: float | None = None
-        while True:
-            place = self._place(service_id)
-            now = time.monotonic()
-            if place is not None and place.ended:
-                raise TaskEnded(f"{place.state}: {place.reason}")
-            if place is None or not place.placed:
-                if now - started > self.settings.placement_timeout:
-                    reason = (place.reason if place else "") or "Swarm made no task for it"
-                    raise CapacityExhausted(
-                        f"Swarm could not place the instance on any node within "
-                        f"{self.settings.placement_timeout:g} s: {reason}. Nothing was left behind.",
-                        retry_after=PLACEMENT_RETRY_AFTER_S,
-                    )
-            else:
-                placed_at = placed_at or now
-                if place.state == "running" and place.port and place.node_id:
-                    with self._api("look up the node"):
-                        node = self._nodes.get(self.client, place.node_id)
-                    if node is None:
-                        raise TaskEnded(f"its node {place.node_id[:12]} left the swarm")
-                    return node, place.port
-                if now - placed_at > self.settings.ready_timeout:
-                    raise NotReady(f"the task was still {place.state} ({place.reason})")
-            time.sleep(TASK_POLL_S)
-
-    def _wait_until_stopped(self, service_id: str) -> None:
-        """Return once the removed service's task stopped on its node (the node's agent stops it
-        after the removal is answered), or its node is down (it stops when the node returns)."""
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            # Listed whole: filtered by a service removed already, the manager answers 404.
-            tasks = self._tasks_listed_whole([service_id])
-            live = [t for t in tasks if (t.get("Status") or {}).get("State") not in ENDED_STATES]
-            if not any(self._on_node_not_down(t) for t in live):
-                return
-            time.sleep(TASK_POLL_S)
-        log.warning("the task of removed swarm service %s did not stop within %g s", service_id[:12], STOP_TIMEOUT_S)
-
-    def _on_node_not_down(self, task: dict[str, Any]) -> bool:
-        node = self._nodes.get(self.client, task.get("NodeID") or "")
-        return node is not None and not node.down
-
-    def _tasks(self, service_ids: list[str]) -> list[dict[str, Any]]:
-        """The tasks of these services. Filtered by service, the manager answers 404 when one of
-        them was removed meanwhile (by another request or replica): then all tasks, filtered here."""
-        try:
-            return list(self.client.api.tasks(filters={"service": service_ids}))
-        except docker.errors.NotFound:
-            return self._tasks_listed_whole(service_ids)
-
-    def _tasks_listed_whole(self, service_ids: list[str]) -> list[dict[str, Any]]:
-        wanted = set(service_ids)
-        return [t for t in self.client.api.tasks() if t.get("ServiceID") in wanted]
-
-    def _place(self, service_id: str) -> TaskPlace | None:
-        with self._api("look up the service's task"):
-            return task_place(self._tasks([service_id]))
-
-    def _running_at(self, ref: str) -> tuple[Node, int] | None:
-        """The node and port of the service's task while it runs on a node that is not down (one
-        out of touch for a moment, unknown or disconnected, still runs it)."""
-        place = self._place(ref)
-        if place is None or place.state != "running" or not place.node_id or not place.port:
-            return None
-        with self._api("look up the node"):
-            node = self._nodes.get(self.client, place.node_id)
-        return (node, place.port) if node is not None and not node.down else None
-
-    def _task_watch(self, service_id: str) -> Callable[[], None]:
-        last_check = time.monotonic()
-
-        def check() -> None:
-            nonlocal last_check
-            if time.monotonic() - last_check >= TASK_CHECK_S:
-                last_check = time.monotonic()
-                place = self._place(service_id)
-                if place is not None and place.ended:
-                    raise TaskEnded(f"{place.state}: {place.reason}")
-
-        return check
-
     def _refuse_if_in_use(self, ref: str, credentials: Credentials, instance_id: int) -> None:
-        where = self._running_at(ref)
+        where = self._tasks.running_at(ref)
         if where is None:
             return  # nothing runs, so nobody is connected
         node, port = where

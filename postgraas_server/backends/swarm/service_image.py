@@ -20,6 +20,27 @@ log = logging.getLogger(__name__)
 PREPARED_REPOSITORY = "postgraas/prepared"
 
 
+class PushRefused(Exception):
+    """The registry (or the engine pushing to it) refused a push; the message is their word."""
+
+
+def push_image(client: Any, repository: str, tag: str) -> str:
+    """Push ``repository:tag`` from the engine of ``client``; the pushed reference by digest
+    (``repository@sha256:...``), which names exactly this image on every node. Raises PushRefused,
+    and the docker SDK's errors when the engine cannot be reached."""
+    try:
+        for line in client.api.push(repository, tag, stream=True, decode=True):
+            if "error" in line:
+                raise PushRefused(line["error"])
+    except docker.errors.APIError as e:
+        raise PushRefused(e.explanation or str(e)) from e
+    digests = client.images.get(f"{repository}:{tag}").attrs.get("RepoDigests") or []
+    reference = next((d for d in digests if d.startswith(f"{repository}@")), None)
+    if reference is None:
+        raise PushRefused("the push reported no digest")
+    return reference
+
+
 class ServiceImage:
     def __init__(self, settings: SwarmBackendSettings, build_options: Callable[[], dict[str, Any]]) -> None:
         self.settings = settings
@@ -62,15 +83,9 @@ class ServiceImage:
             repository, tag = f"{registry}/{_path_of(self.settings.image)}", image.id.split(":")[-1][:16]
         source.tag(repository, tag)
         try:
-            for line in client.api.push(repository, tag, stream=True, decode=True):
-                if "error" in line:
-                    raise BackendUnavailable(self._refused(repository, tag, line["error"]))
-        except docker.errors.APIError as e:
-            raise BackendUnavailable(self._refused(repository, tag, e.explanation or str(e))) from e
-        digests = client.images.get(f"{repository}:{tag}").attrs.get("RepoDigests") or []
-        reference = next((d for d in digests if d.startswith(f"{repository}@")), None)
-        if reference is None:
-            raise BackendUnavailable(self._refused(repository, tag, "the push reported no digest"))
+            reference = push_image(client, repository, tag)
+        except PushRefused as e:
+            raise BackendUnavailable(self._refused(repository, tag, str(e))) from e
         log.info("pushed %s as %s", self.settings.image if prepared is None else prepared, reference)
         final = prepared is not None or not self.settings.prepare_image or self._preparer.cannot_prepare(image.id)
         return (reference, prepared is not None), final

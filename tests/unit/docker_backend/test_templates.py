@@ -238,3 +238,27 @@ def test_the_clone_wrapper_refuses_to_leave_the_tenant_without_a_password(wrappe
 def test_the_clone_wrapper_passes_other_commands_through(wrapper, tmp_path):
     assert wrapper("bash", "-c", "true").returncode == 0
     assert _read(tmp_path / "args") == "bash -c true\n" and _read(tmp_path / "sql") == ""
+
+
+def test_the_clone_wrapper_gives_the_bootstrap_superuser_the_admin_verifier_when_set(wrapper, tmp_path):
+    """A swarm clone's server counts sessions as that superuser over TCP; the prepared wrapper,
+    finding its tenant made already in a template image, would not set it."""
+    admin = "SCRAM-SHA-256$4096:YWRtaW4=$a2V5$c2Vydg=="
+    env = {"POSTGRES_USER": "bob", "POSTGRES_DB": "shop", VERIFIER_ENV: BUILDER_VERIFIER}
+    done = wrapper("postgres", **env, POSTGRAAS_ADMIN_VERIFIER=admin)
+    assert done.returncode == 0, done.stderr
+    sql = _read(tmp_path / "sql")
+    assert f"ALTER ROLE \"postgres\" PASSWORD '{admin}';\n\n" in sql
+    assert sql.index("BEGIN") < sql.index('ALTER ROLE "postgres"') < sql.index("COMMIT")
+
+
+def test_the_clone_wrapper_leaves_the_bootstrap_superuser_alone_without_an_admin_verifier(wrapper, tmp_path):
+    done = wrapper("postgres", POSTGRES_USER="bob", POSTGRES_DB="shop", **{VERIFIER_ENV: BUILDER_VERIFIER})
+    assert done.returncode == 0, done.stderr
+    assert '"postgres"' not in _read(tmp_path / "sql")
+
+
+def test_the_clone_wrapper_refuses_an_admin_verifier_of_two_lines(wrapper, tmp_path):
+    env = {"POSTGRES_USER": "bob", "POSTGRES_DB": "shop", VERIFIER_ENV: BUILDER_VERIFIER}
+    refused = wrapper("postgres", **env, POSTGRAAS_ADMIN_VERIFIER="a\nALTER ROLE x SUPERUSER")
+    assert refused.returncode == 1 and "one line" in refused.stderr and _read(tmp_path / "sql") == ""
