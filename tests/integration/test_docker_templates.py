@@ -9,6 +9,7 @@ import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import docker.errors
 import psycopg
@@ -165,6 +166,30 @@ def test_a_pooled_clone_is_claimed_like_any_pooled_instance(builds):
     with claimed.connect() as conn:
         assert conn.execute("select n from item_count").fetchone() == (ROWS,)
     builds.backend.keep_ready([])
+
+
+def copied_up(docker_client, made, path: str) -> bool:
+    """Whether the container's own layer (overlay2's upper directory, on this host) has the file at
+    ``path`` (relative to PGDATA) yet. docker diff does not list a file copied up for an open alone."""
+    upper = Path(docker_client.containers.get(made.ref).attrs["GraphDriver"]["Data"]["UpperDir"])
+    return (upper / "var/lib/postgraas/data" / path).exists()
+
+
+def test_a_pooled_clone_has_its_relations_in_its_own_layer_before_it_is_claimed(builds, docker_client):
+    """The template's files are in an image layer, and the first open of each in a container copies
+    it up: a clone made ahead does that then, not on the first queries of the test that claims it."""
+    frozen, _, _ = builds.build()
+    tag = uuid.uuid4().hex[:8]
+    cold = builds.create.clone(frozen)
+    with cold.connect() as conn:
+        path = conn.execute("select pg_relation_filepath('items')").fetchone()[0]
+    pooled = builds.create.clone(
+        frozen, instance_name=f"pool-{tag}", db_name=f"pool_{tag}", db_username=f"pool_{tag}", pooled=True
+    )
+    assert copied_up(docker_client, pooled, path)
+    # A clone made for a create opens them when its first queries do, not for the login alone.
+    fresh = builds.create.clone(frozen)
+    assert not copied_up(docker_client, fresh, path)
 
 
 def test_a_dropped_template_stays_while_a_clone_uses_it_and_goes_once_the_clone_is_gone(builds, docker_client):

@@ -115,9 +115,12 @@ class DockerBackend(ImageBackend):
         def image_gone() -> None:
             raise BackendError(f"The template image {template.artifact} does not exist (any more).")
 
-        return self._run_tenant_container(
+        made = self._run_tenant_container(
             spec, template.artifact, image_gone, f" from template image {template.artifact}"
         )
+        if spec.pooled:
+            self._open_every_relation(self._probe_host, made.port, self._with_pool_password(spec))
+        return made
 
     def drop_template(self, artifact: str) -> None:
         with self._api("remove the template image"):

@@ -108,7 +108,10 @@ class SwarmBackend(ImageBackend):
             raise BackendError(f"The swarm backend cannot make templates: {why}.")
         refuse_names_taken(template.tenant, spec)
         spec = self._with_pool_password(spec)
-        return self._run_service(spec, template.artifact, self._tenant_environment(spec), template.artifact)
+        made = self._run_service(spec, template.artifact, self._tenant_environment(spec), template.artifact)
+        if spec.pooled:
+            self._open_every_relation(made.host, made.port, spec)
+        return made
 
     def drop_template(self, artifact: str) -> None:
         self._templates.drop(artifact)
