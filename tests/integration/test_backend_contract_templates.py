@@ -4,9 +4,7 @@ filled and frozen, and clones of it are logged in to with psycopg."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from dataclasses import replace
 
 import psycopg
 import pytest
@@ -14,48 +12,22 @@ import pytest
 from postgraas_server.backends import FrozenTemplate
 
 from .conftest import CONTRACT_TEMPLATE_BACKENDS
-from .databases import Creator, Made
+from .databases import Made
+from .template_builds import TemplateBuilds
 
 ROWS = 1000
-_template_ids = itertools.count(700000)
+# Beside the table: what else a template must carry to its clones.
+EXTRAS = ("create index items_v on items (v)", "create view item_count as select count(*) as n from items")
 
 
-class Templates:
-    """Builds templates through one backend, as the service does for a builder; drops them after."""
-
-    def __init__(self, create: Creator) -> None:
-        self.create = create
-        self.backend = create.backend
-        self.frozen: list[FrozenTemplate] = []
-
-    def build(self) -> tuple[FrozenTemplate, int, Made]:
-        # As the service makes a builder: where the backend can freeze it (swarm: not as a service).
-        builder = self.create(template_builder=True)
-        with builder.connect() as conn:
-            conn.execute("create table items (id serial primary key, v text not null)")
-            conn.execute("create index items_v on items (v)")
-            conn.execute("create view item_count as select count(*) as n from items")
-            conn.execute(f"insert into items (v) select 'item ' || i from generate_series(1, {ROWS}) as i")
-            conn.commit()
-        template_id = next(_template_ids)
-        # The service keeps no builder password: it freezes with the names alone.
-        frozen = self.backend.freeze(builder.ref, replace(builder.spec.credentials, db_pwd=""), template_id=template_id)
-        # Gone into the template: nothing for the creator to delete.
-        self.create.made.remove(builder)
-        self.frozen.append(frozen)
-        return frozen, template_id, builder
-
-    def cleanup(self) -> None:
-        # Clones first: Docker keeps a template's image while containers of it exist.
-        self.create.cleanup()
-        self.create.made.clear()
-        for frozen in self.frozen:
-            self.backend.drop_template(frozen.artifact)
+class Templates(TemplateBuilds):
+    def build(self, *statements: str) -> tuple[FrozenTemplate, int, Made]:
+        return super().build(*EXTRAS, *statements)
 
 
 @pytest.fixture(params=CONTRACT_TEMPLATE_BACKENDS)
 def templates(request, creator_for) -> Iterator[Templates]:
-    made = Templates(creator_for(request.param))
+    made = Templates(creator_for(request.param), ROWS)
     yield made
     made.cleanup()
 
@@ -64,9 +36,7 @@ def test_freeze_ends_the_builders_sessions_and_the_object_becomes_the_template(t
     builder = templates.create(template_builder=True)
     session = builder.connect()
     try:
-        frozen = templates.backend.freeze(builder.ref, builder.spec.credentials, template_id=next(_template_ids))
-        templates.create.made.remove(builder)
-        templates.frozen.append(frozen)
+        frozen = templates.freeze(builder, credentials=builder.spec.credentials)
         with pytest.raises(psycopg.OperationalError):
             session.execute("select 1")
     finally:

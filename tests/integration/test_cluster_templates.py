@@ -5,7 +5,6 @@ tenant does passes its database off as a template; a dropped template leaves not
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 import uuid
@@ -21,51 +20,20 @@ from postgraas_server.backends.cluster import backend as cluster
 from postgraas_server.backends.postgres.client import NotReady
 from postgraas_server.errors import BackendError, BackendTimeout, Conflict
 
-from .databases import Creator, Made
+from .databases import Made
+from .template_builds import TemplateBuilds, next_template_id
 
 pytestmark = pytest.mark.usefixtures("cluster_left_as_found")
 
 ROWS = 1000
-_template_ids = itertools.count(800000)
-
-
-class Builds:
-    """Builds templates through one cluster backend as the service does; drops them after."""
-
-    def __init__(self, create: Creator) -> None:
-        self.create = create
-        self.backend = create.backend
-        self.artifacts: list[str] = []
-
-    def builder(self) -> Made:
-        builder = self.create()
-        with builder.connect() as conn:
-            conn.execute("create table items (id serial primary key, v text not null)")
-            conn.execute(f"insert into items (v) select 'item ' || i from generate_series(1, {ROWS}) as i")
-            conn.commit()
-        return builder
-
-    def freeze(self, builder: Made, template_id: int | None = None) -> FrozenTemplate:
-        frozen = self.backend.freeze(
-            builder.ref,
-            replace(builder.spec.credentials, db_pwd=""),
-            template_id=next(_template_ids) if template_id is None else template_id,
-        )
-        self.create.made.remove(builder)
-        self.artifacts.append(frozen.artifact)
-        return frozen
-
-    def cleanup(self) -> None:
-        for artifact in self.artifacts:
-            self.backend.drop_template(artifact)
 
 
 @pytest.fixture
-def builds_for(creator_for) -> Iterator[Callable[..., Builds]]:
-    made: list[Builds] = []
+def builds_for(creator_for) -> Iterator[Callable[..., TemplateBuilds]]:
+    made: list[TemplateBuilds] = []
 
-    def _for(**settings: object) -> Builds:
-        made.append(Builds(creator_for("cluster", **settings)))
+    def _for(**settings: object) -> TemplateBuilds:
+        made.append(TemplateBuilds(creator_for("cluster", **settings), ROWS))
         return made[-1]
 
     yield _for
@@ -257,7 +225,7 @@ def test_freeze_refuses_a_database_holding_another_roles_objects_and_the_builder
         conn.execute(sql.SQL("grant create on schema public to {}").format(sql.Identifier(neighbour.spec.db_username)))
     with neighbour.connect(dbname=db, autocommit=True) as conn:
         conn.execute("create table planted (v int)")
-    template_id = next(_template_ids)
+    template_id = next_template_id()
     with pytest.raises(BackendError, match="objects of other roles"):
         builds.backend.freeze(builder.ref, builder.spec.credentials, template_id=template_id)
     assert builder.whoami() == builder.tenant
@@ -344,7 +312,7 @@ def test_two_freezes_under_one_id_are_listed_oldest_first_so_both_can_be_dropped
     """A build frozen again after the server lost its first freeze (it died before the row said
     so): the reaper must see the first one, which no row holds, before the one its row holds."""
     builds = builds_for()
-    template_id = next(_template_ids)
+    template_id = next_template_id()
     first = builds.freeze(builds.builder(), template_id)
     second = builds.freeze(builds.builder(), template_id)
     assert builds.backend.list_templates()[template_id] == first.artifact

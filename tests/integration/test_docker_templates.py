@@ -5,7 +5,6 @@ another deployment's touched."""
 
 from __future__ import annotations
 
-import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,38 +26,25 @@ from postgraas_server.errors import BackendError, BackendTimeout
 
 from .conftest import DEPLOYMENT, RUN_ID, RUN_LABEL, TEST_IMAGE, backend_config, make_backend
 from .databases import Creator, Made
+from .template_builds import TemplateBuilds, next_template_id
 
 ROWS = 100
-_template_ids = itertools.count(800000)
+# Beside the table: a view and a function, which clones must carry too.
+EXTRAS = (
+    "create view item_count as select count(*) as n from items",
+    "create function item_total() returns bigint language sql as 'select count(*) from items'",
+)
 
 
-class Builds:
-    """Templates built through one backend; at teardown its clones go first, so that each image
-    (which Docker keeps while a container uses it) is removed with its template."""
+class Builds(TemplateBuilds):
+    """Templates built through one docker backend; its clones go first at teardown, so that each
+    image (which Docker keeps while a container uses it) is removed with its template."""
 
     def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.create = Creator(backend)
-        self.frozen: list[FrozenTemplate] = []
+        super().__init__(Creator(backend), ROWS)
 
-    def build(self) -> tuple[FrozenTemplate, int, Made]:
-        builder = self.create()
-        with builder.connect() as conn:
-            conn.execute("create table items (id serial primary key, v text not null)")
-            conn.execute("create view item_count as select count(*) as n from items")
-            conn.execute("create function item_total() returns bigint language sql as 'select count(*) from items'")
-            conn.execute(f"insert into items (v) select 'item ' || i from generate_series(1, {ROWS}) as i")
-            conn.commit()
-        template_id = next(_template_ids)
-        frozen = self.backend.freeze(builder.ref, replace(builder.spec.credentials, db_pwd=""), template_id=template_id)
-        self.create.made.remove(builder)
-        self.frozen.append(frozen)
-        return frozen, template_id, builder
-
-    def cleanup(self) -> None:
-        self.create.cleanup()
-        for frozen in self.frozen:
-            self.backend.drop_template(frozen.artifact)
+    def build(self, *statements: str) -> tuple[FrozenTemplate, int, Made]:
+        return super().build(*EXTRAS, *statements)
 
 
 @pytest.fixture
@@ -85,10 +71,8 @@ def test_the_template_image_holds_no_secret_of_the_builder(builds, docker_client
     builder_container = builds.create()
     builder_env = env_of(docker_client.containers.get(builder_container.ref).attrs["Config"])
     builder_secrets = {builder_container.spec.db_pwd, builder_env[VERIFIER_ENV]}
-    template_id = next(_template_ids)
-    frozen = builds.backend.freeze(builder_container.ref, builder_container.spec.credentials, template_id=template_id)
-    builds.create.made.remove(builder_container)
-    builds.frozen.append(frozen)
+    template_id = next_template_id()
+    frozen = builds.freeze(builder_container, template_id, credentials=builder_container.spec.credentials)
 
     image = docker_client.images.get(frozen.artifact)
     assert image.id == frozen.artifact
@@ -143,10 +127,7 @@ def test_a_clones_tenant_is_the_builders_role_renamed_and_owns_everything(builds
 
 def test_an_ephemeral_builder_leaves_durable_clones_and_a_clone_may_ask_for_ephemeral(builds):
     builder = builds.create(ephemeral=True)
-    template_id = next(_template_ids)
-    frozen = builds.backend.freeze(builder.ref, builder.spec.credentials, template_id=template_id)
-    builds.create.made.remove(builder)
-    builds.frozen.append(frozen)
+    frozen = builds.freeze(builder, credentials=builder.spec.credentials)
     durable, ephemeral = builds.create.clone(frozen), builds.create.clone(frozen, ephemeral=True)
     with durable.connect() as conn:
         assert conn.execute("show fsync").fetchone() == ("on",)
@@ -226,24 +207,24 @@ def test_another_deployments_templates_are_neither_listed_nor_dropped(builds, el
 def test_freeze_refuses_a_container_that_is_not_this_deployments(builds, elsewhere, docker_client):
     theirs = elsewhere.create()
     with pytest.raises(BackendError, match="no instance of this deployment"):
-        builds.backend.freeze(theirs.ref, theirs.spec.credentials, template_id=next(_template_ids))
+        builds.backend.freeze(theirs.ref, theirs.spec.credentials, template_id=next_template_id())
     assert docker_client.containers.get(theirs.ref).status == "running"
     assert theirs.whoami() == theirs.tenant
     stranger = docker_client.containers.create(TEST_IMAGE, labels={RUN_LABEL: RUN_ID})
     try:
         with pytest.raises(BackendError, match="no instance of this deployment"):
-            builds.backend.freeze(stranger.id, theirs.spec.credentials, template_id=next(_template_ids))
+            builds.backend.freeze(stranger.id, theirs.spec.credentials, template_id=next_template_id())
     finally:
         stranger.remove(force=True)
     with pytest.raises(BackendError, match="does not exist"):
-        builds.backend.freeze("0" * 64, theirs.spec.credentials, template_id=next(_template_ids))
+        builds.backend.freeze("0" * 64, theirs.spec.credentials, template_id=next_template_id())
 
 
 def test_freeze_refuses_a_builder_without_its_tenant_and_leaves_it_running(builds):
     builder = builds.create()
     missing = replace(builder.spec.credentials, db_username="nobody_here", db_pwd="")
     with pytest.raises(BackendError, match="has no tenant"):
-        builds.backend.freeze(builder.ref, missing, template_id=next(_template_ids))
+        builds.backend.freeze(builder.ref, missing, template_id=next_template_id())
     assert builder.whoami() == builder.tenant
 
 

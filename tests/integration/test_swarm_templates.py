@@ -6,7 +6,6 @@ builder whose server is gone or by a push the registry refuses."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -26,9 +25,9 @@ from .conftest import DEPLOYMENT, RUN_ID, RUN_LABEL, backend_config, make_backen
 from .databases import Creator, Made
 from .servers import eventually
 from .swarm_fleet import STATE_FILE, Fleet, services_of
+from .template_builds import TemplateBuilds, next_template_id
 
 ROWS = 500
-_template_ids = itertools.count(900000)
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
@@ -41,14 +40,7 @@ class Built:
 
 def build(create: Creator) -> Built:
     """A builder made as the service makes one, filled, and frozen as the service freezes it."""
-    builder = create(template_builder=True)
-    with builder.connect() as conn:
-        conn.execute("create table items (id serial primary key, v text not null)")
-        conn.execute(f"insert into items (v) select 'item ' || i from generate_series(1, {ROWS}) as i")
-        conn.commit()
-    template_id = next(_template_ids)
-    frozen = create.backend.freeze(builder.ref, replace(builder.spec.credentials, db_pwd=""), template_id=template_id)
-    create.made.remove(builder)
+    frozen, template_id, builder = TemplateBuilds(create, ROWS).build()
     return Built(frozen, template_id, builder)
 
 
@@ -202,7 +194,7 @@ def test_an_orphaned_builder_is_found_by_list_objects_and_removed_by_its_ref(req
 def test_a_service_cannot_be_frozen(create):
     db = create()
     with pytest.raises(BackendError, match="only a template's builder can"):
-        create.backend.freeze(db.ref, replace(db.spec.credentials, db_pwd=""), template_id=next(_template_ids))
+        create.backend.freeze(db.ref, replace(db.spec.credentials, db_pwd=""), template_id=next_template_id())
     assert db.whoami() == db.tenant
 
 
@@ -210,7 +202,7 @@ def test_a_push_the_registry_refuses_leaves_no_image_and_the_builder_running(swa
     builder = create(template_builder=True)
     nothing_listens = swarm.registry.rsplit(":", 1)[0] + ":5999"
     refused = make_backend("swarm", request, registry=nothing_listens)
-    template_id = next(_template_ids)
+    template_id = next_template_id()
     with pytest.raises(BackendError, match=f"registry {nothing_listens} .*refused the push"):
         refused.freeze(builder.ref, replace(builder.spec.credentials, db_pwd=""), template_id=template_id)
     labelled = f"{TEMPLATE_ID_LABEL}={template_id}"
