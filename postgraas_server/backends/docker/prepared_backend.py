@@ -21,6 +21,7 @@ from psycopg import sql
 from ...backend_settings import DockerBackendSettings, SwarmBackendSettings
 from ...errors import BackendError, BackendUnavailable, Conflict
 from ..contract import DatabaseSpec
+from ..postgres.client import connect_as_tenant
 from ..postgres.handover_connections import NotClaimable
 from ..postgres.own_server import EPHEMERAL_SETTINGS, OwnServerBackend
 from ..postgres.pool_secret import pool_secret
@@ -143,15 +144,7 @@ class ImageBackend(OwnServerBackend):
         that takes the pool's time instead of the first queries' of the test that claims the clone.
         A failure only leaves it to those queries."""
         try:
-            with psycopg.connect(
-                host=host,
-                port=port,
-                user=spec.db_username,
-                password=spec.db_pwd,
-                dbname=spec.db_name,
-                connect_timeout=5,
-                application_name=OUR_SESSIONS,
-            ) as conn:
+            with connect_as_tenant(host, port, spec.credentials) as conn:
                 conn.execute(_OPEN_EVERY_RELATION)
         except psycopg.Error as e:
             log.warning("could not open the relations of pooled clone %s ahead: %s", spec.instance_name, e)

@@ -29,7 +29,8 @@ class NotReady(Exception):
     """No login succeeded before the deadline; the message is the last connection error."""
 
 
-def _connect(host: str, port: int, credentials: Credentials) -> psycopg.Connection:
+def connect_as_tenant(host: str, port: int, credentials: Credentials) -> psycopg.Connection:
+    """An autocommit session as the tenant ``credentials`` name, over TCP."""
     return psycopg.connect(
         host=host,
         port=port,
@@ -59,7 +60,7 @@ def wait_for_login(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with _connect(host, port, credentials) as conn:
+            with connect_as_tenant(host, port, credentials) as conn:
                 conn.execute("select 1")
             return
         except psycopg.Error as e:
@@ -75,7 +76,7 @@ def password_accepted(host: str, port: int, credentials: Credentials) -> bool:
     does for a role or database that is not there). Raises ``BackendUnavailable`` when the server
     does not answer, or fails the login for another reason."""
     try:
-        with _connect(host, port, credentials) as conn:
+        with connect_as_tenant(host, port, credentials) as conn:
             conn.execute("select 1")
     except psycopg.OperationalError as e:
         # A failed connect carries no SQLSTATE in psycopg: the server's message is all there is.
@@ -87,6 +88,6 @@ def password_accepted(host: str, port: int, credentials: Credentials) -> bool:
 
 def count_other_sessions(host: str, port: int, credentials: Credentials) -> int:
     """Client sessions on the server other than the one asking. Raises psycopg.Error."""
-    with _connect(host, port, credentials) as conn:
+    with connect_as_tenant(host, port, credentials) as conn:
         row = conn.execute(OTHER_SESSIONS_SQL).fetchone()
     return int(row[0]) if row else 0
