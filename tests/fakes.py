@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -38,6 +39,8 @@ class FakeBackend(Backend):
         self.fail_describe: Exception | None = None
         self.fail_list: PostgraasError | None = None
         self.delete_delay = 0.0
+        # Set: every delete waits until it is (a removal under way, held open by the test).
+        self.delete_gate: threading.Event | None = None
         self.create_delay = 0.0
         self.created_at: dict[str, datetime] = {}
         self.deleted: list[tuple[str, bool]] = []
@@ -100,6 +103,8 @@ class FakeBackend(Backend):
 
     def delete(self, ref: str, credentials: Credentials, *, instance_id: int, force: bool = False) -> str | None:
         time.sleep(self.delete_delay)
+        if self.delete_gate is not None:
+            assert self.delete_gate.wait(30), "the test never let the delete go on"
         if self.fail_delete is not None:
             raise self.fail_delete
         if not force and self.sessions.get(ref):

@@ -305,12 +305,12 @@ class Reaper:
             )
 
     def _trim_pools(self, report: PassReport) -> None:
-        """Pooled instances beyond their pool's size (a backend's or a ready template's pool_size;
-        keepers of several workers overshoot; a pool made smaller, or gone) go, newest first."""
-        sizes = pool_sizes(self.backends)
+        """Pooled instances beyond their pool's size (a backend's or a ready template's, read after
+        the rows: a template ready since counts) go, newest first (keepers overshoot, pools shrink)."""
         pooled: dict[tuple[str, int | None], list[Row]] = {}
         for row in self._rows(InstanceStatus.POOLED):
             pooled.setdefault((row.backend, row.template_id), []).append(row)
+        sizes = pool_sizes(self.backends)
         for (backend_name, template_id), rows in pooled.items():
             surplus = len(rows) - sizes.get((backend_name, template_id), 0)
             for row in sorted(rows, key=lambda r: r.id, reverse=True)[: max(surplus, 0)]:

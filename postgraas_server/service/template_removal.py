@@ -9,9 +9,10 @@ template ``deleting`` before it looks for such rows, so one of the two always se
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, or_, select, update
 
 from ..backends import BackendRegistry, Credentials
 from ..errors import PostgraasError
@@ -21,10 +22,17 @@ from .transitions import execute_dml, forget, transition
 log = logging.getLogger(__name__)
 
 
-def remove_template(backends: BackendRegistry, template_id: int) -> bool:
+# Runs a task in a thread of its own, inside the app's context (InstanceService.background.run).
+RunLater = Callable[[str, Callable[[], None]], object]
+
+
+def remove_template(backends: BackendRegistry, template_id: int, run_later: RunLater | None = None) -> bool:
     """Remove a deleting template's builder, pooled clones and artifact, then its row; False when
     that cannot be done yet (a create still clones it, or the backend failed): the row stays
-    deleting, for the reaper to try again."""
+    deleting, for the reaper to try again. With ``run_later``, the pooled clones (as many as the
+    template's pool_size, each a server or a container to remove) are removed in a thread of their
+    own, so that a request does not wait for them; a clone whose removal does not finish is
+    deleting, for the reaper."""
     row = db.session.get(Template, template_id)
     if row is None:
         return True
@@ -35,7 +43,11 @@ def remove_template(backends: BackendRegistry, template_id: int) -> bool:
     try:
         if builder_id is not None:
             remove_builder(backends, builder_id)
-        _remove_pooled_clones(backends, template_id)
+        clones = _take_pooled_clones(template_id)
+        if run_later is None:
+            _remove_clones(backends, clones)
+        elif clones:
+            run_later(f"template-{template_id}-clones", lambda: _remove_clones(backends, clones))
         if artifact:
             backends.holding(backend_name).drop_template(artifact)
     except PostgraasError as e:
@@ -46,9 +58,14 @@ def remove_template(backends: BackendRegistry, template_id: int) -> bool:
     return True
 
 
-def retire_replaced(backends: BackendRegistry, template: Template) -> list[int]:
-    """Once ``template`` is ready, the owner's other ready templates of its name in its backend
-    (older contents) go, each as soon as no create clones it; returns their ids."""
+def retire_replaced(backends: BackendRegistry, template: Template, run_later: RunLater | None = None) -> list[int]:
+    """Once ``template`` is ready, the owner's templates of its name in its backend that became
+    ready before it (older contents) go, each as soon as no create clones it; returns their ids.
+    Of two contents finalized at once, the one ready last stays: neither retires it."""
+    ready_at = template.status_changed_at
+    became_ready_before = or_(
+        Template.status_changed_at < ready_at, (Template.status_changed_at == ready_at) & (Template.id < template.id)
+    )
     older = db.session.scalars(
         select(Template.id).where(
             Template.owner == template.owner,
@@ -56,6 +73,7 @@ def retire_replaced(backends: BackendRegistry, template: Template) -> list[int]:
             Template.backend == template.backend,
             Template.status == TemplateStatus.READY,
             Template.id != template.id,
+            became_ready_before,
         )
     ).all()
     detail = f"replaced by {template.name}@{template.content_hash} (id {template.id})"
@@ -69,7 +87,7 @@ def retire_replaced(backends: BackendRegistry, template: Template) -> list[int]:
             status_changed_at=utcnow(),
         ):
             retired.append(template_id)
-            remove_template(backends, template_id)
+            remove_template(backends, template_id, run_later)
     return retired
 
 
@@ -118,18 +136,26 @@ def _being_cloned(template_id: int) -> bool:
     return found
 
 
-def _remove_pooled_clones(backends: BackendRegistry, template_id: int) -> None:
-    """Clones made ahead for the template: nobody can take them once it goes."""
+def _take_pooled_clones(template_id: int) -> list[Any]:
+    """The template's clones made ahead, moved from pooled to deleting (one a create took
+    meanwhile is that create's instance now): nobody can take them once the template goes."""
     rows = db.session.execute(
         select(
             INSTANCES.c.id, INSTANCES.c.backend, INSTANCES.c.container_id, INSTANCES.c.db_name, INSTANCES.c.username
         ).where(INSTANCES.c.template_id == template_id, INSTANCES.c.status == InstanceStatus.POOLED)
     ).all()
     db.session.rollback()
-    for row in rows:
-        if not transition(row.id, InstanceStatus.POOLED, InstanceStatus.DELETING, "its template was removed"):
-            continue  # a create took it meanwhile: it is that create's instance now
-        if row.container_id:
-            credentials = Credentials(row.db_name, row.username, "")
-            backends.holding(row.backend).delete(row.container_id, credentials, instance_id=row.id, force=True)
+    went = "its template went"
+    return [row for row in rows if transition(row.id, InstanceStatus.POOLED, InstanceStatus.DELETING, went)]
+
+
+def _remove_clones(backends: BackendRegistry, clones: list[Any]) -> None:
+    for row in clones:
+        try:
+            if row.container_id:
+                credentials = Credentials(row.db_name, row.username, "")
+                backends.holding(row.backend).delete(row.container_id, credentials, instance_id=row.id, force=True)
+        except PostgraasError as e:
+            log.warning("could not remove pooled clone %s yet (the reaper retries): %s", row.id, e.msg)
+            continue
         forget(row.id, InstanceStatus.DELETING)

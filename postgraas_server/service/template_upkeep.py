@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ..backends import BackendRegistry
 from ..config import LifecycleSettings
 from ..errors import PostgraasError
-from ..models import TEMPLATES, Template, TemplateStatus, db, utcnow
+from ..models import INSTANCES, TEMPLATES, Template, TemplateStatus, db, utcnow
 from .template_removal import remove_builder, remove_template, update_row_of
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class TemplateUpkeep:
         last_sign = row.heartbeat_at or row.created_at
         if last_sign > now - timedelta(seconds=row.build_timeout):
             return
+        if row.status == TemplateStatus.FINALIZING and self._freezing(row.builder_instance_id, now):
+            return
         self.keep_lease()
         detail = (
             f"the builder sent no heartbeat for {row.build_timeout} s; the build was given up"
@@ -86,6 +88,15 @@ class TemplateUpkeep:
             # A finalizing build's builder is deleting already: the instances' reaper finishes it.
             remove_builder(self.backends, row.builder_instance_id)
         self.report("template_build_given_up", row.backend, f"gave up the build of template {row.name} (id {row.id})")
+
+    def _freezing(self, builder_id: int | None, now: datetime) -> bool:
+        """A finalize beats its builder's row while the backend freezes it (which may take longer
+        than a build_timeout: a commit and push of a large image): a fresh beat is a live finalize."""
+        if builder_id is None:
+            return False
+        beat = db.session.execute(select(INSTANCES.c.heartbeat_at).where(INSTANCES.c.id == builder_id)).scalar()
+        db.session.rollback()
+        return beat is not None and beat > now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
 
     def _delete(self, row: Any, why: str) -> None:
         self.keep_lease()

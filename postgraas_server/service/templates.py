@@ -110,7 +110,8 @@ class TemplateService:
             raise
         builder_id = builder.id
         this_build = (TEMPLATES.c.status == TemplateStatus.BUILDING, TEMPLATES.c.build_id == build_id)
-        if not update_row_of(template_id, *this_build, builder_instance_id=builder_id):
+        # From now on the builder's heartbeats count: making its database took time of its own.
+        if not update_row_of(template_id, *this_build, builder_instance_id=builder_id, heartbeat_at=utcnow()):
             # Given up or deleted meanwhile: the builder's database has no template to become.
             self._remove_builder(builder_id)
             raise Conflict("The template was deleted (or its build given up) while its builder's database was made.")
@@ -157,7 +158,7 @@ class TemplateService:
         except IntegrityError:
             db.session.rollback()
         else:
-            _enforce_template_quota(row.id, owner, principal)
+            _enforce_template_quota(row, principal)
             return row, "build", build_id, None
         existing = db.session.scalars(
             select(Template).where(
@@ -167,6 +168,11 @@ class TemplateService:
         if existing is None:
             raise Conflict(f"The template {request.name!r} was deleted meanwhile; ask again.")
         existing_id, status, old_builder = existing.id, existing.status, existing.builder_instance_id
+        if request.backend is not None and existing.backend != backend_name and status != TemplateStatus.FAILED:
+            raise Conflict(
+                f"The template {request.name}@{request.hash} is in backend {existing.backend!r}, not {backend_name!r}.",
+                {"backend": f"the template is in {existing.backend!r}"},
+            )
         if status == TemplateStatus.READY:
             return existing, "ready", "", None
         if status == TemplateStatus.DELETING:
@@ -188,6 +194,9 @@ class TemplateService:
             build_timeout=request.build_timeout,
             build_id=build_id,
             builder_instance_id=None,
+            # This request's, as for a new row: the failed build's are the earlier request's.
+            expires_at=expires_at,
+            pool_size=request.pool_size,
         ):
             return self._reload(existing_id), "build", build_id, old_builder
         again = self._reload(existing_id)
@@ -252,7 +261,7 @@ class TemplateService:
             raise Conflict("The template was deleted while it was finalized.")
         template = self._reload(template_id)
         log.info("template %s (id %s) is ready in backend %s", template.name, template_id, backend_name)
-        if retired := retire_replaced(self.instances.backends, template):
+        if retired := retire_replaced(self.instances.backends, template, self.instances.background.run):
             log.info("template %s (id %s) replaces the ids %s", template.name, template_id, retired)
         if template.pool_size and self.instances.pool.taken is not None:
             self.instances.pool.taken()  # its pool is filled now, not at the keeper's next round
@@ -283,7 +292,7 @@ class TemplateService:
         deleting = {"status": TemplateStatus.DELETING, "status_changed_at": utcnow()}
         if not update_row_of(template_id, TEMPLATES.c.status.in_(expected), **deleting):
             raise Conflict(f"The template is {self._reload(template_id).status} and cannot be deleted now.")
-        if not remove_template(self.instances.backends, template_id):
+        if not remove_template(self.instances.backends, template_id, self.instances.background.run):
             return f"Deleting template {name!r} (id {template_id}); the reaper finishes what its backend could not."
         return f"Deleted template {name!r} (id {template_id}); instances made from it stay."
 
@@ -315,20 +324,37 @@ class TemplateService:
         return row
 
 
-def _enforce_template_quota(template_id: int, owner: str, principal: Principal | None) -> None:
-    """Counted after the new row is in, so concurrent ensures can only undershoot the limit; over
-    it, the row goes again."""
-    limit = principal.max_templates if principal is not None else None
-    if limit is None:
+def _enforce_template_quota(row: Template, principal: Principal | None) -> None:
+    """Counted after the new row is in, so concurrent ensures can only undershoot a limit; over it,
+    the row goes again. max_templates counts what the owner holds: not failed builds, nor the
+    ready contents of this name that this one is to replace. Pooled clones belong to no owner, so
+    the sum of an owner's pool sizes is held within its max_instances."""
+    if principal is None:
         return
+    owner, template_id = row.owner, row.id
     held = db.session.execute(
-        select(func.count()).where(TEMPLATES.c.owner == owner, TEMPLATES.c.status != TemplateStatus.DELETING)
-    ).scalar_one()
-    if held <= limit:
+        select(func.count(), func.coalesce(func.sum(TEMPLATES.c.pool_size), 0)).where(
+            TEMPLATES.c.owner == owner,
+            TEMPLATES.c.status.not_in((TemplateStatus.DELETING, TemplateStatus.FAILED)),
+            ~((TEMPLATES.c.name == row.name) & (TEMPLATES.c.backend == row.backend) & (TEMPLATES.c.id != template_id)),
+        )
+    ).one()
+    templates, pooled = int(held[0]), int(held[1])
+    over: QuotaExceeded | None = None
+    if principal.max_templates is not None and templates > principal.max_templates:
+        over = QuotaExceeded(
+            f"Owner {owner!r} already has {templates - 1} template(s), the most its token allows "
+            f"(max_templates {principal.max_templates}).",
+            {"name": "over the max_templates of your token"},
+        )
+    elif principal.max_instances is not None and pooled > principal.max_instances:
+        over = QuotaExceeded(
+            f"The pools of owner {owner!r}'s templates would hold {pooled} clones, more than its token's "
+            f"max_instances ({principal.max_instances}).",
+            {"pool_size": f"at most {principal.max_instances} in all of your templates' pools"},
+        )
+    if over is None:
         return
     execute_dml(TEMPLATES.delete().where(TEMPLATES.c.id == template_id))
     db.session.commit()
-    raise QuotaExceeded(
-        f"Owner {owner!r} already has {held - 1} template(s), the most its token allows (max_templates {limit}).",
-        {"name": "over the max_templates of your token"},
-    )
+    raise over

@@ -4,6 +4,7 @@ and a token's max_templates."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -16,9 +17,11 @@ from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance, InstanceStatus, Template, db, utcnow
 from postgraas_server.service import PoolKeeper
 from postgraas_server.service.reaper import Reaper
+from postgraas_server.service.template_removal import retire_replaced
 from postgraas_server.tokens import issue_token
 
-from .api_calls import create, fill, rows
+from ..fakes import FakeBackend
+from .api_calls import create, fill, rows, wait_for
 from .test_templates import ensure, finalize
 
 
@@ -78,9 +81,13 @@ def test_a_templates_pool_goes_with_the_template_and_its_taken_clones_stay(app, 
     fill(app, keeper)
     taken = create(client, template="shop").get_json()
     fill(app, keeper)
+    fake_backend.delete_gate = threading.Event()
     assert client.delete(f"/postgraas_templates/{template['id']}").status_code == 200
+    # The answer did not wait for the clones' removal, which goes on in a thread of the server's.
     assert pooled_clones(app, template["id"]) == []
-    assert [r.id for r in rows(app)] == [taken["id"]]
+    assert sorted(r.status for r in rows(app) if r.id != taken["id"]) == ["deleting", "deleting"]
+    fake_backend.delete_gate.set()
+    wait_for(lambda: [r.id for r in rows(app)] == [taken["id"]])
     assert set(fake_backend.objects) == {f"fake-{taken['id']}"}
     # Nothing is made for a template that is gone.
     assert fill(app, keeper) == 0
@@ -221,3 +228,72 @@ def test_a_builder_is_made_for_freezing_never_taken_from_the_backends_pool(tmp_p
     assert fake_backend.claims == []
     spec = fake_backend.objects[f"fake-{builder['instance_id']}"]
     assert spec.template_builder and not spec.pooled
+
+
+def test_a_content_retires_only_the_ones_ready_before_it(app, client):
+    """Two contents finalized at once: each retires only what became ready before it, so the one
+    ready last stays, whichever finalize looks first."""
+    built(client, "h1")
+    later = built(client, "h2")
+    building = ensure(client, hash="h3").get_json()
+    with app.app_context():
+        # As if h2's finalize had made it ready after h3's, which looks only now.
+        db.session.execute(
+            update(Template).where(Template.id == later["id"]).values(status_changed_at=utcnow() + timedelta(seconds=5))
+        )
+        db.session.commit()
+    assert finalize(client, building).get_json()["status"] == "ready"
+    assert client.get(f"/postgraas_templates/{later['id']}").get_json()["status"] == "ready"
+    with app.app_context():
+        # h2's own finalize, looking after h3's, retires h3.
+        state = app.extensions["postgraas"]
+        assert retire_replaced(state.backends, db.session.get(Template, later["id"])) == [building["id"]]
+        db.session.remove()
+
+
+def test_a_rebuild_takes_the_new_requests_ttl_and_pool_size(app, client):
+    building = ensure(client, build_timeout=10, ttl="1h").get_json()
+    with app.app_context():
+        db.session.execute(update(Template).values(heartbeat_at=utcnow() - timedelta(seconds=11)))
+        db.session.commit()
+    reap(app)
+    again = ensure(client, build_timeout=10, ttl="2h", pool_size=3)
+    assert again.status_code == 201 and again.get_json()["id"] == building["id"]
+    with app.app_context():
+        row = db.session.get(Template, building["id"])
+        assert row.pool_size == 3
+        assert row.expires_at > utcnow() + timedelta(minutes=90)
+
+
+def test_a_finalize_that_takes_longer_than_build_timeout_is_not_given_up_while_it_beats(app, client):
+    building = ensure(client, build_timeout=10).get_json()
+    long_ago = utcnow() - timedelta(seconds=60)
+    with app.app_context():
+        db.session.execute(update(Template).values(status="finalizing", heartbeat_at=long_ago))
+        db.session.execute(update(DBInstance).values(heartbeat_at=utcnow()))
+        db.session.commit()
+    reap(app)
+    assert client.get(f"/postgraas_templates/{building['id']}").get_json()["status"] == "finalizing"
+    with app.app_context():
+        # Its server died: the builder's row is not beaten any more.
+        db.session.execute(update(DBInstance).values(heartbeat_at=long_ago))
+        db.session.commit()
+    reap(app)
+    assert client.get(f"/postgraas_templates/{building['id']}").get_json()["status"] == "failed"
+
+
+def test_an_ensure_naming_another_backend_than_the_contents_is_a_409_naming_it(tmp_path, fake_backend):
+    settings = settings_from_dict(
+        {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}}
+    )
+    upgrade(settings.metadb.sqlalchemy_url())
+    other = FakeBackend()
+    registry = BackendRegistry({"one": fake_backend, "two": other}, "one")
+    app = create_app(settings, backends=registry, background=False)
+    app.config["TESTING"] = False
+    client = app.test_client()
+    building = ensure(client, backend="one").get_json()
+    finalize(client, building)
+    answer = ensure(client, backend="two")
+    assert answer.status_code == 409 and "backend" in answer.get_json()["errors"], answer.get_json()
+    assert ensure(client).status_code == 200 and not other.objects

@@ -191,6 +191,8 @@ def _become_template(
         sql.SQL("alter database {} rename to {}").format(sql.Identifier(ref), database),
         sql.SQL("comment on database {} is {}").format(database, sql.Literal(marker)),
         sql.SQL("comment on role {} is {}").format(owner, sql.Literal(marker)),
+        # The builder's credentials were shown, and its role stays with the template.
+        sql.SQL("alter role {} password null").format(owner),
         *(sql.SQL("revoke {} from {}").format(owner, sql.Identifier(name)) for (name,) in members),
     ]
     with conn.transaction():

@@ -268,11 +268,11 @@ class DockerBackend(ImageBackend):
     def _create_container(self, spec: DatabaseSpec, *, retry: bool = True) -> tuple[Any, tuple[str, ...]]:
         """The container, not started, and the secrets its environment holds (kept out of logs)."""
         prepared = self._prepared_image() if self.settings.prepare_image else None
-        if spec.pooled and prepared is None:
-            # The official entrypoint makes the tenant the bootstrap superuser: no claim could rename it.
-            raise BackendError(
-                f"The warm pool needs the prepared image of {self.settings.image}, which is not available."
-            )
+        if (spec.pooled or spec.template_builder) and prepared is None:
+            # The official entrypoint makes the tenant the bootstrap superuser: no claim could rename
+            # it; and it keeps the data in a volume, which no commit into a template would keep.
+            use = "A template's builder" if spec.template_builder else "The warm pool"
+            raise BackendError(f"{use} needs the prepared image of {self.settings.image}, which is not available.")
         if prepared is not None:
             environment, secrets_in_env = _tenant_environment(spec)
         else:
