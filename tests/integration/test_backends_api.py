@@ -69,10 +69,12 @@ def test_unknown_backend_is_400_listing_the_configured_ones(server):
     assert server.get().json() == []
 
 
-def test_template_only_where_supported(server):
+def test_a_template_that_is_none_is_refused_naming_the_field(server):
+    # The local backend clones Postgraas templates only: a name that is none of them is a 404.
     response = server.post(body(backend="local", template="template1"))
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert "template" in response.json()["errors"]
+    # The cluster backend also takes a database its admin designated, and no other.
     response = server.post(body(backend="cluster", template="no_such_template"))
     assert response.status_code == 400
     assert response.json()["errors"] == {"template": "is not one of this backend's templates"}
