@@ -158,7 +158,6 @@ class ClusterBackend(contract.Backend):
             check_frozen(conn, template, self.deployment)
             # Nobody can connect to the template: its copy does not wait, nor fail on a session in it.
             copy = replace(spec, template=template.artifact)
-            # Its owner is the tenant, and so pg_database_owner, which owns everything in it.
             create_tenant(conn, copy, marker=marker, createdb=self.settings.tenant_createdb)
             made = self._finish(spec, None)
         log.info(
