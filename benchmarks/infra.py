@@ -146,6 +146,18 @@ def remove_run_containers(client: docker.DockerClient, run_id: str = RUN_ID) -> 
     return [c.name for c in containers]
 
 
+def remove_run_images(client: docker.DockerClient, run_id: str = RUN_ID) -> list[str]:
+    """Template images this run made (a builder's labels go with its commit): Docker keeps one while
+    its clones exist, and the server that would remove it later is gone with the run."""
+    images = client.images.list(filters={"label": run_filter(run_id)})
+    for image in images:
+        try:
+            client.images.remove(image.id, force=True)
+        except docker.errors.NotFound:
+            pass
+    return [image.id for image in images]
+
+
 def remove_dead_runs_containers(client: docker.DockerClient) -> list[str]:
     """Leftovers of earlier runs that were killed too hard to clean up (SIGKILL, power loss)."""
     removed = []

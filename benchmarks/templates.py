@@ -120,6 +120,8 @@ def benchmark(args: argparse.Namespace, cleanup: infra.Cleanup, results: dict, s
     if "docker" in args.backends:
         state["client"] = docker_client(args.image, unavailable)
         if client := state["client"]:
+            # Last (cleanups run in reverse): after the containers that use them.
+            cleanup.add("remove this run's template images", lambda: infra.remove_run_images(client))
             cleanup.add("remove this run's containers", lambda: infra.remove_run_containers(client))
     state["root"] = root = infra.make_scratch_root(args.scratch)
     cleanup.add(f"remove {root}", lambda: shutil.rmtree(root, ignore_errors=True))
