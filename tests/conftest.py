@@ -28,11 +28,16 @@ def require(component: str, why: str) -> None:
     pytest.skip(message)
 
 
-def make_app(tmp_path, backend: Backend, **sections: dict) -> Flask:
+def make_app(
+    tmp_path, backend: Backend, *, registry: BackendRegistry | None = None, background: bool = True, **sections: dict
+) -> Flask:
+    """An app on a SQLite meta db in ``tmp_path`` with ``backend`` as "fake" (or ``registry``);
+    ``background=False``: no pool keeper nor reaper threads (the test runs their rounds)."""
     raw = {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}, **sections}
     settings = settings_from_dict(raw)
     upgrade(settings.metadb.sqlalchemy_url())
-    app = create_app(settings, backends=BackendRegistry({"fake": backend}, "fake"))
+    backends = registry or BackendRegistry({"fake": backend}, "fake")
+    app = create_app(settings, backends=backends, background=background)
     # Error paths must be proven as production runs them: flask-restful behaves differently in TESTING.
     app.config["TESTING"] = False
     return app

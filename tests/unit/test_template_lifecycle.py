@@ -10,16 +10,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from postgraas_server.app import create_app
 from postgraas_server.backends import BackendRegistry
-from postgraas_server.config import settings_from_dict
-from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance, InstanceStatus, Template, db, utcnow
 from postgraas_server.service import PoolKeeper
 from postgraas_server.service.reaper import Reaper
 from postgraas_server.service.template_removal import retire_replaced
 from postgraas_server.tokens import issue_token
 
+from ..conftest import make_app
 from ..fakes import FakeBackend
 from .api_calls import create, fill, rows, wait_for
 from .test_templates import ensure, finalize
@@ -27,14 +25,8 @@ from .test_templates import ensure, finalize
 
 @pytest.fixture
 def app(tmp_path, fake_backend):
-    settings = settings_from_dict(
-        {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}}
-    )
-    upgrade(settings.metadb.sqlalchemy_url())
     # The tests run the keeper's rounds themselves.
-    app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
-    app.config["TESTING"] = False
-    return app
+    return make_app(tmp_path, fake_backend, background=False)
 
 
 def reap(app) -> None:
@@ -158,16 +150,7 @@ def test_a_template_being_cloned_is_removed_only_after_the_clone(app, client, fa
 
 
 def test_a_tokens_max_templates_is_a_429_naming_the_field_and_leaves_nothing(tmp_path, fake_backend):
-    settings = settings_from_dict(
-        {
-            "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
-            "lifecycle": {"reaper_interval": 0},
-            "auth": {"mode": "token"},
-        }
-    )
-    upgrade(settings.metadb.sqlalchemy_url())
-    app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
-    app.config["TESTING"] = False
+    app = make_app(tmp_path, fake_backend, background=False, auth={"mode": "token"})
     with app.app_context():
         token = issue_token("carol", admin=False, max_instances=None, max_ttl=None, max_templates=1)[1]
         other = issue_token("dave", admin=False, max_instances=None, max_ttl=None, max_templates=1)[1]
@@ -190,15 +173,7 @@ def test_a_tokens_max_templates_is_a_429_naming_the_field_and_leaves_nothing(tmp
 
 
 def test_a_build_timeout_longer_than_the_server_allows_is_refused_before_anything_is_made(tmp_path, fake_backend):
-    settings = settings_from_dict(
-        {
-            "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
-            "lifecycle": {"reaper_interval": 0, "max_ttl": "1h"},
-        }
-    )
-    upgrade(settings.metadb.sqlalchemy_url())
-    app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
-    app.config["TESTING"] = False
+    app = make_app(tmp_path, fake_backend, background=False, lifecycle={"reaper_interval": 0, "max_ttl": "1h"})
     client = app.test_client()
     refused = client.post(
         "/postgraas_templates", json={"name": "shop", "hash": "h1", "ttl": "30m", "build_timeout": 7200}
@@ -215,13 +190,8 @@ def test_a_build_timeout_longer_than_the_server_allows_is_refused_before_anythin
 
 
 def test_a_builder_is_made_for_freezing_never_taken_from_the_backends_pool(tmp_path, fake_backend):
-    settings = settings_from_dict(
-        {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}}
-    )
-    upgrade(settings.metadb.sqlalchemy_url())
     registry = BackendRegistry({"fake": fake_backend}, "fake", pools={"fake": 2})
-    app = create_app(settings, backends=registry, background=False)
-    app.config["TESTING"] = False
+    app = make_app(tmp_path, fake_backend, registry=registry, background=False)
     pool_keeper = PoolKeeper(app.extensions["postgraas"].service.pool)
     assert fill(app, pool_keeper) == 2
     builder = ensure(app.test_client()).get_json()
@@ -283,14 +253,9 @@ def test_a_finalize_that_takes_longer_than_build_timeout_is_not_given_up_while_i
 
 
 def test_an_ensure_naming_another_backend_than_the_contents_is_a_409_naming_it(tmp_path, fake_backend):
-    settings = settings_from_dict(
-        {"metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"}, "lifecycle": {"reaper_interval": 0}}
-    )
-    upgrade(settings.metadb.sqlalchemy_url())
     other = FakeBackend()
     registry = BackendRegistry({"one": fake_backend, "two": other}, "one")
-    app = create_app(settings, backends=registry, background=False)
-    app.config["TESTING"] = False
+    app = make_app(tmp_path, fake_backend, registry=registry, background=False)
     client = app.test_client()
     building = ensure(client, backend="one").get_json()
     finalize(client, building)

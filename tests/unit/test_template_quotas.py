@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from postgraas_server.app import create_app
-from postgraas_server.backends import BackendRegistry
-from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import BackendError
-from postgraas_server.migrations import upgrade
 from postgraas_server.models import db
 from postgraas_server.tokens import issue_token
+
+from ..conftest import make_app
 
 
 @pytest.fixture
 def token_app(tmp_path, fake_backend):
-    settings = settings_from_dict(
-        {
-            "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
-            "lifecycle": {"reaper_interval": 0},
-            "auth": {"mode": "token"},
-        }
-    )
-    upgrade(settings.metadb.sqlalchemy_url())
-    app = create_app(settings, backends=BackendRegistry({"fake": fake_backend}, "fake"), background=False)
-    app.config["TESTING"] = False
-    return app
+    return make_app(tmp_path, fake_backend, background=False, auth={"mode": "token"})
 
 
 def bearer(app, **limits) -> dict[str, str]:
