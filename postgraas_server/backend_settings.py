@@ -126,6 +126,9 @@ class LocalBackendSettings(_BackendSection):
     port_min: int = Field(default=20000, ge=1024, le=65535)
     port_max: int = Field(default=29999, ge=1024, le=65535)
     ready_timeout: float = Field(default=30.0, gt=0)
+    # "first": a tenant login proves the copies of a cluster (the initdb one, a template) let tenants
+    # in, on the first in a process; "every": on each create.
+    login_proof: Literal["first", "every"] = "first"
 
     @model_validator(mode="after")
     def _port_range(self) -> LocalBackendSettings:

@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec
-from ..errors import Conflict, PostgraasError
+from ..errors import Conflict, InvalidRequest, PostgraasError
 from ..models import (
     INSTANCES,
     POOL_OWNER,
@@ -159,8 +159,9 @@ class WarmPool:
         credentials = Credentials(pooled.db_name, pooled.username, "")
         try:
             row = self.provisioner.provision(backend_name, backend, spec, pooled=credentials, ref=pooled.ref)
-        except Conflict:
-            # The names are taken in the backend (a shared cluster); claim() changed nothing.
+        except (Conflict, InvalidRequest):
+            # The names are taken in the backend, or its password policy refuses db_pwd (a shared
+            # cluster): claim() changed nothing.
             self._give_back(pooled)
             raise
         except BaseException as e:

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from postgraas_server.backends import Backend, build_backend
-from postgraas_server.backends.cluster.backend import CREATEDB_GROUP
+from postgraas_server.backends.cluster.shared_access import CREATEDB_GROUP
 from postgraas_server.backends.local import find_bin_dir
 from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import BackendUnavailable
@@ -27,6 +27,7 @@ from postgraas_server.errors import BackendUnavailable
 from ..conftest import require
 from .databases import Creator, fake_creator
 from .servers import POSTGRAAS, Server, free_port, launch, start, stop_server
+from .slow_start import slow_start_bin  # noqa: F401 (a fixture of several modules)
 from .swarm_fleet import DB_CONSTRAINT, Fleet, script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

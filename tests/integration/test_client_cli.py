@@ -5,41 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
 import requests
 
-from postgraas_server.backends.local import find_bin_dir
-
 from .conftest import start_local_server
 from .servers import POSTGRAAS, Server, eventually, make_token, stop_server
 
 ENV_LINE = re.compile(r"[A-Z_]+=\S+")
-
-
-@pytest.fixture
-def slow_start_bin_dir() -> Iterator[Path]:
-    """The PostgreSQL binaries, with a `pg_ctl start` that first sleeps: a create then stays
-    ``creating`` long enough to be interrupted. Outside /tmp/pytest-of-*: postgres must reach it."""
-    real = find_bin_dir(None)
-    path = Path(tempfile.mkdtemp(prefix="postgraas-slow-bin-"))
-    path.chmod(0o755)
-    for tool in ("initdb", "postgres"):
-        (path / tool).symlink_to(real / tool)
-    script = path / "pg_ctl"
-    script.write_text(f'#!/bin/sh\nfor arg; do [ "$arg" = start ] && sleep 4; done\nexec {real / "pg_ctl"} "$@"\n')
-    script.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -195,10 +174,10 @@ def test_with_a_token(request, tmp_path, name):
         stop_server(server)
 
 
-def test_ctrl_c_during_create_leaves_no_instance(request, tmp_path, name, slow_start_bin_dir):
+def test_ctrl_c_during_create_leaves_no_instance(request, tmp_path, name, slow_start_bin):
     # Without a token only the generated password deletes the instance, and it was never printed:
     # the CLI must delete it itself (the server cancels a creation still running).
-    server = start_local_server(request, tmp_path, local={"bin_dir": str(slow_start_bin_dir)})
+    server = start_local_server(request, tmp_path, local={"bin_dir": str(slow_start_bin)})
     try:
 
         def rows() -> list[dict]:

@@ -11,10 +11,10 @@ import pytest
 
 from postgraas_server.backends import DatabaseSpec
 from postgraas_server.backends.cluster import backend as cluster
-from postgraas_server.backends.postgres.client import NotReady
 from postgraas_server.errors import BackendTimeout, Conflict, PostgraasError
 
 from .conftest import make_backend
+from .login_spy import LoginSpy
 
 
 def spec(instance_id: int) -> DatabaseSpec:
@@ -45,24 +45,6 @@ def test_the_admin_connection_is_kept_and_a_server_restart_costs_no_request(requ
     backend.delete(created.ref, after.credentials, instance_id=after.instance_id, force=True)
 
 
-class LoginSpy:
-    """Counts the backend's tenant logins, each a real one; ``refuse`` fails the next as a closed port would."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.calls = 0
-        self.refuse = False
-        real = cluster.wait_for_login
-
-        def spy(*args, **kwargs):
-            self.calls += 1
-            if self.refuse:
-                self.refuse = False
-                raise NotReady("connection refused")
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(cluster, "wait_for_login", spy)
-
-
 def log_in(pg_server, wanted: DatabaseSpec) -> None:
     with psycopg.connect(
         host=pg_server.host, port=pg_server.port, user=wanted.db_username, password=wanted.db_pwd, dbname=wanted.db_name
@@ -83,7 +65,7 @@ def leftovers(backend, wanted: DatabaseSpec) -> tuple:
 
 
 def test_the_first_create_proves_a_tenant_login_and_the_later_ones_rely_on_it(request, pg_server, monkeypatch):
-    logins = LoginSpy(monkeypatch)
+    logins = LoginSpy(monkeypatch, cluster)
     backend = make_backend("cluster", request)
     made = [spec(10 + i) for i in range(3)]
     for wanted in made:
@@ -98,7 +80,7 @@ def test_the_first_create_proves_a_tenant_login_and_the_later_ones_rely_on_it(re
 
 
 def test_login_proof_every_proves_each_create(request, pg_server, monkeypatch):
-    logins = LoginSpy(monkeypatch)
+    logins = LoginSpy(monkeypatch, cluster)
     backend = make_backend("cluster", request, login_proof="every")
     made = [spec(20 + i) for i in range(2)]
     for wanted in made:
@@ -113,7 +95,7 @@ def test_login_proof_every_proves_each_create(request, pg_server, monkeypatch):
 def test_a_first_create_whose_login_fails_leaves_nothing_and_the_next_create_proves_again(
     request, pg_server, monkeypatch
 ):
-    logins = LoginSpy(monkeypatch)
+    logins = LoginSpy(monkeypatch, cluster)
     backend = make_backend("cluster", request)
     logins.refuse = True
     refused = spec(30)

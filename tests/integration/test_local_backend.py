@@ -11,11 +11,14 @@ import psycopg
 import pytest
 
 from postgraas_server.backends import DatabaseSpec
+from postgraas_server.backends.local import backend as local
 from postgraas_server.backends.local.top_directory import FS_TOPDIR_FL
-from postgraas_server.errors import PostgraasError
+from postgraas_server.errors import BackendTimeout, PostgraasError
 
 from ..file_flags import file_system_type, flags
 from .conftest import make_backend
+from .login_spy import LoginSpy
+from .template_builds import ROWS, TemplateBuilds
 
 
 def test_the_server_runs_unprivileged_and_private(creator_for, local_data_root):
@@ -73,3 +76,61 @@ def test_a_failed_create_leaves_nothing(request, local_data_root):
             broken.create(spec)
     # Only the template cluster, a cache shared by every instance, remains.
     assert [p.name[:3] for p in local_data_root.iterdir()] == [".t-"]
+
+
+def test_a_login_is_proven_once_per_copied_cluster_and_process(creator_for, monkeypatch):
+    logins = LoginSpy(monkeypatch, local)
+    create = creator_for("local")
+    templates = TemplateBuilds(create)
+    try:
+        templates.build()
+        made = [create() for _ in range(2)]
+        assert logins.calls == 1  # the builder's, a copy of the initdb cluster like the two after it
+        frozen, _, _ = templates.build()
+        clones = [create.clone(frozen) for _ in range(2)]
+        assert logins.calls == 2  # the template's first clone
+        for db in made + clones:
+            assert db.whoami() == db.tenant
+    finally:
+        templates.cleanup()
+
+
+def test_login_proof_every_proves_each_create(creator_for, monkeypatch):
+    logins = LoginSpy(monkeypatch, local)
+    create = creator_for("local", login_proof="every")
+    create(), create()
+    assert logins.calls == 2
+
+
+def test_a_first_login_that_fails_proves_nothing_and_leaves_nothing(creator_for, monkeypatch, local_data_root):
+    logins = LoginSpy(monkeypatch, local)
+    create = creator_for("local")
+    before = sorted(local_data_root.iterdir())
+    logins.refuse = True
+    with pytest.raises(BackendTimeout):
+        create()
+    assert sorted(local_data_root.iterdir()) == before
+    # The refused login proved nothing: the second create proves it, the third relies on it.
+    made = [create(), create()]
+    assert logins.calls == 2
+    assert [db.whoami() for db in made] == [db.tenant for db in made]
+
+
+def test_a_template_keeps_only_the_wal_its_start_reads(creator_for):
+    create = creator_for("local")
+    templates = TemplateBuilds(create)
+    try:
+        builder = templates.builder()
+        with builder.connect() as conn:
+            # WAL enough for several of the 1 MiB segments, recycled ones among them.
+            conn.execute("create table filler as select repeat('x', 500) as v from generate_series(1, 20000)")
+            conn.execute("drop table filler")
+            conn.commit()
+        frozen = templates.freeze(builder)
+        wal = create.backend._templates.data_of(frozen.artifact) / "pg_wal"
+        assert len([entry for entry in wal.iterdir() if entry.is_file()]) == 1
+        clone = create.clone(frozen)
+        with clone.connect() as conn:
+            assert conn.execute("select count(*) from items").fetchone() == (ROWS,)
+    finally:
+        templates.cleanup()

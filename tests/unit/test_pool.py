@@ -12,7 +12,7 @@ from sqlalchemy import select
 from postgraas_server.app import create_app
 from postgraas_server.backends import BackendRegistry
 from postgraas_server.config import settings_from_dict
-from postgraas_server.errors import BackendError, Conflict
+from postgraas_server.errors import BackendError, Conflict, InvalidRequest
 from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance, db
 from postgraas_server.service.reaper import Reaper
@@ -146,11 +146,22 @@ def test_a_docker_pool_needs_the_prepared_image(tmp_path):
     assert registry(prepare_image=True).pools == {"docker": 2}
 
 
-def test_a_name_taken_in_the_backend_gives_the_instance_back_to_the_pool(app, client, keeper, fake_backend):
+@pytest.mark.parametrize(
+    ("refusal", "status"),
+    [
+        (Conflict("A role named 'alice' already exists in the cluster."), 409),
+        (InvalidRequest("The cluster's password policy refused db_pwd: too short.", {"db_pwd": "too short"}), 400),
+    ],
+)
+def test_a_claim_the_backend_refuses_for_the_request_gives_the_instance_back_to_the_pool(
+    app, client, keeper, fake_backend, refusal, status
+):
     fill(app, keeper)
     before = {ref: spec.db_username for ref, spec in fake_backend.objects.items()}
-    fake_backend.fail_claim = Conflict("A role named 'alice' already exists in the cluster.")
-    assert create(client).status_code == 409
+    fake_backend.fail_claim = refusal
+    answer = create(client)
+    assert answer.status_code == status
+    assert answer.get_json().get("errors", {}) == refusal.errors
     assert statuses(app) == ["pooled", "pooled"]
     assert {ref: spec.db_username for ref, spec in fake_backend.objects.items()} == before
     fake_backend.fail_claim = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -21,25 +20,19 @@ from ..contract import Credentials, DatabaseSpec, ManagedObject, ObjectDescripti
 from ..postgres.client import CONNECT_TIMEOUT_S, NotReady, wait_for_login
 from ..postgres.tenants import (
     ANY_MARKER,
-    REVOKE_FROM_PUBLIC,
     adopt_template_objects,
     create_tenant,
     database_exists,
     hand_over_tenant,
-    is_superuser,
     list_tenants,
     lock_down_public_schema,
     tenant_marker,
 )
 from .admin_connections import AdminConnections, guarded_conninfo
-from .admin_steps import concurrently_updated, end_tenant_sessions_in, run_step
+from .admin_steps import end_tenant_sessions_in
+from .shared_access import SharedAccess, revoke_from_public
 from .templates import check_frozen, drop_frozen, freeze_tenant, list_frozen, template_lock
 from .tenant_removal import drop_tenant
-
-# The NOLOGIN role whose members (tenants, with tenant_createdb) may connect to "postgres".
-CREATEDB_GROUP = "postgraas_createdb"
-# Databases every role may connect to by default, which no tenant needs (see close_shared_databases).
-SHARED_DATABASES = ("postgres", "template1")
 
 # Of a database: owned by a tenant; open to PUBLIC; anything of a tenant's role in it.
 _TEMPLATE_STATE = """
@@ -82,10 +75,9 @@ class ClusterBackend(contract.Backend):
         self.port = settings.advertised_port or admin_port
         self._probe = (settings.probe_host or self.host, self.port)
         self._login_proven = False
-        self._shared_closed = not settings.close_shared_databases
-        self._createdb_group_ready = False
-        # The first creates of a process come in together: one of them closes.
-        self._closing = threading.Lock()
+        self._shared = SharedAccess(
+            close_shared=settings.close_shared_databases, tenant_createdb=settings.tenant_createdb, admin=self._admin
+        )
         self._connections = AdminConnections(self._conninfo)
 
     def why_no_pool(self) -> str | None:
@@ -97,7 +89,7 @@ class ClusterBackend(contract.Backend):
     def create(self, spec: DatabaseSpec) -> ProvisionedDatabase:
         marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn:
-            self._close_shared_databases(conn)
+            self._shared.close_shared_databases(conn)
             if spec.template is not None:
                 self._check_template(conn, spec.template)
             create_tenant(conn, spec, marker=marker, createdb=self.settings.tenant_createdb)
@@ -114,7 +106,7 @@ class ClusterBackend(contract.Backend):
         try:
             if self.settings.tenant_createdb:
                 with self._admin() as conn:
-                    for statement in self._postgres_database_rights(conn, spec.db_username):
+                    for statement in self._shared.postgres_database_rights(conn, spec.db_username):
                         conn.execute(statement)
             if spec.ephemeral:
                 # fsync and full_page_writes belong to the whole server, which is not ours to weaken.
@@ -154,7 +146,7 @@ class ClusterBackend(contract.Backend):
     def clone(self, template: contract.FrozenTemplate, spec: DatabaseSpec) -> ProvisionedDatabase:
         marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn, template_lock(conn, template.artifact, exclusive=False):
-            self._close_shared_databases(conn)
+            self._shared.close_shared_databases(conn)
             check_frozen(conn, template, self.deployment)
             # Nobody can connect to the template: its copy does not wait, nor fail on a session in it.
             copy = replace(spec, template=template.artifact)
@@ -178,7 +170,7 @@ class ClusterBackend(contract.Backend):
         # The marker names the database, which list_objects reports as the object's ref.
         marker = tenant_marker(self.deployment, spec, datetime.now(UTC))
         with self._admin() as conn:
-            self._close_shared_databases(conn)
+            self._shared.close_shared_databases(conn)
             # One transaction: when it fails, nothing changed and the object is still the pool's.
             # The role may create databases as configured now, like a cold create's (the setting may
             # have changed since the pool made it).
@@ -186,8 +178,14 @@ class ClusterBackend(contract.Backend):
                 sql.Identifier(pooled.db_username),
                 sql.SQL("createdb" if self.settings.tenant_createdb else "nocreatedb"),
             )
-            before = [createdb, *self._postgres_database_rights(conn, pooled.db_username)]
-            hand_over_tenant(conn, pooled, spec, marker=marker, before=before)
+            before = [createdb, *self._shared.postgres_database_rights(conn, pooled.db_username)]
+            superuser = self._shared.admin_is_superuser(conn)
+            try:
+                hand_over_tenant(conn, pooled, spec, marker=marker, before=before, superuser=superuser)
+            except BackendError:
+                # A login that is no superuser any more among the causes: asked again next time.
+                self._shared.forget_superuser()
+                raise
         try:
             if spec.ephemeral:
                 with self._admin() as conn:
@@ -240,7 +238,7 @@ class ClusterBackend(contract.Backend):
         row = conn.execute(_TEMPLATE_STATE, {"name": template, "marker": ANY_MARKER}).fetchone()
         if row is not None and row[1] and not row[0]:
             # Open to every role: close it, and end the tenants' sessions that got in meanwhile.
-            _revoke_from_public(conn, template)
+            revoke_from_public(conn, template)
             end_tenant_sessions_in(conn, template)
             row = conn.execute(_TEMPLATE_STATE, {"name": template, "marker": ANY_MARKER}).fetchone()
         why = _unavailable(row)
@@ -249,71 +247,6 @@ class ClusterBackend(contract.Backend):
             raise InvalidRequest(
                 f"The template {template!r} is not available in the cluster.", {"template": "is not available"}
             )
-
-    def _postgres_database_rights(self, conn: psycopg.Connection, role: str) -> list[sql.Composed]:
-        """With tenant_createdb, the tenant may connect to the "postgres" database, where test
-        runners connect to create and drop theirs (Django's drops its own from nowhere else); without
-        it, not (a pooled role made before the setting changed). Through membership of one group that
-        holds CONNECT there: granting it per tenant would rewrite the postgres database's row on every
-        create, which any tenant could then hold up with a GRANT of its own left open."""
-        group = sql.Identifier(CREATEDB_GROUP)
-        if not self.settings.tenant_createdb:
-            if not self._createdb_group_exists(conn):
-                return []
-            return [sql.SQL("revoke {} from {}").format(group, sql.Identifier(role))]
-        self._ensure_createdb_group(conn)
-        return [sql.SQL("grant {} to {}").format(group, sql.Identifier(role))]
-
-    def _createdb_group_exists(self, conn: psycopg.Connection) -> bool:
-        if self._createdb_group_ready:
-            return True
-        return conn.execute("select 1 from pg_roles where rolname = %s", (CREATEDB_GROUP,)).fetchone() is not None
-
-    def _ensure_createdb_group(self, conn: psycopg.Connection) -> None:
-        """Once per process: the group exists and may connect to "postgres", changed only where not so
-        already (any change here rewrites a shared catalog row, which a tenant may hold locked)."""
-        if self._createdb_group_ready:
-            return
-        with self._closing:
-            if self._createdb_group_ready:
-                return
-            group = sql.Identifier(CREATEDB_GROUP)
-            if not self._createdb_group_exists(conn):
-                try:
-                    conn.execute(sql.SQL("create role {} nologin").format(group))
-                except psycopg.errors.DuplicateObject:
-                    pass  # another server process made it meanwhile
-            allowed = conn.execute(
-                "select has_database_privilege(%s, 'postgres', 'connect') from pg_database where datname = 'postgres'",
-                (CREATEDB_GROUP,),
-            ).fetchone()
-            if allowed is not None and not allowed[0]:
-                run_step(conn, sql.SQL("grant connect on database postgres to {}").format(group), self._admin)
-            self._createdb_group_ready = True
-
-    def _close_shared_databases(self, conn: psycopg.Connection) -> None:
-        """Once per process: tenants may not connect to the databases every role could open by
-        default, where they could hold locks or own objects outside their own database."""
-        if self._shared_closed:
-            return
-        with self._closing:
-            if not self._shared_closed:
-                self._close_now(conn)
-                self._shared_closed = True
-
-    def _close_now(self, conn: psycopg.Connection) -> None:
-        if not is_superuser(conn):
-            log.warning(
-                "the cluster's admin login is not a superuser: CONNECT on %s stays open to PUBLIC; "
-                "revoke it by hand (see docs/tenants.md)",
-                ", ".join(SHARED_DATABASES),
-            )
-        else:
-            names = sorted({*SHARED_DATABASES, conn.info.dbname})
-            present = [r[0] for r in conn.execute("select datname from pg_database where datname = any(%s)", (names,))]
-            for name in present:
-                _revoke_from_public(conn, name)
-            log.info("tenants cannot connect to %s (CONNECT revoked from PUBLIC)", ", ".join(present))
 
     def exists(self, ref: str) -> bool:
         with self._admin() as conn:
@@ -374,27 +307,3 @@ def _unavailable(state: tuple[bool, bool, bool] | None) -> str | None:
     if holds_tenant_objects:
         return "holding objects or grants of a tenant's role"
     return None
-
-
-# Tries of a revoke that other server processes, revoking the same at the same moment, fail.
-REVOKE_ATTEMPTS = 5
-
-
-def _revoke_from_public(conn: psycopg.Connection, database: str) -> None:
-    """Another server process (a worker, a replica) may revoke the same at once; "tuple concurrently
-    updated" then means it is done or about to be, and ours is tried again."""
-    open_to_public = conn.execute(
-        "select has_database_privilege('public', %s, 'CONNECT') or has_database_privilege('public', %s, 'TEMPORARY')",
-        (database, database),
-    ).fetchone()
-    if open_to_public is not None and not open_to_public[0]:
-        # Closed already: no REVOKE, which would rewrite the row (and wait on whoever holds it).
-        return
-    statement = sql.SQL(REVOKE_FROM_PUBLIC).format(sql.Identifier(database))
-    for attempt in range(1, REVOKE_ATTEMPTS + 1):
-        try:
-            conn.execute(statement)
-            return
-        except psycopg.errors.InternalError_ as e:
-            if not concurrently_updated(e) or attempt == REVOKE_ATTEMPTS:
-                raise

@@ -72,6 +72,8 @@ class LocalBackend(OwnServerBackend):
         self.data_root = Path(settings.data_root or default_data_root()).resolve()
         self._programs = ServerPrograms(settings, self.data_root)
         self._templates = TemplateStore(self.data_root, deployment)
+        # The clusters (the initdb one, templates) whose copies a tenant's login was proven into.
+        self._logins_proven: set[Path] = set()
 
     def why_no_pool(self) -> str | None:
         return None
@@ -145,7 +147,12 @@ class LocalBackend(OwnServerBackend):
             write_meta(home, {**meta, "port": port})
             with self._superuser(home, port) as conn:
                 set_up_tenant(conn)
-            wait_for_login(self._probe_host, port, spec.credentials, timeout=self.settings.ready_timeout)
+            if self.settings.login_proof == "every" or source not in self._logins_proven:
+                # Every copy of one cluster, configured and started alike, lets its tenant in alike
+                # (pg_hba, listen address, probe host; a template's settings of the database and the
+                # role): proven once per copied cluster and process. A login is a good part of a create.
+                wait_for_login(self._probe_host, port, spec.credentials, timeout=self.settings.ready_timeout)
+                self._logins_proven.add(source)
         except BaseException as e:
             try:
                 self._destroy(home, run_as)

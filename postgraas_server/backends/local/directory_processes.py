@@ -1,8 +1,8 @@
 """Ending the processes that work in a directory, found by the paths on their command lines.
 
-A local instance's programs (``cp`` of the template, ``pg_ctl``, the ``sh`` that ``pg_ctl start``
-runs, ``postgres``) run in sessions of their own, so they outlive the server that started them.
-When that server dies mid-create, a ``pg_ctl start`` can still be on its way: once the reaper has
+A local instance's programs (``cp`` of the template, ``pg_ctl``, the ``setpriv`` and ``setsid``
+that start ``postgres``) run in sessions of their own, so they outlive the server that started them.
+When that server dies mid-create, a start can still be on its way: once the reaper has
 looked for ``postmaster.pid``, or while it removes the directory, a postgres comes up in it and
 keeps files there. Each of these programs names the instance's directory in its arguments, so
 that is how they are found, among the programs the caller names (an admin's ``tail -f`` of a log

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import socket
@@ -52,12 +53,16 @@ INITDB_OPTIONS = (
 )
 # How often a starting server is asked whether it takes connections (pg_ctl -w asks every 100 ms).
 START_POLL_S = 0.005
+# A WAL segment's file name (timeline, log, segment), as pg_wal holds them beside .history files.
+WAL_SEGMENT = re.compile(r"[0-9A-F]{24}")
 START_ATTEMPTS = 8
 LOG_TAIL_LINES = 20
-# pg_controldata's line (in the C locale run sets) whose value is "shut down" after a clean stop.
-CLUSTER_STATE = "Database cluster state:"
+# pg_controldata's lines (in the C locale run sets): "shut down" after a clean stop; the WAL
+# segment a start begins to read at.
+CLUSTER_STATE = "Database cluster state"
+REDO_SEGMENT = "Latest checkpoint's REDO WAL file"
 # The programs that work in an instance's directory (as in /proc/<pid>/comm).
-INSTANCE_PROGRAMS = frozenset({"cp", "pg_ctl", "sh", "postgres"})
+INSTANCE_PROGRAMS = frozenset({"cp", "pg_ctl", "setpriv", "setsid", "postgres"})
 
 
 class ServerPrograms:
@@ -122,18 +127,29 @@ class ServerPrograms:
         log.info("built the template cluster %s", final)
 
     def run(
-        self, argv: list, run_as: RunAs | None, what: str, check: bool = True, stdin: str | None = None
+        self,
+        argv: list,
+        run_as: RunAs | None,
+        what: str,
+        check: bool = True,
+        stdin: str | None = None,
+        output: int | None = None,
     ) -> subprocess.CompletedProcess:
-        kwargs: dict = {}
+        """``output``: a file descriptor for the program's stdout and stderr (else captured), its stdin
+        then /dev/null."""
+        kwargs: dict = {"capture_output": True} if output is None else {"stdout": output, "stderr": output}
+        if output is not None and stdin is None:
+            kwargs["stdin"] = subprocess.DEVNULL
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
         if run_as:
-            kwargs = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+            # setpriv switches to the user. Python's switch (user=, group=) would fork the whole
+            # server process instead of vfork-ing it: a copy of its page tables per program run.
+            argv = ["setpriv", f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups", *argv]
             env["HOME"] = run_as.home
         try:
             result = subprocess.run(
                 [str(a) for a in argv],
                 input=stdin,
-                capture_output=True,
                 text=True,
                 env=env,
                 cwd="/",
@@ -145,7 +161,9 @@ class ServerPrograms:
         except (OSError, subprocess.TimeoutExpired) as e:
             raise BackendError(f"{what} failed: {e}") from e
         if check and result.returncode != 0:
-            raise BackendError(f"{what} failed (exit {result.returncode}): {_tail(result.stderr + result.stdout)}")
+            raise BackendError(
+                f"{what} failed (exit {result.returncode}): {_tail((result.stderr or '') + (result.stdout or ''))}"
+            )
         return result
 
     def start(self, home: Path, run_as: RunAs | None, prefer: int | None = None) -> int:
@@ -159,14 +177,28 @@ class ServerPrograms:
             log_file = home / "postgres.log"
             # Only what this start writes tells how it went: a server started again appends to its log.
             offset = log_file.stat().st_size if log_file.exists() else 0
-            # -W: pg_ctl returns once postgres is forked (its own wait polls every 100 ms); _await_start polls faster.
-            self.run(
-                [self.bin_dir / "pg_ctl", "-D", home / "data", "-l", log_file, "-W", "start"], run_as, "pg_ctl start"
-            )
+            self._spawn_postgres(home, run_as, log_file)
             if self._await_start(home, port, log_file, offset):
                 return port
             log_file.unlink(missing_ok=True)
         raise BackendError(f"postgres found no free port in {self.settings.port_min}-{self.settings.port_max}.")
+
+    def _spawn_postgres(self, home: Path, run_as: RunAs | None, log_file: Path) -> None:
+        """postgres in a session of its own, its parent init once ``setsid -f`` has forked it (as
+        pg_ctl start leaves it), appending to ``log_file``. Not pg_ctl: it first runs ``postgres -V``
+        to check the binary, a whole start of the program; _await_start tells how the start went."""
+        log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if run_as:
+                os.fchown(log, run_as.uid, run_as.gid)
+            self.run(
+                ["setsid", "-f", self.bin_dir / "postgres", "-D", home / "data"],
+                run_as,
+                "starting postgres",
+                output=log,
+            )
+        finally:
+            os.close(log)
 
     def _await_start(self, home: Path, port: int, log_file: Path, offset: int) -> bool:
         """True once the superuser can connect through the private socket; False when the port was
@@ -178,6 +210,9 @@ class ServerPrograms:
                 return True
             except psycopg.OperationalError:
                 pass
+            if not (home / "data").is_dir():
+                # A delete took the instance meanwhile (its server died mid-create): nothing to wait for.
+                raise BackendError("postgres did not start: the instance's directory was removed meanwhile.")
             server_log = _read_from(log_file, offset)
             if "could not bind" in server_log or "could not create any TCP/IP sockets" in server_log:
                 _wait_for_exit(home)
@@ -213,18 +248,23 @@ class ServerPrograms:
     def shut_down(self, home: Path, run_as: RunAs | None) -> None:
         """Stop the server with a fast shutdown (every session ended, then a shutdown checkpoint)
         and make sure the cluster was left shut down cleanly, so that a copy of it starts without
-        recovery. Raises BackendError otherwise (the server may still run, or have crashed)."""
+        recovery. Raises BackendError otherwise (the server may still run, or have crashed).
+        Then only the WAL segment of that checkpoint is kept, all a start reads: the others (older
+        ones, and those recycled ahead for later writes) would be copied into every clone."""
         data = home / "data"
         if (data / "postmaster.pid").exists():
             self.run([self.bin_dir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"], run_as, "pg_ctl stop")
         # pg_ctl stop succeeds too when the shutdown checkpoint failed (a PANIC ends the server).
         controldata = self.run([self.bin_dir / "pg_controldata", data], run_as, "pg_controldata").stdout
-        state = ""
-        for line in controldata.splitlines():
-            if line.startswith(CLUSTER_STATE):
-                state = line.removeprefix(CLUSTER_STATE).strip()
+        fields = dict(line.split(":", 1) for line in controldata.splitlines() if ":" in line)
+        state = fields.get(CLUSTER_STATE, "").strip()
         if state != "shut down":
             raise BackendError(f"postgres was not shut down cleanly (cluster state: {state or 'unknown'}).")
+        kept = fields.get(REDO_SEGMENT, "").strip()
+        if WAL_SEGMENT.fullmatch(kept):
+            for entry in (data / "pg_wal").iterdir():
+                if WAL_SEGMENT.fullmatch(entry.name) and entry.name != kept:
+                    entry.unlink()
 
 
 def connect_superuser(home: Path, port: int | None, connect_timeout: int) -> psycopg.Connection:

@@ -14,7 +14,7 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from ...errors import BackendError, Conflict
+from ...errors import BackendError, Conflict, InvalidRequest
 from ...scram import SCRAM_ITERATIONS, scram_sha256_verifier
 from ..contract import Credentials, DatabaseSpec, ManagedObject
 
@@ -67,6 +67,7 @@ def create_tenant(
             sql.SQL("create role {} login nosuperuser {} nocreaterole noreplication password {}").format(
                 role, sql.SQL("createdb" if createdb else "nocreatedb"), sql.Literal(verifier)
             ),
+            sets_password=True,
         )
         if marker is not None:
             _run(conn, sql.SQL("comment on role {} is {}").format(role, sql.Literal(marker)))
@@ -95,6 +96,17 @@ def create_tenant(
         raise
 
 
+# ALTER ROLE ... PASSWORD first derives the empty password with the verifier's salt and iterations,
+# to refuse it (ours never is empty): most of a pooled claim's time on the server. Only where no
+# library is loaded into the session, so that no password hook (passwordcheck, say) is skipped; the
+# caller sets it with ALTER ROLE where this changes no row.
+_WRITE_VERIFIER = """
+update pg_authid set rolpassword = %(verifier)s where rolname = %(role)s
+and current_setting('shared_preload_libraries') = '' and current_setting('session_preload_libraries') = ''
+and current_setting('local_preload_libraries') = '' returning 1
+"""
+
+
 def hand_over_tenant(
     conn: psycopg.Connection,
     pooled: Credentials,
@@ -103,6 +115,7 @@ def hand_over_tenant(
     marker: str | None = None,
     before: Sequence[Statement] = (),
     own_server: bool = False,
+    superuser: bool = False,
 ) -> None:
     """Rename a tenant made ahead (role and database ``pooled``) to ``spec``'s names and set
     spec's password, in one transaction (``before``, the backend's own statements, included): a
@@ -117,8 +130,9 @@ def hand_over_tenant(
       empty password with the verifier's salt and iterations, to refuse it as the new one: a whole
       SCRAM derivation of the server's CPU on the claim's path, for a password that never is empty
       (and no password hook of anybody's runs there).
-    Elsewhere (a shared cluster, an admin that may not be a superuser) they are pipelined one by
-    one, the password last, so a failing rename never logs it."""
+    Elsewhere (a shared cluster) they are pipelined one by one, the password last, so a failing
+    rename never logs it. ``superuser``: the admin is one, and writes the verifier itself
+    (_WRITE_VERIFIER) where that skips nobody's password hook."""
     role = sql.Identifier(spec.db_username)
     # First: a failure of any later statement must not log the query, which holds the verifier.
     statements: list[Statement] = [sql.SQL("set local log_min_error_statement = panic")] if own_server else []
@@ -136,7 +150,8 @@ def hand_over_tenant(
                 sql.Identifier(pooled.db_name), sql.Identifier(spec.db_name)
             )
         )
-    verifier = sql.Literal(_verifier_for(conn, spec))
+    verifier_text = _verifier_for(conn, spec)
+    verifier = sql.Literal(verifier_text)
     try:
         if own_server:
             statements.append(
@@ -147,10 +162,14 @@ def hand_over_tenant(
             # No parameters: psycopg sends it with the simple query protocol, several statements allowed.
             conn.execute(sql.SQL("; ").join(statements))
         else:
-            statements.append(sql.SQL("alter role {} password {}").format(role, verifier))
             with conn.pipeline(), conn.transaction():
                 for statement in statements:
                     conn.execute(statement)
+                written = superuser and conn.execute(
+                    _WRITE_VERIFIER, {"verifier": verifier_text, "role": spec.db_username}
+                )
+                if not (written and written.fetchone()):
+                    conn.execute(sql.SQL("alter role {} password {}").format(role, verifier))
     except psycopg.errors.DuplicateObject as e:
         raise Conflict(
             f"A role named {spec.db_username!r} already exists in the cluster.", {"db_username": "already exists"}
@@ -162,12 +181,21 @@ def hand_over_tenant(
     except psycopg.errors.UniqueViolation as e:
         # A concurrent request took the name between the catalog's check and our insert.
         raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
+    except psycopg.errors.InvalidParameterValue as e:
+        # Nothing else of the hand-over takes a value that could be invalid.
+        raise password_refused(e) from e
     except psycopg.errors.ObjectInUse as e:
         # Someone (a monitoring login) is in the pooled database: the pool's problem, not a
         # conflict of the request's; the caller creates anew.
         raise BackendError(f"The pooled database is in use: {e.diag.message_primary}.") from e
     except psycopg.Error as e:
         raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
+
+
+def password_refused(e: psycopg.Error) -> InvalidRequest:
+    """A password hook of the cluster's admin (passwordcheck, say) refused db_pwd."""
+    why = e.diag.message_primary or str(e)
+    return InvalidRequest(f"The cluster's password policy refused db_pwd: {why}.", {"db_pwd": why})
 
 
 def _verifier_for(conn: psycopg.Connection, spec: DatabaseSpec) -> str:
@@ -265,10 +293,15 @@ def is_superuser(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def _run(conn: psycopg.Connection, statement: Statement) -> None:
-    """Run DDL; a name taken or an object in use meanwhile is a 409, anything else a 502."""
+def _run(conn: psycopg.Connection, statement: Statement, *, sets_password: bool = False) -> None:
+    """Run DDL; a name taken or an object in use meanwhile is a 409, a password the cluster's policy
+    refuses a 400, anything else a 502."""
     try:
         conn.execute(statement)
+    except psycopg.errors.InvalidParameterValue as e:
+        if sets_password:
+            raise password_refused(e) from e
+        raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
     except (psycopg.errors.DuplicateObject, psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation) as e:
         # UniqueViolation: a concurrent request took the name between our check and our rename.
         raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
