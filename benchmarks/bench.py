@@ -20,7 +20,6 @@ import os
 import shutil
 import signal
 import sys
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,16 +33,12 @@ import psycopg  # noqa: E402
 import requests  # noqa: E402
 
 from benchmarks import alternatives, infra, machine, measure, report  # noqa: E402
-from benchmarks.infra import REPO_ROOT, say  # noqa: E402
+from benchmarks.infra import REPO_ROOT, CannotRun, say  # noqa: E402
 
 BACKENDS = ("docker", "cluster", "local")
 MODES = ("cold", "warm")
 QUICK = {"runs": 2, "burst": 3, "list_rows": 100, "list_requests": 20}
 FULL = {"runs": 20, "burst": 20, "list_rows": 1000, "list_requests": 200}
-
-
-class CannotRun(Exception):
-    """Something the benchmark needs is missing; the message says what to do."""
 
 
 def _csv(allowed: tuple[str, ...]):
@@ -119,24 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "notes": [],
     }
-    status = 0
-    try:
-        status = benchmark(run)
-    except KeyboardInterrupt:
-        say("interrupted; cleaning up")
-        status = 130
-    except CannotRun as e:
-        say(f"cannot run: {e}")
-        status = 2
-    except Exception:
-        say(f"failed; cleaning up:\n{traceback.format_exc()}")
-        status = 1
-    finally:
-        # A second Ctrl-C must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        problems = run.cleanup.run()
-        run.results["cleanup"] = infra.leftovers(run.client, run.root, problems)
+    outcome: list[int] = []
+    status = infra.guarded(
+        lambda: outcome.append(benchmark(run)),
+        run.cleanup,
+        run.results,
+        lambda problems: infra.leftovers(run.client, run.root, problems),
+    )
+    status = status or (outcome[0] if outcome else 0)
     if status in (0, 1) and "postgraas" in run.results:
         finish(run)
     return status

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,36 @@ class Cleanup:
             except Exception as e:  # cleanup must go on whatever one step raised
                 problems.append(f"{what}: {e}")
         return problems
+
+
+class CannotRun(Exception):
+    """Something the benchmark needs is missing; the message says what to do."""
+
+
+def guarded(
+    benchmark: Callable[[], object], cleanup: Cleanup, results: dict, leftovers: Callable[[list[str]], dict]
+) -> int:
+    """Runs ``benchmark``, then ``cleanup`` whatever happened (a second Ctrl-C cannot cut it short),
+    with what was left in ``results["cleanup"]``. The exit status: 0 done, 1 failed, 2 something
+    needed is missing, 130 interrupted."""
+    status = 0
+    try:
+        benchmark()
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        status = 130
+    except CannotRun as e:
+        say(f"cannot run: {e}")
+        status = 2
+    except Exception:
+        say(f"failed; cleaning up:\n{traceback.format_exc()}")
+        results["error"] = traceback.format_exc(limit=3)
+        status = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        results["cleanup"] = leftovers(cleanup.run())
+    return status
 
 
 def free_port() -> int:
@@ -304,8 +335,8 @@ class PostgraasServer:
             try:
                 if requests.get(f"{self.url}/health", timeout=1).ok:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a loaded machine answering late: ask again
             time.sleep(0.1)
         tail = self.log_tail()
         self.stop()

@@ -22,7 +22,6 @@ import secrets
 import shutil
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -34,15 +33,11 @@ import psycopg  # noqa: E402
 import requests  # noqa: E402
 
 from benchmarks import infra, machine, template_clones, template_report, template_runs, template_schema  # noqa: E402
-from benchmarks.infra import REPO_ROOT, say  # noqa: E402
+from benchmarks.infra import REPO_ROOT, CannotRun, say  # noqa: E402
 
 BACKENDS = ("local", "cluster", "docker")
 FULL = {"tests": 50, "runs": 20, "race": 8, "pool_size": 4, "pool_timeout": 30.0}
 QUICK = {"tests": 4, "runs": 2, "race": 3, "pool_size": 2, "pool_timeout": 10.0}
-
-
-class CannotRun(Exception):
-    pass
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,24 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     cleanup = infra.Cleanup()
     results: dict = {"run_id": infra.RUN_ID, "options": {k: str(v) for k, v in vars(args).items()}, "notes": []}
     state: dict = {}
-    status = 0
-    try:
-        benchmark(args, cleanup, results, state)
-    except KeyboardInterrupt:
-        say("interrupted; cleaning up")
-        status = 130
-    except CannotRun as e:
-        say(f"cannot run: {e}")
-        status = 2
-    except Exception:
-        say(f"failed; cleaning up:\n{traceback.format_exc()}")
-        results["error"] = traceback.format_exc(limit=3)
-        status = 1
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        problems = cleanup.run()
-        results["cleanup"] = infra.leftovers(state.get("client"), state.get("root"), problems)
+    status = infra.guarded(
+        lambda: benchmark(args, cleanup, results, state),
+        cleanup,
+        results,
+        lambda problems: infra.leftovers(state.get("client"), state.get("root"), problems),
+    )
     if status in (0, 1) and "schema" in results:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -40,6 +40,12 @@ class Unauthenticated(PostgraasError):
         super().__init__(msg, headers={"WWW-Authenticate": 'Bearer realm="postgraas"'})
 
 
+class Forbidden(PostgraasError):
+    """The token may not do this (an admin's filter, say)."""
+
+    code = 403
+
+
 class NotFound(PostgraasError):
     code = 404
 
@@ -89,6 +95,15 @@ class CapacityExhausted(PostgraasError):
     code = 503
 
     def __init__(self, msg: str, retry_after: int = 60) -> None:
+        super().__init__(msg, headers={"Retry-After": str(retry_after)})
+
+
+class ServiceBusy(PostgraasError):
+    """This server process answers as much of this kind as it may at once; try again shortly."""
+
+    code = 503
+
+    def __init__(self, msg: str, retry_after: int = 1) -> None:
         super().__init__(msg, headers={"Retry-After": str(retry_after)})
 
 

@@ -71,6 +71,13 @@ class DBInstance(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy ma
         # One winner per name (and owner) under concurrent creates: the index decides, not a
         # prior SELECT. Per owner, so that a 409 tells nobody about another owner's names.
         Index("ux_db_instance_owner_name", "owner", "postgraas_instance_name", unique=True),
+        # What lists, /metrics and the reaper look up, through an index at any size (migration 0008):
+        # an owner's instances in id order (pages after an id), counts by backend and status,
+        # the expired, and lost and failed rows past their retention.
+        Index("ix_db_instance_owner_id", "owner", "id"),
+        Index("ix_db_instance_backend_status", "backend", "status"),
+        Index("ix_db_instance_status_expires_at", "status", "expires_at"),
+        Index("ix_db_instance_status_changed_at", "status", "status_changed_at"),
         # Never reuse the id of a deleted instance on SQLite: a stale id must not reach a new one.
         {"sqlite_autoincrement": True},
     )
@@ -94,11 +101,11 @@ class DBInstance(db.Model):  # type: ignore[name-defined]  # flask-sqlalchemy ma
     status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
     # Renewed by the process creating the instance; a stale one means that process died.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # "ephemeral": created with fsync, synchronous_commit and full_page_writes off (see Durability).
     durability: Mapped[str] = mapped_column(String(16), default="durable", server_default="durable")
     # The token owner that created it (auth.mode token); "" without authentication.
-    owner: Mapped[str] = mapped_column(String(63), index=True, default="", server_default="")
+    owner: Mapped[str] = mapped_column(String(63), default="", server_default="")
     # The template it is a clone of, while that matters: a pooled clone waits for a create naming
     # that template, and a create still cloning holds its template back from removal.
     template_id: Mapped[int | None]

@@ -9,15 +9,16 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__
 from .schemas import (
+    INSTANCE_NAME_RE,
     CreatedInstanceOut,
     CreateInstanceRequest,
     DeleteInstanceRequest,
     ExtendInstanceRequest,
     InstanceOut,
 )
+from .service.listing import LISTED_STATUSES, MAX_ID, MAX_LIMIT
 from .template_schemas import BuilderRequest, BuildingTemplateOut, EnsureTemplateRequest, TemplateOut
 
-MAX_ID = 2**63 - 1
 REF = "#/components/schemas/{model}"
 
 
@@ -60,13 +61,14 @@ def _errors(*codes: int) -> dict[str, Any]:
     reasons = {
         400: "Invalid request; `errors` names the fields",
         401: "Wrong db_pwd, or no valid token",
+        403: "Not for this token (an admin's filter)",
         404: "No such instance or template (or another owner's)",
         409: "Name taken, instance in use, or being changed",
         413: "Body too large",
         422: "Reserved user name",
         429: "Over a quota of the token",
         502: "The backend failed",
-        503: "The backend cannot be reached or is full",
+        503: "The backend cannot be reached or is full; or busy (Retry-After)",
         504: "The database was not ready in time",
     }
     return {str(code): _json(_ref(ErrorBody), reasons[code]) for code in codes}
@@ -134,6 +136,21 @@ def _template_paths() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _list_parameters(backends: list[str]) -> list[dict[str, Any]]:
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+    one = f"({'|'.join(LISTED_STATUSES)})"
+    return [
+        query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "A page of at most this many"),
+        query("after", {"type": "integer", "minimum": 0, "maximum": MAX_ID}, "Only ids above this (the Link's cursor)"),
+        query("status", {"type": "string", "pattern": f"^$|^{one}(,{one})*$"}, "Comma-separated statuses"),
+        query("backend", {"type": "string", "enum": backends}, "Only this backend's"),
+        query("name", {"type": "string", "pattern": f"^{INSTANCE_NAME_RE.pattern}$"}, "Only names starting with this"),
+        query("owner", {"type": "string", "minLength": 1}, "Only this owner's (admin tokens)"),
+    ]
+
+
 def build_document(token_auth: bool, backends: list[str], template_backends: list[str]) -> dict[str, Any]:
     """``backends``: the configured names (what "backend" may be); ``template_backends``: those
     that keep templates."""
@@ -163,10 +180,19 @@ def build_document(token_auth: bool, backends: list[str], template_backends: lis
     }
     collection = {
         "get": {
-            "summary": "List instances (a token's owner sees its own)",
+            "summary": "List instances (a token's owner sees its own), in id order; ?limit= pages",
+            "parameters": _list_parameters(backends),
             "responses": {
-                "200": _json({"type": "array", "items": _ref(InstanceOut)}, "The instances"),
-                **_errors(400, 401),
+                "200": {
+                    **_json({"type": "array", "items": _ref(InstanceOut)}, "The instances"),
+                    "headers": {
+                        "Link": {
+                            "description": 'With limit, while more follow: <...&after=ID>; rel="next"',
+                            "schema": {"type": "string"},
+                        }
+                    },
+                },
+                **_errors(400, 401, 403, 503),
             },
         },
         "post": {

@@ -28,6 +28,15 @@ def require(component: str, why: str) -> None:
     pytest.skip(message)
 
 
+class ClosingClient(FlaskClient):
+    """Reads each answer whole and closes it, as a WSGI server does: what an answer's close
+    releases (the turn of a whole list, say) is released, whether the test reads the body or not."""
+
+    def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
 def make_app(
     tmp_path, backend: Backend, *, registry: BackendRegistry | None = None, background: bool = True, **sections: dict
 ) -> Flask:
@@ -40,6 +49,7 @@ def make_app(
     app = create_app(settings, backends=backends, background=background)
     # Error paths must be proven as production runs them: flask-restful behaves differently in TESTING.
     app.config["TESTING"] = False
+    app.test_client_class = ClosingClient
     return app
 
 

@@ -14,6 +14,7 @@ from ..errors import InvalidRequest, PostgraasError, Unauthenticated
 from ..metrics import exposition
 from ..models import db
 from ..openapi import build_document
+from ..service.listing import MAX_ID
 from ..tokens import authenticate
 from . import request_log
 from .errors import error_response
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 # postgraas_server 2.x clients use the /api/v2 prefix.
 PREFIXES = ("", "/api/v2")
-MAX_ID = 2**63 - 1
 
 
 # Query parameters that would carry a secret: URLs end up in access logs and proxies.

@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import Response, after_this_request, current_app, g, has_request_context, request
 from flask_restful import Resource
-from pydantic import TypeAdapter
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequest
@@ -22,8 +21,7 @@ from ..schemas import (
     render,
 )
 from ..service import InstanceService
-
-INSTANCE_LIST = TypeAdapter(list[InstanceOut])
+from .instance_list import list_instances
 
 # A GET ?wait=ready blocks at most this long (and no longer than the client's timeout).
 MAX_WAIT_SECONDS = 300.0
@@ -88,12 +86,7 @@ def _after_response(action: Callable[[], None]) -> None:
 
 class InstanceCollection(Resource):
     def get(self) -> Response:
-        # backend_state would cost a backend call per instance; the item GET has it.
-        # Validated as one list: one call into pydantic's core instead of one per instance.
-        instances = INSTANCE_LIST.validate_python([InstanceOut.fields_of(row) for row in _service().list(g.principal)])
-        # Serialised by pydantic in one pass: lists of a thousand instances are common in CI fleets.
-        body = INSTANCE_LIST.dump_json(instances, exclude={"__all__": {"backend_state"}})
-        return Response(body, mimetype="application/json")
+        return list_instances()
 
     def post(self) -> tuple[dict[str, Any], int] | tuple[dict[str, Any], int, dict[str, str]]:
         create = parse_request(CreateInstanceRequest, _json_body())

@@ -4,7 +4,9 @@ shown in messages without the secrets they may hold."""
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import requests
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -48,3 +50,13 @@ def token_problem(token: str) -> str | None:
     if any(not 33 <= ord(c) <= 126 for c in token):
         return "may hold only printable ASCII characters: no spaces, line breaks or control characters"
     return None
+
+
+def next_after(response: requests.Response) -> str | None:
+    """The ``after`` of the answer's rel="next" link: the client asks the same path again with it,
+    never another URL a link could name."""
+    link = response.links.get("next", {}).get("url")
+    if not link:
+        return None
+    values = parse_qs(urlsplit(link).query).get("after", [])
+    return values[0] if values and values[0].isascii() and values[0].isdigit() else None

@@ -3,14 +3,15 @@ the CLI and the pytest plugin stay light (no Flask, SQLAlchemy or Docker)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import requests
 
-from .addresses import DEFAULT_URL, display_url, token_problem, url_problem
+from .addresses import DEFAULT_URL, display_url, next_after, token_problem, url_problem
 from .connection_errors import connection_reason, never_connected, retry_after
 from .errors import (
     AmbiguousName,
@@ -30,6 +31,11 @@ from .templates import TemplateApi
 # with a 60 s idle timeout stay out of the way.
 WAIT_CHUNK_SECONDS = 30.0
 INSTANCES = "/postgraas_instances"
+# What the server accepts as an instance's name.
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# Instances a list asks for at a time; the server answers at most MAX_PAGE_SIZE.
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
 # After an interrupted create: seconds to wait before each look for the instance, since the
 # server may not have reserved its name yet when the first look arrives.
 CLEANUP_LOOKS = (0.0, 0.5, 1.0)
@@ -155,7 +161,7 @@ class PostgraasClient:
         try:
             for delay in CLEANUP_LOOKS:
                 time.sleep(delay)
-                matches = [i for i in self.list() if i.name == name]
+                matches = self._named(name)
                 if matches:
                     break
             else:
@@ -177,8 +183,36 @@ class PostgraasClient:
         except KeyboardInterrupt:
             attach_leftover(error, Leftover(name, instance_id, "interrupted again", password_given=False))
 
-    def list(self) -> list[Instance]:
-        return [Instance.from_json(item) for item in self._request("GET", INSTANCES)]
+    def list(self, **filters: Any) -> list[Instance]:
+        """Every instance the server shows (see ``instances`` for the filters)."""
+        return list(self.instances(**filters))
+
+    def instances(
+        self,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        status: str | Sequence[str] | None = None,
+        backend: str | None = None,
+        name: str | None = None,
+        owner: str | None = None,
+    ) -> Iterator[Instance]:
+        """The instances the server shows, in id order, read a page of ``page_size`` at a time as
+        they are iterated; ``status`` (one or several), ``backend``, ``name`` (a prefix) and
+        ``owner`` (admin tokens) filter them. A server without paging answers them all at once."""
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise PostgraasClientError(f"page_size must be from 1 to {MAX_PAGE_SIZE}, not {page_size}.")
+        params = {"limit": str(page_size)}
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        if statuses:
+            params["status"] = ",".join(statuses)
+        params.update({key: value for key, value in (("backend", backend), ("name", name), ("owner", owner)) if value})
+        after: str | None = None
+        while True:
+            data, response = self._exchange("GET", INSTANCES, params={**params, **({"after": after} if after else {})})
+            yield from (Instance.from_json(item) for item in data)
+            after = next_after(response)
+            if after is None:
+                return
 
     def get(self, instance_id: int) -> Instance:
         return Instance.from_json(self._request("GET", f"{INSTANCES}/{int(instance_id)}"))
@@ -198,7 +232,7 @@ class PostgraasClient:
         name = ref.removeprefix(NAME_PREFIX)
         if not name:
             raise PostgraasClientError(f"{ref!r}: a name: reference needs the instance's name.")
-        matches = [i for i in self.list() if i.name == name]
+        matches = self._named(name)
         if name == ref and ref.isascii() and ref.isdigit():
             others = [i for i in matches if i.id != int(ref)]
             if others:
@@ -214,6 +248,12 @@ class PostgraasClient:
             ids = ", ".join(str(i.id) for i in matches)
             raise AmbiguousName(f"Several instances are named {name!r} (ids {ids}); use {ID_PREFIX}ID.")
         return matches[0].id
+
+    def _named(self, name: str) -> Sequence[Instance]:
+        # The server reads only what starts with the name; a 2.x server answers all, filtered here.
+        if not INSTANCE_NAME.fullmatch(name):
+            return []  # no instance can have it (and the server would refuse it as a prefix)
+        return [i for i in self.instances(name=name, page_size=MAX_PAGE_SIZE) if i.name == name]
 
     def find(self, ref: str | int) -> Instance:
         """An instance by id or unique name (see resolve), as the item GET shows it."""
@@ -274,7 +314,11 @@ class PostgraasClient:
 
     # -- the wire ------------------------------------------------------------------------------
 
-    def _request(
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON (``kwargs`` as ``_exchange`` takes them); raises the error the server answered with."""
+        return self._exchange(method, path, **kwargs)[0]
+
+    def _exchange(
         self,
         method: str,
         path: str,
@@ -284,7 +328,8 @@ class PostgraasClient:
         timeout: float | None = None,
         secret: str | None = None,
         answers: tuple[int, ...] = (),
-    ) -> Any:
+    ) -> tuple[Any, requests.Response]:
+        """The answer's JSON and the answer itself (for its headers)."""
         headers = {"Accept": "application/json"}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
@@ -319,7 +364,7 @@ class PostgraasClient:
                     f"{display_url(self.url)}{path} answered HTTP {response.status_code} with a body that is "
                     f"not JSON; is this a Postgraas server? It said: {self._snippet(response.text, secret)}"
                 )
-            return data
+            return data, response
         raise self._error(response, data, secret)
 
     def _error(self, response: requests.Response, data: Any, secret: str | None) -> PostgraasClientError:

@@ -19,7 +19,7 @@ import click
 from click.core import ParameterSource
 
 from .addresses import DEFAULT_URL, token_problem, url_problem
-from .api import PostgraasClient
+from .api import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PostgraasClient
 from .errors import ApiError, PostgraasClientError, leftover_of
 from .instance import Instance
 from .output import UnsafeEnvValue, format_env, format_expires, format_table, has_control_character
@@ -246,10 +246,29 @@ def create(
 
 @main.command("list")
 @_output_option(("table", "json"), "table")
+@click.option("--status", "statuses", multiple=True, help="Only these statuses (repeatable): ready, creating ...")
+@click.option("--backend", help="Only this backend's instances.")
+@click.option("--name", "name_prefix", help="Only instances whose name starts with this.")
+@click.option("--owner", help="Only this owner's instances (an admin token's filter).")
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, MAX_PAGE_SIZE),
+    default=DEFAULT_PAGE_SIZE,
+    show_default=True,
+    help="Instances asked for per request.",
+)
 @click.pass_obj
-def list_(client: PostgraasClient, output: str) -> None:
-    """List the instances this server (or token) shows."""
-    instances = client.list()
+def list_(
+    client: PostgraasClient,
+    output: str,
+    statuses: tuple[str, ...],
+    backend: str | None,
+    name_prefix: str | None,
+    owner: str | None,
+    page_size: int,
+) -> None:
+    """List the instances this server (or token) shows, a page at a time."""
+    instances = client.list(status=statuses, backend=backend, name=name_prefix, owner=owner, page_size=page_size)
     if output == "json":
         click.echo(json.dumps([i.as_dict() for i in instances], indent=2))
     else:

@@ -10,9 +10,6 @@ import logging
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
-
-from sqlalchemy import select
 
 from ..backends import Backend, BackendRegistry, Credentials, DatabaseSpec, ObjectState
 from ..config import LifecycleSettings
@@ -33,28 +30,6 @@ log = logging.getLogger(__name__)
 
 # Runs a callable once the answer to the current request is sent (the API's); by default at once.
 AfterResponse = Callable[[Callable[[], None]], None]
-
-# What a list shows (InstanceOut.fields_of), and nothing else: no password hash, and fewer
-# datetimes to convert, which are most of the Python a long list costs.
-_LISTED = (
-    select(
-        INSTANCES.c.id,
-        INSTANCES.c.postgraas_instance_name,
-        INSTANCES.c.db_name,
-        INSTANCES.c.username,
-        INSTANCES.c.hostname,
-        INSTANCES.c.port,
-        INSTANCES.c.container_id,
-        INSTANCES.c.backend,
-        INSTANCES.c.status,
-        INSTANCES.c.status_detail,
-        INSTANCES.c.durability,
-        INSTANCES.c.expires_at,
-        INSTANCES.c.creation_timestamp,
-    )
-    .where(INSTANCES.c.owner != POOL_OWNER)
-    .order_by(INSTANCES.c.id)
-)
 
 # Statuses a delete may start from; "creating" is a cancellation, handled apart.
 DELETABLE = (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST)
@@ -83,18 +58,6 @@ class InstanceService:
         self.pool = WarmPool(backends, self.provisioner, self.policy)
 
     # -- reading -----------------------------------------------------------------------------
-
-    def list(self, principal: Principal | None = None) -> list[Any]:
-        """Read-only snapshots with the listed columns as attributes (what InstanceOut.fields_of
-        reads). Not ORM objects, nor Rows, whose attribute access is slow, and run on the session's
-        connection as Core: the ORM's result handling costs more than the rest of a long list."""
-        query = _LISTED
-        if principal is not None and not principal.admin:
-            query = query.where(INSTANCES.c.owner == principal.owner)
-        result = db.session.connection().execute(query)
-        # Keys zipped once per row: a mapping's ``**`` builds a key view for every row.
-        keys = tuple(result.keys())
-        return [SimpleNamespace(**dict(zip(keys, row, strict=True))) for row in result]
 
     def get(self, instance_id: int, principal: Principal | None = None) -> DBInstance:
         """The instance, if it exists and ``principal`` may see it; another owner's instance is

@@ -9,30 +9,38 @@ the meta db's "reaper" lease acts, so any number of workers and replicas can run
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, or_, select, update
+from sqlalchemy import Row, and_, or_, select
 
 from ..backends import Backend, BackendRegistry, Credentials, ManagedObject, ObjectState
 from ..config import LifecycleSettings
 from ..errors import PostgraasError
 from ..metrics import REAPER_ACTIONS
-from ..models import ALL_STATUSES, INSTANCES, InstanceStatus, Lease, db, utcnow
+from ..models import INSTANCES, InstanceStatus, db, utcnow
 from .background import Context
 from .heartbeats import Heartbeats
 from .pool import pool_sizes
+from .reaper_lease import LeaseLost, ReaperLease
+from .reaper_listing import Listing
 from .template_upkeep import TemplateUpkeep
-from .transitions import execute_dml, forget, transition, update_row
+from .transitions import forget, transition, update_row
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "reaper"
+# Up to this many objects listed, their rows are looked up by id; beyond, reading every row's id
+# is faster than a long IN list.
+IDS_PER_QUERY = 500
+
+# What the comparisons with the listing read of a row: every live row is read each pass, so only
+# these columns (an action reads the row again, as it is then).
+_LOST_COLUMNS = ("id", "postgraas_instance_name", "backend", "status", "container_id")
+_PORT_COLUMNS = ("id", "postgraas_instance_name", "backend", "container_id", "port")
+_STRAY_COLUMNS = ("id", "postgraas_instance_name", "backend", "status")
 
 
 @dataclass
@@ -47,52 +55,31 @@ class PassReport:
         self.actions.append(action)
 
 
-class LeaseLost(Exception):
-    """Another reaper holds the lease now."""
-
-
 class Reaper:
     def __init__(
         self, backends: BackendRegistry, lifecycle: LifecycleSettings, heartbeats: Heartbeats | None = None
     ) -> None:
         self.backends = backends
         self.lifecycle = lifecycle
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = ReaperLease()
         self._stop = threading.Event()
         self._lease_seconds: float | None = None
+        # (backend, ref) of the objects this pass removed: the listing, older, still has them.
+        self._removed: set[tuple[str, str]] = set()
         # The process's own (InstanceService.heartbeats), so that one thread beats for all; a reaper
         # run alone (reap --once, tests) beats with its own.
         self._heartbeats = heartbeats or Heartbeats.of_meta_db(lifecycle.heartbeat_timeout)
 
-    # -- the lease ---------------------------------------------------------------------------
+    # -- the lease (see ReaperLease) --------------------------------------------------------
 
     def acquire(self, seconds: float) -> bool:
-        """Take or renew the lease: one conditional UPDATE, so one holder at a time."""
-        now = utcnow()
-        result = execute_dml(
-            update(Lease)
-            .where(
-                Lease.name == LEASE_NAME,
-                or_(Lease.holder == self.holder, Lease.expires_at.is_(None), Lease.expires_at < now),
-            )
-            .values(holder=self.holder, expires_at=now + timedelta(seconds=seconds))
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
-        return result.rowcount == 1
+        return self.lease.acquire(seconds)
 
     def release(self) -> None:
-        db.session.execute(
-            update(Lease)
-            .where(Lease.name == LEASE_NAME, Lease.holder == self.holder)
-            .values(holder=None, expires_at=None)
-            .execution_options(synchronize_session=False)
-        )
-        db.session.commit()
+        self.lease.release()
 
     def lease_holder(self) -> tuple[str | None, datetime | None]:
-        lease = db.session.get(Lease, LEASE_NAME)
-        return (lease.holder, lease.expires_at) if lease else (None, None)
+        return self.lease.holder_now()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -137,9 +124,10 @@ class Reaper:
         """One pass. With ``lease_seconds``, the lease is renewed for that long before each
         action, and the pass stops (LeaseLost) if another reaper took it over."""
         self._lease_seconds = lease_seconds
+        self._removed = set()
         report = PassReport(acted=True)
         now = utcnow()
-        listed = self._list_objects()
+        listed = Listing.of(self.backends)
         self._delete_expired(now, report)
         self._fail_dead_creations(now, report)
         self._retry_deletes(now, listed, report)
@@ -152,29 +140,20 @@ class Reaper:
         return report
 
     @staticmethod
-    def _rows(*statuses: str) -> list[Row]:
+    def _rows(*statuses: str, where: Sequence[Any] = (), columns: Sequence[str] = ()) -> list[Row]:
         """Snapshots of the rows, not ORM objects: a request may change or delete a row during the
         pass (an ORM object of a deleted row raises on its next read). Every action is a conditional
-        statement that re-checks the row as it is then."""
-        query = select(INSTANCES).where(INSTANCES.c.status.in_(statuses)).order_by(INSTANCES.c.id)
+        statement that re-checks the row as it is then. ``where``: more conditions, so that rows
+        with nothing to do are not read; ``columns``: only these (default: all)."""
+        query = select(*(INSTANCES.c[name] for name in columns)) if columns else select(INSTANCES)
+        query = query.where(INSTANCES.c.status.in_(statuses), *where).order_by(INSTANCES.c.id)
         rows = list(db.session.execute(query).all())
         db.session.rollback()
         return rows
 
-    def _list_objects(self) -> dict[str, list[ManagedObject] | None]:
-        listed: dict[str, list[ManagedObject] | None] = {}
-        for name, backend in self.backends.backends.items():
-            try:
-                listed[name] = backend.list_objects()
-            except PostgraasError as e:
-                log.warning("reaper: cannot list backend %s, skipping it this pass: %s", name, e.msg)
-                listed[name] = None
-        return listed
-
     def _delete_expired(self, now: datetime, report: PassReport) -> None:
-        for row in self._rows(InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST):
-            if row.expires_at is None or row.expires_at > now:
-                continue
+        expired = (INSTANCES.c.expires_at.is_not(None), INSTANCES.c.expires_at <= now)
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST, where=expired):
             # Still expired at the moment of the transition: a PATCH meanwhile wins.
             still_expired = INSTANCES.c.expires_at <= now
             if not self._transition(row, row.status, InstanceStatus.DELETING, "expired", still_expired):
@@ -204,7 +183,7 @@ class Reaper:
                     "failed: its creation died with its server",
                 )
 
-    def _retry_deletes(self, now: datetime, listed: dict, report: PassReport) -> None:
+    def _retry_deletes(self, now: datetime, listed: Listing, report: PassReport) -> None:
         # Silent long enough that no request is still working on it: a request's delete beats.
         stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
         for row in self._rows(InstanceStatus.DELETING):
@@ -224,29 +203,45 @@ class Reaper:
                     f"finished deleting instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
                 )
 
-    def _remove_stray_objects(self, now: datetime, listed: dict, report: PassReport) -> None:
+    def _remove_stray_objects(self, now: datetime, listed: Listing, report: PassReport) -> None:
         """Objects of ours with no row (after the grace period), whose row failed, or whose row is lost
         while the backend still holds the object (a swarm service of a node that went down)."""
-        rows = {row.id: row for row in self._rows(*ALL_STATUSES)}
+        listed_count = listed.count()
+        if not listed_count:
+            return
+        # Of the objects listed: which have a row, and the rows of those that may have something
+        # to do (failed or lost); a live row's object has nothing to do here.
+        named = (INSTANCES.c.id.in_(listed.instance_ids()),) if listed_count <= IDS_PER_QUERY else ()
+        judged = self._rows(InstanceStatus.LOST, InstanceStatus.FAILED, where=named, columns=_STRAY_COLUMNS)
+        rows = {row.id: row for row in judged}
+        # Read after those: a row made meanwhile is one too.
+        existing = set(db.session.execute(select(INSTANCES.c.id).where(*named)).scalars())
+        db.session.rollback()
         grace = now - timedelta(seconds=self.lifecycle.orphan_grace)
         for backend_name, objects in listed.items():
-            for obj in objects or []:
-                row = rows.get(obj.instance_id)
-                if row is None and obj.created_at < grace:
-                    if self._remove(backend_name, obj, "orphan"):
+            for obj in objects:
+                if self._removed and (backend_name, obj.ref) in self._removed:
+                    continue  # an expired instance's, say: removed by this pass already
+                if obj.instance_id not in existing:
+                    if obj.created_at < grace and self._remove(backend_name, obj, "orphan"):
                         report.add(
                             "orphan_removed",
                             backend_name,
                             f"removed orphan {obj.ref} of instance {obj.name or '?'} (id {obj.instance_id}) "
                             f"from backend {backend_name}: it has no meta row",
                         )
-                elif row is not None and row.status == InstanceStatus.LOST and row.backend == backend_name and obj.lost:
+                    continue
+                row = rows.get(obj.instance_id)
+                if row is None:
+                    continue
+                status = row.status
+                if status == InstanceStatus.LOST and row.backend == backend_name and obj.lost:
                     # Its removal when it was marked lost failed (the manager out of reach): again.
                     if self._remove(backend_name, obj, "lost"):
                         report.add(
                             "lost_leftover_removed", backend_name, f"removed {obj.ref} of lost instance id {row.id}"
                         )
-                elif row is not None and row.status == InstanceStatus.FAILED and row.backend == backend_name:
+                elif status == InstanceStatus.FAILED and row.backend == backend_name:
                     if self._remove(backend_name, obj, "failed creation"):
                         report.add(
                             "failed_leftover_removed",
@@ -255,19 +250,26 @@ class Reaper:
                             f"left in backend {backend_name}",
                         )
 
-    def _mark_lost(self, listed: dict, listed_at: datetime, report: PassReport) -> None:
+    def _mark_lost(self, listed: Listing, listed_at: datetime, report: PassReport) -> None:
         """``listed_at``: when the backends were listed, which was before this pass read the rows. A
         row that changed since (made, or a pooled one claimed) may hold an object the listing missed,
         or a name another instance held then: it is left to the next pass."""
-        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
-            objects = listed.get(row.backend)
-            changed = row.status_changed_at or row.creation_timestamp
-            if objects is None or not row.container_id or changed >= listed_at:
+        answered = listed.answered()
+        if not answered:
+            return
+        changed, made = INSTANCES.c.status_changed_at, INSTANCES.c.creation_timestamp
+        judged = (
+            INSTANCES.c.backend.in_(answered),
+            INSTANCES.c.container_id.is_not(None),
+            or_(changed < listed_at, and_(changed.is_(None), made < listed_at)),
+        )
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED, where=judged, columns=_LOST_COLUMNS):
+            if not row.container_id:
                 continue
-            held = next((o for o in objects if o.ref == row.container_id and o.instance_id == row.id), None)
+            held = listed.held(row.backend, row.container_id, row.id)
             if held is not None and held.lost is None:
                 continue
-            holders = {o.instance_id for o in objects if o.ref == row.container_id}
+            holders = {o.instance_id for o in listed.with_ref(row.backend, row.container_id)}
             backend = self._backend(row.backend)
             if backend is None:
                 continue
@@ -278,7 +280,8 @@ class Reaper:
                         continue
                 except PostgraasError:
                     continue
-            detail = held.lost if held is not None else f"its {backend.type_name} object {row.container_id} vanished"
+            vanished = f"its {backend.type_name} object {row.container_id} vanished"
+            detail = held.lost if held is not None and held.lost is not None else vanished
             unchanged = or_(INSTANCES.c.status_changed_at.is_(None), INSTANCES.c.status_changed_at < listed_at)
             if self._transition(row, row.status, InstanceStatus.LOST, detail, unchanged):
                 name = row.postgraas_instance_name
@@ -289,10 +292,15 @@ class Reaper:
                 if held is not None:
                     self._remove(row.backend, held, "lost")
 
-    def _follow_ports(self, listed: dict, report: PassReport) -> None:
+    def _follow_ports(self, listed: Listing, report: PassReport) -> None:
         """A container restarted by its engine gets a new published port: record it."""
-        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED):
-            obj = next((o for o in listed.get(row.backend) or [] if o.ref == row.container_id), None)
+        with_ports = listed.with_ports()
+        if not with_ports:
+            return
+        of_those = (INSTANCES.c.backend.in_(with_ports),)
+        for row in self._rows(InstanceStatus.READY, InstanceStatus.POOLED, where=of_those, columns=_PORT_COLUMNS):
+            same_ref = listed.with_ref(row.backend, row.container_id)
+            obj = same_ref[0] if same_ref else None
             if obj is None or obj.port is None or obj.port == row.port:
                 continue
             self._keep_lease()
@@ -325,10 +333,16 @@ class Reaper:
             InstanceStatus.LOST: self.lifecycle.lost_retention,
             InstanceStatus.FAILED: self.lifecycle.failed_retention,
         }
-        for row in self._rows(InstanceStatus.LOST, InstanceStatus.FAILED):
-            changed = row.status_changed_at or row.creation_timestamp
-            if changed > now - timedelta(seconds=retention[row.status]):
-                continue
+        changed, made = INSTANCES.c.status_changed_at, INSTANCES.c.creation_timestamp
+
+        def past(status: str, seconds: float) -> Any:
+            # Changed (made, for rows of 2.x) before the cutoff: two terms rather than a coalesce,
+            # so that each is a range of the (status, status_changed_at) index.
+            cutoff = now - timedelta(seconds=seconds)
+            return and_(INSTANCES.c.status == status, or_(changed <= cutoff, and_(changed.is_(None), made <= cutoff)))
+
+        past_retention = or_(*(past(status, seconds) for status, seconds in retention.items()))
+        for row in self._rows(*retention, where=(past_retention,)):
             status = row.status
             if status == InstanceStatus.LOST:
                 # Deleting first, as a request's delete would: the two cannot both act on it.
@@ -351,8 +365,8 @@ class Reaper:
         return self.backends.backends.get(name)
 
     @staticmethod
-    def _objects_of(row: Row, listed: dict) -> list[ManagedObject]:
-        return [o for o in listed.get(row.backend) or [] if o.instance_id == row.id and o.ref != row.container_id]
+    def _objects_of(row: Row, listed: Listing) -> list[ManagedObject]:
+        return [o for o in listed.of_instance(row.backend, row.id) if o.ref != row.container_id]
 
     def _remove_object(self, row: Row, why: str) -> bool:
         if not row.container_id:
@@ -381,6 +395,7 @@ class Reaper:
             return False
         if left:
             log.warning("reaper: instance id %s in backend %s (%s): %s", obj.instance_id, backend_name, why, left)
+        self._removed.add((backend_name, obj.ref))
         return True
 
     def _take_over_delete(self, instance_id: int, stale: datetime) -> bool:

@@ -328,6 +328,17 @@ def create(contract_name, creator_for) -> Creator:
 
 
 @pytest.fixture
+def meta_db(pg_server) -> Iterator[str]:
+    """The URL of a PostgreSQL meta db of the test's own, in pg_server."""
+    name = f"meta_{uuid.uuid4().hex[:8]}"
+    with pg_server.admin() as admin:
+        admin.execute(f"create database {name}")
+    yield f"postgresql://postgres:{pg_server.password}@127.0.0.1:{pg_server.port}/{name}"
+    with pg_server.admin() as admin:
+        admin.execute(f"drop database {name} with (force)")
+
+
+@pytest.fixture
 def cluster_left_as_found(pg_server) -> Iterator[None]:
     """After each test: no role and no database more than before it."""
     roles, databases = pg_server.roles(), pg_server.databases()

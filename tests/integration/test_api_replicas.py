@@ -26,16 +26,6 @@ INTERVAL = 3.0
 POOL = 2
 
 
-@pytest.fixture
-def meta_db(pg_server) -> Iterator[str]:
-    name = f"meta_{uuid.uuid4().hex[:8]}"
-    with pg_server.admin() as admin:
-        admin.execute(f"create database {name}")
-    yield f"postgresql://postgres:{pg_server.password}@127.0.0.1:{pg_server.port}/{name}"
-    with pg_server.admin() as admin:
-        admin.execute(f"drop database {name} with (force)")
-
-
 class Replicas:
     def __init__(self, fleet: Fleet, tmp_path: Path, request: pytest.FixtureRequest, meta_db: str) -> None:
         self.fleet, self.tmp_path, self.meta_db = fleet, tmp_path, meta_db

@@ -9,14 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from postgraas_server.app import create_app
 from postgraas_server.backends import BackendRegistry
 from postgraas_server.config import settings_from_dict
 from postgraas_server.errors import BackendError, Conflict, InvalidRequest
-from postgraas_server.migrations import upgrade
 from postgraas_server.models import DBInstance, db
 from postgraas_server.service.reaper import Reaper
 
+from ..conftest import make_app
 from .api_calls import create, fill
 
 POOL_SIZE = 2
@@ -24,18 +23,11 @@ POOL_SIZE = 2
 
 @pytest.fixture
 def app(tmp_path, fake_backend):
-    settings = settings_from_dict(
-        {
-            "metadb": {"url": f"sqlite:///{tmp_path / 'meta.sqlite'}"},
-            "lifecycle": {"reaper_interval": 0, "orphan_grace": 1},
-        }
-    )
-    upgrade(settings.metadb.sqlalchemy_url())
     registry = BackendRegistry({"fake": fake_backend}, "fake", pools={"fake": POOL_SIZE})
     # The tests run the keeper's rounds themselves.
-    app = create_app(settings, backends=registry, background=False)
-    app.config["TESTING"] = False
-    return app
+    return make_app(
+        tmp_path, fake_backend, registry=registry, background=False, lifecycle={"reaper_interval": 0, "orphan_grace": 1}
+    )
 
 
 def statuses(app) -> list[str]:

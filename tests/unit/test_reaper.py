@@ -41,6 +41,20 @@ def test_expired_instances_are_deleted_with_their_objects(app, client, reaper, f
     assert list(fake_backend.objects) == [kept["container_id"]]
 
 
+def test_an_expired_instance_is_removed_once_not_again_as_an_orphan(app, client, reaper, fake_backend):
+    # The pass lists the backends before it deletes: an old instance's object, gone with its row,
+    # is still in that listing, past the orphan grace.
+    expired = create(client, ttl=60).get_json()
+    set_row(expired["postgraas_instance_id"], expires_at=LONG_AGO)
+    fake_backend.created_at[expired["container_id"]] = LONG_AGO
+    deletes = []
+    real_delete = fake_backend.delete
+    fake_backend.delete = lambda ref, *args, **kwargs: deletes.append(ref) or real_delete(ref, *args, **kwargs)
+    report = reaper.run_pass()
+    assert report.actions == [f"deleted expired instance demo (id {expired['postgraas_instance_id']}) in backend fake"]
+    assert deletes == [expired["container_id"]]
+
+
 def test_a_creation_whose_server_died_fails_and_its_objects_go(app, client, reaper, fake_backend):
     instance_id = create(client).get_json()["postgraas_instance_id"]
     # As a crash mid-create leaves it: the row still creating, no heartbeat, an object made.
@@ -107,6 +121,15 @@ def test_old_lost_and_failed_rows_are_forgotten(app, client, reaper, fake_backen
     assert rows(app) == []
 
 
+def test_rows_of_2x_without_a_status_change_are_judged_by_their_creation(app, client, reaper, fake_backend):
+    old = create(client).get_json()["postgraas_instance_id"]
+    recent = create(client, postgraas_instance_name="recent").get_json()["postgraas_instance_id"]
+    set_row(old, status="failed", status_changed_at=None, creation_timestamp=LONG_AGO)
+    set_row(recent, status="lost", status_changed_at=None, creation_timestamp=datetime.now(UTC))
+    assert f"forgot failed instance demo (id {old}) in backend fake" in reaper.run_pass().actions
+    assert [(r.id, r.status) for r in rows(app)] == [(recent, "lost")]
+
+
 def test_an_unreachable_backend_is_skipped_not_judged(app, client, reaper, fake_backend):
     create(client)
     fake_backend.objects.clear()
@@ -124,7 +147,7 @@ def test_a_patch_between_listing_and_claim_wins_over_expiry(app, client, reaper,
     set_row(instance_id, expires_at=LONG_AGO)
     stale = reaper._rows("ready")  # what the reaper saw ...
     set_row(instance_id, expires_at=datetime.now(UTC) + timedelta(hours=1))  # ... then a PATCH
-    monkeypatch.setattr(reaper, "_rows", lambda *statuses: stale if "ready" in statuses else [])
+    monkeypatch.setattr(reaper, "_rows", lambda *statuses, **_: stale if "ready" in statuses else [])
     assert reaper.run_pass().actions == []
     assert rows(app)[0].status == "ready" and fake_backend.objects
 
@@ -134,7 +157,7 @@ def test_a_heartbeat_between_listing_and_claim_keeps_the_creation(app, client, r
     set_row(instance_id, status="creating", heartbeat_at=LONG_AGO)
     stale = reaper._rows("creating")
     set_row(instance_id, heartbeat_at=datetime.now(UTC))
-    monkeypatch.setattr(reaper, "_rows", lambda *statuses: stale if "creating" in statuses else [])
+    monkeypatch.setattr(reaper, "_rows", lambda *statuses, **_: stale if "creating" in statuses else [])
     assert reaper.run_pass().actions == []
     assert rows(app)[0].status == "creating"
 

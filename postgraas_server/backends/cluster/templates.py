@@ -33,7 +33,7 @@ from psycopg import sql
 
 from ...errors import BackendError, BackendTimeout, PostgraasError
 from ..contract import FrozenTemplate
-from ..postgres.tenants import Statement, lock_down_public_schema, marked_instance
+from ..postgres.tenants import MARKED_ROLES, Statement, lock_down_public_schema, marked_instance
 from .admin_steps import Connect, run_step
 from .tenant_removal import (
     SESSION_EXIT_WAIT_MS,
@@ -254,11 +254,7 @@ def drop_frozen(conn: psycopg.Connection, artifact: str, *, deployment: str, con
     deployment's template marker naming ``artifact``; whatever is gone already is no error."""
     roles = [
         (name, oid)
-        for name, oid, comment in conn.execute(
-            "select rolname, oid, shobj_description(oid, 'pg_authid') from pg_roles"
-            " where shobj_description(oid, 'pg_authid') like %s",
-            (f"postgraas deployment={deployment} template=%",),
-        )
+        for name, oid, comment in conn.execute(MARKED_ROLES, (f"postgraas deployment={deployment} template=%",))
         if (marked_template(comment, deployment) or (0, ""))[1] == artifact
     ]
     database = conn.execute(
@@ -282,12 +278,9 @@ def list_frozen(conn: psycopg.Connection, deployment: str) -> dict[int, str]:
     """Template id -> database, from the markers of the templates' roles (each dropped last).
     Where one id has several (a build frozen again after the server lost its first freeze), the
     oldest: the newer may be its row's, so the older goes first, and the newer is seen after."""
-    rows = conn.execute(
-        "select shobj_description(oid, 'pg_authid') from pg_roles where shobj_description(oid, 'pg_authid') like %s",
-        (f"postgraas deployment={deployment} template=%",),
-    ).fetchall()
+    rows = conn.execute(MARKED_ROLES, (f"postgraas deployment={deployment} template=%",)).fetchall()
     oldest: dict[int, tuple[str, str]] = {}
-    for (comment,) in rows:
+    for _, _, comment in rows:
         match = _TEMPLATE_MARKER_RE.fullmatch(comment or "")
         if match is None or match.group(1) != deployment:
             continue

@@ -24,6 +24,13 @@ Statement = sql.SQL | sql.Composed
 # Every role may connect to a new database, and make temporary tables in it, until this.
 REVOKE_FROM_PUBLIC = "revoke connect, temporary on database {} from public"
 
+# The roles whose marker (their comment) is LIKE a pattern: name, oid, marker. A join, not a filter
+# on shobj_description(), which runs a query of its own for every role of the server.
+MARKED_ROLES = (
+    "select r.rolname, r.oid, c.description from pg_roles r join pg_shdescription c"
+    " on c.objoid = r.oid and c.classoid = 'pg_catalog.pg_authid'::regclass where c.description like %s"
+)
+
 
 def role_exists(conn: psycopg.Connection, role: str) -> bool:
     return conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is not None
@@ -264,13 +271,9 @@ def marked_instance(comment: str | None, deployment: str) -> int | None:
 
 def list_tenants(conn: psycopg.Connection, deployment: str) -> list[ManagedObject]:
     """The roles this deployment made (each names its database), from their markers."""
-    rows = conn.execute(
-        "select rolname, shobj_description(oid, 'pg_authid') from pg_roles"
-        " where shobj_description(oid, 'pg_authid') like %s",
-        (f"postgraas deployment={deployment} %",),
-    ).fetchall()
+    rows = conn.execute(MARKED_ROLES, (f"postgraas deployment={deployment} %",)).fetchall()
     tenants = []
-    for role, comment in rows:
+    for role, _, comment in rows:
         match = _MARKER_RE.fullmatch(comment or "")
         if not match or match.group(1) != deployment:
             continue
