@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,6 @@ if __package__ in (None, ""):
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
 import psycopg  # noqa: E402
-import requests  # noqa: E402
 
 from benchmarks import alternatives, infra, machine, measure, report  # noqa: E402
 from benchmarks.infra import REPO_ROOT, CannotRun, say  # noqa: E402
@@ -107,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # There is no registry to pull Ryuk from, and this script removes its containers itself.
     os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "true"
-    signal.signal(signal.SIGTERM, _interrupted)
     run = Run(args)
     run.results = {
         "run_id": infra.RUN_ID,
@@ -125,10 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     if status in (0, 1) and "postgraas" in run.results:
         finish(run)
     return status
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def benchmark(run: Run) -> int:
@@ -180,16 +173,7 @@ def prepare(run: Run) -> None:
         if {"cluster", "local"} & set(args.backends):
             raise CannotRun(f"{e} (the cluster and local backends need them; see --backends)") from e
     if "docker" in args.backends:
-        try:
-            run.client = docker.from_env()
-            run.client.ping()
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            raise CannotRun(f"no Docker engine answers ({e}); run scripts/ensure-docker.sh or drop docker") from e
-        try:
-            run.client.images.get(args.image)
-        except docker.errors.ImageNotFound as e:
-            # Never pull: there is no registry here, and a pull would end up in the timings.
-            raise CannotRun(f"image {args.image} is not on the engine; run scripts/build-test-images.sh") from e
+        run.client = infra.require_docker(args.image)
         if removed := infra.remove_dead_runs_containers(run.client):
             say(f"removed {len(removed)} container(s) left by earlier runs that died: {', '.join(removed)}")
         client = run.client

@@ -78,6 +78,8 @@ def guarded(
     with what was left in ``results["cleanup"]``. The exit status: 0 done, 1 failed, 2 something
     needed is missing, 130 interrupted."""
     status = 0
+    # A kill ends the run as a Ctrl-C does: cleaned up.
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         benchmark()
     except KeyboardInterrupt:
@@ -95,6 +97,25 @@ def guarded(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         results["cleanup"] = leftovers(cleanup.run())
     return status
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def require_docker(image: str) -> docker.DockerClient:
+    """A client of the engine that answers and holds ``image`` (never pulled: there is no registry
+    here, and a pull would end up in the timings); CannotRun otherwise."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise CannotRun(f"no Docker engine answers ({e}); run scripts/ensure-docker.sh or drop docker") from e
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound as e:
+        raise CannotRun(f"image {image} is not on the engine; run scripts/build-test-images.sh") from e
+    return client
 
 
 def free_port() -> int:

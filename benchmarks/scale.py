@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -80,7 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupted)
     cleanup = infra.Cleanup()
     options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results: dict = {"run_id": infra.RUN_ID, "options": options, "notes": [], "runs": {}}
@@ -101,10 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     if status == 0 and any(run.get("error") for run in results["runs"].values()):
         status = 1
     return status
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def benchmark(args: argparse.Namespace, cleanup: infra.Cleanup, results: dict, state: dict) -> None:

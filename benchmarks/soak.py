@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ if __package__ in (None, ""):
 
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
-import requests  # noqa: E402
 
 from benchmarks import infra, machine, measure, report, soak_checks, soak_report  # noqa: E402
 from benchmarks.infra import REPO_ROOT, CannotRun, say  # noqa: E402
@@ -141,7 +139,6 @@ class Run:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupted)
     run = Run(args)
     run.results = {
         "run_id": infra.RUN_ID,
@@ -157,10 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def prepare(run: Run) -> None:
     """Check what is needed before starting anything, then make the scratch dir and the cluster's server."""
     from postgraas_server.backends.local import find_bin_dir
@@ -174,15 +167,7 @@ def prepare(run: Run) -> None:
         except BackendUnavailable as e:
             raise CannotRun(f"{e} (the cluster and local backends need them; see --mix)") from e
     if "docker" in kinds:
-        try:
-            run.client = docker.from_env()
-            run.client.ping()
-        except (docker.errors.DockerException, requests.RequestException) as e:
-            raise CannotRun(f"no Docker engine answers ({e}); run scripts/ensure-docker.sh or drop docker") from e
-        try:
-            run.client.images.get(args.image)
-        except docker.errors.ImageNotFound as e:
-            raise CannotRun(f"image {args.image} is not on the engine; run scripts/build-test-images.sh") from e
+        run.client = infra.require_docker(args.image)
         if removed := infra.remove_dead_runs_containers(run.client):
             say(f"removed {len(removed)} container(s) left by earlier runs that died: {', '.join(removed)}")
         client = run.client

@@ -20,7 +20,6 @@ import argparse
 import json
 import secrets
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -30,7 +29,6 @@ if __package__ in (None, ""):
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
 import psycopg  # noqa: E402
-import requests  # noqa: E402
 
 from benchmarks import infra, machine, template_clones, template_report, template_runs, template_schema  # noqa: E402
 from benchmarks.infra import REPO_ROOT, CannotRun, say  # noqa: E402
@@ -69,7 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupted)
     cleanup = infra.Cleanup()
     results: dict = {"run_id": infra.RUN_ID, "options": {k: str(v) for k, v in vars(args).items()}, "notes": []}
     state: dict = {}
@@ -85,10 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         print(template_report.table(results))
         print(f"json: {args.json}")
     return status
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def benchmark(args: argparse.Namespace, cleanup: infra.Cleanup, results: dict, state: dict) -> None:
@@ -166,15 +159,10 @@ def benchmark(args: argparse.Namespace, cleanup: infra.Cleanup, results: dict, s
 
 def docker_client(image: str, unavailable: dict[str, str]) -> docker.DockerClient | None:
     try:
-        client = docker.from_env()
-        client.ping()
-    except (docker.errors.DockerException, requests.RequestException) as e:
-        unavailable["docker"] = f"no Docker engine answers ({type(e).__name__}); scripts/ensure-docker.sh starts one"
-        return None
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        unavailable["docker"] = f"image {image} is not on the engine; scripts/build-test-images.sh builds it"
+        client = infra.require_docker(image)
+    except CannotRun as e:
+        # The other backends are measured without it.
+        unavailable["docker"] = str(e)
         return None
     if removed := infra.remove_dead_runs_containers(client):
         say(f"removed {len(removed)} container(s) left by earlier runs that died")
