@@ -301,10 +301,6 @@ def _run(conn: psycopg.Connection, statement: Statement, *, sets_password: bool 
     refuses a 400, anything else a 502."""
     try:
         conn.execute(statement)
-    except psycopg.errors.InvalidParameterValue as e:
-        if sets_password:
-            raise password_refused(e) from e
-        raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
     except (psycopg.errors.DuplicateObject, psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation) as e:
         # UniqueViolation: a concurrent request took the name between our check and our rename.
         raise Conflict(f"The cluster refused: {e.diag.message_primary}.") from e
@@ -312,6 +308,8 @@ def _run(conn: psycopg.Connection, statement: Statement, *, sets_password: bool 
         # A create whose template has a session in it: nothing was made; another try may succeed.
         raise Conflict(f"The cluster refused: {e.diag.message_primary}. Try again later.") from e
     except psycopg.Error as e:
+        if sets_password and isinstance(e, psycopg.errors.InvalidParameterValue):
+            raise password_refused(e) from e
         raise BackendError(f"The cluster refused: {e.diag.message_primary or e}.") from e
 
 
