@@ -242,6 +242,19 @@ def seconds(value: float | None) -> str:
     return f"{value:.2f} s"
 
 
+def aligned(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
+    """The rows under the header as text columns (those in ``right`` right-aligned), a rule below the header."""
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(table):
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(line)]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
 def table(results: dict) -> str:
     header = ["path", "p50", "p95", "p99", "n", "fail", "compared", "target"]
     lines = [header]
@@ -259,14 +272,7 @@ def table(results: dict) -> str:
                 row.target,
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {1, 2, 3, 4, 5}
-    out = []
-    for n, line in enumerate(lines):
-        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(line)]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
+    out = aligned(header, lines[1:], {1, 2, 3, 4, 5})
     for mode in ("cold", "warm"):
         section = _get(results, "postgraas", mode)
         if section and section.get("status") != "ok":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .report import seconds
+from .report import aligned, seconds
 
 # Issue 19's targets.
 FLAT_RATIO = 1.5
@@ -120,14 +120,7 @@ def table(results: dict) -> str:
                 ])  # fmt: skip
         for size in sizes:
             lines.append(_memory_row(kind, size, by_size[str(size)]))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {1, 3, 4, 5, 6}
-    out = []
-    for n, line in enumerate(lines):
-        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(line)]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
+    out = aligned(header, lines[1:], {1, 3, 4, 5, 6})
     for kind, run in (results.get("runs") or {}).items():
         if run.get("error"):
             out.append(f"{kind}: failed: {run['error']}")

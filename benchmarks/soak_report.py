@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .report import seconds, summarize
+from .report import aligned, seconds, summarize
 from .soak_load import Answer, CycleResult
 
 # What issue 19 asks of the load held; reported with a verdict, never asserted here.
@@ -158,18 +158,6 @@ def evaluate(results: dict) -> list[dict]:
     return targets
 
 
-def _lines(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    table = [header, *rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    out = []
-    for n, line in enumerate(table):
-        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(line)]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
-
-
 def table(results: dict) -> str:
     f = results["figures"]
     rows = []
@@ -190,7 +178,7 @@ def table(results: dict) -> str:
                     str(s["n"]),
                 ]
             )
-    out = _lines(["path (counted cycles)", "p50", "p95", "p99", "max", "n"], rows, {1, 2, 3, 4, 5})
+    out = aligned(["path (counted cycles)", "p50", "p95", "p99", "max", "n"], rows, {1, 2, 3, 4, 5})
     load = results["load"]
     out.append(
         f"{f['counted_cycles']} cycles (+{f['cycles'] - f['counted_cycles']} warm-up) by {load['clients']} clients "
@@ -202,7 +190,7 @@ def table(results: dict) -> str:
     for target in results["targets"]:
         mark = {True: "pass", False: "MISS", None: "n/a"}[target["passed"]]
         rows.append([target["text"], target["shown"], mark, target["note"]])
-    out += _lines(["target (issue 19)", "figure", "verdict", "note"], rows, set())
+    out += aligned(["target (issue 19)", "figure", "verdict", "note"], rows, set())
     for problem in (results["at_end"]["problems"] + (results.get("after_drain") or {}).get("problems", []))[:20]:
         out.append(f"leak: {problem}")
     for problem in f["problems"][:20]:
