@@ -259,7 +259,7 @@ def measure_size(
     idle, idle_cpu = report.Series(), report.Series()
     idle_actions: list[str] = []
     for n in range(args.passes):
-        seconds, cpu, actions = in_process.one_pass(_profile(args, kind, size, f"idle{n}"))
+        seconds, cpu, _, actions = in_process.one_pass(_profile(args, kind, size, f"idle{n}"))
         idle.samples.append(seconds)
         idle_cpu.samples.append(cpu)
         idle_actions += actions
@@ -268,11 +268,14 @@ def measure_size(
     done("reaper_idle", {**measured, "actions": len(idle_actions), "first_actions": idle_actions[:10]})
     expired = fleet.expire(max(1, size // 100))
     machine.settle_machine(max_wait=5)
-    seconds, cpu, actions = in_process.one_pass(_profile(args, kind, size, "expired"))
+    seconds, cpu, removals, actions = in_process.one_pass(_profile(args, kind, size, "expired"))
     measured = report.Series([seconds]).as_dict()
     measured.update(cpu_p50=cpu, expired=expired, actions=len(actions), first_actions=actions[:4])
-    measured["per_expired_s"] = seconds / expired if expired else None
     done("reaper_expired", measured)
+    # The pass queues their removals, which run after it: until the last had run.
+    removed = report.Series([removals]).as_dict()
+    removed.update(expired=expired, per_expired_s=removals / expired if expired else None)
+    done("reaper_removals", removed)
     return figures
 
 

@@ -36,7 +36,8 @@ class InProcess:
         settings = settings_from_dict(config)
         app = create_app(settings, background=False)
         state = app.extensions["postgraas"]
-        return cls(app, Reaper(state.backends, settings.lifecycle, state.service.heartbeats))
+        reaper = Reaper(state.backends, settings.lifecycle, state.service.heartbeats, app.app_context)
+        return cls(app, reaper)
 
     def issue_token(self, owner: str, admin: bool = False) -> str:
         """A token as ``postgraas-server token create`` makes one (the same function)."""
@@ -46,9 +47,10 @@ class InProcess:
             finally:
                 db.session.remove()
 
-    def one_pass(self, profile: Path | None = None) -> tuple[float, float, list[str]]:
+    def one_pass(self, profile: Path | None = None) -> tuple[float, float, float, list[str]]:
         """Seconds of one pass, of this process's CPU during it (less moved by other load on the
-        machine), and what it did; with ``profile``, its cProfile statistics go there."""
+        machine), seconds from its end until the removals it queued (of expired instances) had run,
+        and what it did; with ``profile``, the pass's cProfile statistics go there."""
         with self.app.app_context():
             try:
                 if not self.reaper.acquire(seconds=LEASE_S):
@@ -64,13 +66,15 @@ class InProcess:
                     if profiler is not None:
                         profiler.disable()
                 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+                self.reaper.wait_for_removals()
+                removals = time.perf_counter() - started - seconds
                 self.reaper.release()
             finally:
                 db.session.remove()
         if profiler is not None and profile is not None:
             profile.parent.mkdir(parents=True, exist_ok=True)
             profiler.dump_stats(profile)
-        return seconds, cpu, report.actions
+        return seconds, cpu, removals, report.actions
 
     def close(self) -> None:
         with self.app.app_context():

@@ -121,6 +121,7 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
             # One fixed control-socket path per user would be shared by every server on the host.
             self.cfg.set("control_socket_disable", True)
             self.cfg.set("logger_class", ServerLogs)
+            self.cfg.set("worker_exit", _stop_background_work)
 
         def load(self) -> Any:
             # Runs in each worker after the fork: the factory starts the worker's pool keeper and
@@ -132,28 +133,42 @@ def serve(settings: Settings, bind: str, workers: int, threads: int, worker_clas
     Server().run()
 
 
+def _stop_background_work(_arbiter: Any, worker: Any) -> None:
+    """gunicorn's worker_exit, in the worker leaving: its reaper gives the lease back (so another
+    worker's takes over at once) and its pool keeper makes no more."""
+    state = getattr(worker.wsgi, "extensions", {}).get("postgraas")
+    if state is not None and state.background is not None:
+        state.background.stop(wait=STOP_WAIT_S)
+
+
+# How long a leaving worker waits for its reaper's pass to end before it exits anyway.
+STOP_WAIT_S = 5.0
+
+
 @main.command()
 @click.option("--once", is_flag=True, help="Run one pass and exit (for cron); else loop at lifecycle.reaper_interval.")
 @click.pass_obj
 def reap(settings: Settings, once: bool) -> None:
     """Reconcile the meta db with the backends: expire, clean up, mark lost. Prints what it did."""
-    from .service import Reaper
+    from .service import Reaper, ReaperLoop
 
     app = _app(settings)
     state = app.extensions["postgraas"]
-    reaper = Reaper(state.backends, settings.lifecycle, state.service.heartbeats)
+    reaper = Reaper(state.backends, settings.lifecycle, state.service.heartbeats, app.app_context)
+    if not once:
+        if settings.lifecycle.reaper_interval <= 0:
+            raise click.UsageError("lifecycle.reaper_interval is 0; use --once")
+        ReaperLoop(reaper, app.app_context).run_forever()
+        return
     with app.app_context():
-        if not once:
-            if settings.lifecycle.reaper_interval <= 0:
-                raise click.UsageError("lifecycle.reaper_interval is 0; use --once")
-            reaper.run_forever(app.app_context)
-            return
         if not reaper.acquire(seconds=300):
             holder, until = reaper.lease_holder()
             click.echo(f"another reaper ({holder}) holds the lease until {until:%Y-%m-%d %H:%M:%S} UTC; nothing done")
             return
         try:
             report = reaper.run_pass(lease_seconds=300)
+            # The expired instances' removals run after the pass: what it did is known once they ran.
+            reaper.wait_for_removals()
         finally:
             reaper.release()
     for action in report.actions:

@@ -129,6 +129,8 @@ class LifecycleSettings(_Section):
     max_ttl: OptionalDuration = None
     # Seconds between reaper passes in each server process; 0 turns the loop off (use `reap --once`).
     reaper_interval: float = Field(default=30.0, ge=0)
+    # How many backend removals of expired instances the reaper runs at once, after the pass.
+    reaper_removals: int = Field(default=4, ge=1, le=64)
     # A backend object of ours without a meta row is removed once it is this old.
     orphan_grace: Duration = 60
     # A creation whose server stopped sending heartbeats for this long has died with it.

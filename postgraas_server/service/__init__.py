@@ -12,6 +12,7 @@ from .background import Context
 from .instances import InstanceService
 from .pool_keeper import PoolKeeper
 from .reaper import Reaper
+from .reaper_loop import ReaperLoop
 from .templates import TemplateService
 
 
@@ -20,12 +21,14 @@ class BackgroundWork:
     """The threads of one server process that keep pools filled and reconcile the meta db."""
 
     keeper: PoolKeeper | None
-    reaper: Reaper | None
+    reaper: ReaperLoop | None
 
-    def stop(self) -> None:
-        for worker in (self.keeper, self.reaper):
-            if worker is not None:
-                worker.stop()
+    def stop(self, wait: float = 0) -> None:
+        """``wait``: seconds the reaper may take to end its pass and give its lease back."""
+        if self.keeper is not None:
+            self.keeper.stop()
+        if self.reaper is not None:
+            self.reaper.stop(wait)
 
 
 def start_background_work(service: InstanceService, settings: Settings, context: Context) -> BackgroundWork:
@@ -42,9 +45,17 @@ def start_background_work(service: InstanceService, settings: Settings, context:
         keeper.start(context)
     reaper = None
     if settings.lifecycle.reaper_interval > 0:
-        reaper = Reaper(service.backends, settings.lifecycle, service.heartbeats)
-        reaper.start(context)
+        reaper = ReaperLoop(Reaper(service.backends, settings.lifecycle, service.heartbeats, context), context)
+        reaper.start()
     return BackgroundWork(keeper, reaper)
 
 
-__all__ = ["BackgroundWork", "InstanceService", "PoolKeeper", "Reaper", "TemplateService", "start_background_work"]
+__all__ = [
+    "BackgroundWork",
+    "InstanceService",
+    "PoolKeeper",
+    "Reaper",
+    "ReaperLoop",
+    "TemplateService",
+    "start_background_work",
+]

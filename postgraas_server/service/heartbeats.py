@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, update
@@ -54,17 +54,25 @@ class Heartbeats:
     @contextmanager
     def beating(self, instance_id: int) -> Iterator[None]:
         """Renew the row's heartbeat_at while the block runs (the row was reserved with a fresh one)."""
-        engine = self._engine()
-        with self._lock:
-            self._beating.add(instance_id)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, args=(engine,), daemon=True, name="heartbeats")
-                self._thread.start()
+        self.hold([instance_id])
         try:
             yield
         finally:
-            with self._lock:
-                self._beating.discard(instance_id)
+            self.release([instance_id])
+
+    def hold(self, instance_ids: Iterable[int]) -> None:
+        """Renew these rows' heartbeat_at from now until ``release``: work queued here beats as work
+        running does, so no reaper takes it over while it waits its turn."""
+        engine = self._engine()
+        with self._lock:
+            self._beating.update(instance_ids)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, args=(engine,), daemon=True, name="heartbeats")
+                self._thread.start()
+
+    def release(self, instance_ids: Iterable[int]) -> None:
+        with self._lock:
+            self._beating.difference_update(instance_ids)
 
     def _run(self, engine: Engine) -> None:
         stop = threading.Event()  # never set: the thread lives as long as the process

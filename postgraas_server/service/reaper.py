@@ -9,7 +9,6 @@ the meta db's "reaper" lease acts, so any number of workers and replicas can run
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +26,7 @@ from .heartbeats import Heartbeats
 from .pool import pool_sizes
 from .reaper_lease import LeaseLost, ReaperLease
 from .reaper_listing import Listing
+from .reaper_removals import EXPIRABLE, Removals, expired_at, move_expired
 from .template_upkeep import TemplateUpkeep
 from .transitions import forget, transition, update_row
 
@@ -57,18 +57,26 @@ class PassReport:
 
 class Reaper:
     def __init__(
-        self, backends: BackendRegistry, lifecycle: LifecycleSettings, heartbeats: Heartbeats | None = None
+        self,
+        backends: BackendRegistry,
+        lifecycle: LifecycleSettings,
+        heartbeats: Heartbeats | None = None,
+        context: Context | None = None,
     ) -> None:
+        """``context``: where a meta-db session lives for the threads that remove expired instances
+        after a pass; without one, a pass removes them itself."""
         self.backends = backends
         self.lifecycle = lifecycle
         self.lease = ReaperLease()
-        self._stop = threading.Event()
         self._lease_seconds: float | None = None
         # (backend, ref) of the objects this pass removed: the listing, older, still has them.
         self._removed: set[tuple[str, str]] = set()
         # The process's own (InstanceService.heartbeats), so that one thread beats for all; a reaper
         # run alone (reap --once, tests) beats with its own.
         self._heartbeats = heartbeats or Heartbeats.of_meta_db(lifecycle.heartbeat_timeout)
+        self._removals: Removals | None = None
+        if context is not None:
+            self._removals = Removals(context, self._heartbeats, lifecycle.reaper_removals)
 
     # -- the lease (see ReaperLease) --------------------------------------------------------
 
@@ -81,37 +89,14 @@ class Reaper:
     def lease_holder(self) -> tuple[str | None, datetime | None]:
         return self.lease.holder_now()
 
-    # -- the loop ----------------------------------------------------------------------------
-
-    def start(self, context: Context) -> threading.Thread:
-        """Run passes in a thread, each inside ``context()`` (where the meta-db session lives)."""
-        thread = threading.Thread(target=self.run_forever, args=(context,), daemon=True, name="reaper")
-        thread.start()
-        return thread
-
     def stop(self) -> None:
-        self._stop.set()
+        """Queue no more removals (see Removals.stop)."""
+        if self._removals is not None:
+            self._removals.stop()
 
-    def run_forever(self, context: Context) -> None:
-        interval = self.lifecycle.reaper_interval
-        # Renewed before every action, so it only has to outlast one. A holder that died frees it
-        # within 1.5 intervals, and the others ask for it every half interval: one of them takes
-        # over within two.
-        lease_seconds = 1.5 * interval
-        wait = interval
-        while not self._stop.wait(wait):
-            wait = interval / 2
-            with context():
-                try:
-                    if self.acquire(lease_seconds):
-                        wait = interval
-                        self.run_pass(lease_seconds)
-                except LeaseLost:
-                    log.info("reaper: another reaper took the lease over; pass stopped")
-                except Exception:
-                    log.exception("reaper pass failed")
-                finally:
-                    db.session.remove()
+    def wait_for_removals(self, timeout: float | None = None) -> bool:
+        """Until the removals queued by the passes so far have run (``reap --once`` exits after)."""
+        return self._removals is None or self._removals.wait(timeout)
 
     # -- one pass ----------------------------------------------------------------------------
 
@@ -128,15 +113,26 @@ class Reaper:
         report = PassReport(acted=True)
         now = utcnow()
         listed = Listing.of(self.backends)
-        self._delete_expired(now, report)
-        self._fail_dead_creations(now, report)
-        self._retry_deletes(now, listed, report)
-        self._remove_stray_objects(now, listed, report)
-        self._mark_lost(listed, now, report)
-        self._follow_ports(listed, report)
-        self._forget_old_rows(now, report)
-        self._trim_pools(report)
-        TemplateUpkeep(self.backends, self.lifecycle, report.add, self._keep_lease).run(now)
+        expired: list[Row] = []
+        try:
+            ids = [row.id for row in self._rows(*EXPIRABLE, where=expired_at(now), columns=("id",))]
+            move_expired(ids, now, self._keep_lease, expired)
+            self._fail_dead_creations(now, report)
+            self._retry_deletes(now, listed, report)
+            self._remove_stray_objects(now, listed, report)
+            self._mark_lost(listed, now, report)
+            self._follow_ports(listed, report)
+            self._forget_old_rows(now, report)
+            self._trim_pools(report)
+            TemplateUpkeep(self.backends, self.lifecycle, report.add, self._keep_lease).run(now)
+        finally:
+            # After the pass's own work, which they would otherwise slow; also when it stopped half
+            # way, for the rows it moved to deleting.
+            if self._removals is not None:
+                self._removals.submit(expired, lambda row: self._finish_expired(row, report))
+            else:
+                for row in expired:
+                    self._finish_expired(row, report)
         return report
 
     @staticmethod
@@ -151,20 +147,15 @@ class Reaper:
         db.session.rollback()
         return rows
 
-    def _delete_expired(self, now: datetime, report: PassReport) -> None:
-        expired = (INSTANCES.c.expires_at.is_not(None), INSTANCES.c.expires_at <= now)
-        for row in self._rows(InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST, where=expired):
-            # Still expired at the moment of the transition: a PATCH meanwhile wins.
-            still_expired = INSTANCES.c.expires_at <= now
-            if not self._transition(row, row.status, InstanceStatus.DELETING, "expired", still_expired):
-                continue
-            if self._remove_object(row, "expired"):
-                forget(row.id, InstanceStatus.DELETING)
-                report.add(
-                    "expired",
-                    row.backend,
-                    f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
-                )
+    def _finish_expired(self, row: Row, report: PassReport) -> None:
+        # No lease needed: the row is deleting and beats, as under a request's delete.
+        # Not forgotten: the row went meanwhile (an admin's hand in the meta db), and with it the report.
+        if self._remove_object(row, "expired", lease=False) and forget(row.id, InstanceStatus.DELETING):
+            report.add(
+                "expired",
+                row.backend,
+                f"deleted expired instance {row.postgraas_instance_name} (id {row.id}) in backend {row.backend}",
+            )
 
     def _fail_dead_creations(self, now: datetime, report: PassReport) -> None:
         stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
@@ -186,7 +177,10 @@ class Reaper:
     def _retry_deletes(self, now: datetime, listed: Listing, report: PassReport) -> None:
         # Silent long enough that no request is still working on it: a request's delete beats.
         stale = now - timedelta(seconds=self.lifecycle.heartbeat_timeout)
+        queued = self._removals.pending() if self._removals is not None else frozenset()
         for row in self._rows(InstanceStatus.DELETING):
+            if row.id in queued:
+                continue  # beating, unless the meta db kept its beats from landing
             signs = (row.heartbeat_at, row.status_changed_at or row.creation_timestamp)
             if max(sign for sign in signs if sign is not None) > stale:
                 continue
@@ -368,20 +362,22 @@ class Reaper:
     def _objects_of(row: Row, listed: Listing) -> list[ManagedObject]:
         return [o for o in listed.of_instance(row.backend, row.id) if o.ref != row.container_id]
 
-    def _remove_object(self, row: Row, why: str) -> bool:
+    def _remove_object(self, row: Row, why: str, lease: bool = True) -> bool:
         if not row.container_id:
             return True
         obj = ManagedObject(
             row.container_id, row.id, row.creation_timestamp, Credentials(row.db_name, row.username, "")
         )
-        return self._remove(row.backend, obj, why)
+        return self._remove(row.backend, obj, why, lease)
 
-    def _remove(self, backend_name: str, obj: ManagedObject, why: str) -> bool:
+    def _remove(self, backend_name: str, obj: ManagedObject, why: str, lease: bool = True) -> bool:
+        """``lease``: renew the lease first (and stop if it is lost); no need for a deleting row's."""
         backend = self._backend(backend_name)
         if backend is None:
             log.warning("reaper: backend %s is not configured; cannot remove %s", backend_name, obj.ref)
             return False
-        self._keep_lease()
+        if lease:
+            self._keep_lease()
         try:
             # Beating, as a request's delete does: no other reaper takes the row over meanwhile.
             with self._heartbeats.beating(obj.instance_id):

@@ -9,10 +9,11 @@ wins, and the others learn it from the row count.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Update, delete, func, select, update
+from sqlalchemy import CursorResult, Row, Update, delete, func, select, update
 
 from ..models import INSTANCES, DBInstance, db, utcnow
 
@@ -48,6 +49,29 @@ def transition_returning(
         moved = row is not None
     db.session.commit()
     return SimpleNamespace(**row) if moved and row is not None else None
+
+
+def transition_many(
+    instance_ids: Sequence[int], expected: tuple[str, ...], new: str, detail: str, *conditions: Any
+) -> list[Row]:
+    """``transition`` for many rows in one statement (where the database has RETURNING) and one
+    commit; the rows that moved, as they are now."""
+    if not instance_ids:
+        return []
+    moving = (
+        update(INSTANCES)
+        .where(INSTANCES.c.id.in_(instance_ids), INSTANCES.c.status.in_(expected), *conditions)
+        .values(status=new, status_detail=detail, status_changed_at=utcnow())
+    )
+    if db.session.get_bind().dialect.update_returning:
+        moved = list(db.session.execute(moving.returning(*INSTANCES.columns)).all())
+    else:  # SQLite before 3.35: one at a time, so that each row read is one this statement moved
+        moved = []
+        for instance_id in instance_ids:
+            if execute_dml(moving.where(INSTANCES.c.id == instance_id)).rowcount == 1:
+                moved.append(db.session.execute(select(INSTANCES).where(INSTANCES.c.id == instance_id)).one())
+    db.session.commit()
+    return moved
 
 
 def update_row(instance_id: int, *conditions: Any, **values: Any) -> bool:

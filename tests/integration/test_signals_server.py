@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -129,3 +130,21 @@ def test_metrics_survive_a_worker_restart(request, tmp_path):
 def children(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [int(child) for child in found]
+
+
+def test_a_stopped_server_gives_the_reaper_lease_back(request, tmp_path):
+    """SIGTERM: the worker holding the lease gives it back as it leaves, so that another server's
+    reaper takes over at once rather than 1.5 reaper intervals later."""
+    server = start(tmp_path, {"local": backend_config("local", request)}, lifecycle={"reaper_interval": 2})
+    meta = tmp_path / "meta.sqlite"
+
+    def lease() -> tuple:
+        with sqlite3.connect(meta) as conn:
+            return conn.execute("select holder, expires_at from postgraas_lease where name = 'reaper'").fetchone()
+
+    try:
+        holder, _ = eventually(lambda: lease() if lease()[0] else None, within=30, what="a reaper holding the lease")
+    finally:
+        stop_server(server)
+    assert server.process.returncode == 0
+    assert lease() == (None, None), f"{holder} kept the lease after the server stopped"

@@ -273,14 +273,15 @@ def list_tenants(conn: psycopg.Connection, deployment: str) -> list[ManagedObjec
     """The roles this deployment made (each names its database), from their markers."""
     rows = conn.execute(MARKED_ROLES, (f"postgraas deployment={deployment} %",)).fetchall()
     tenants = []
+    # One call per marker where there can be a hundred thousand (a reaper pass lists them all).
+    match, made = _MARKER_RE.fullmatch, datetime.fromisoformat
     for role, _, comment in rows:
-        match = _MARKER_RE.fullmatch(comment or "")
-        if not match or match.group(1) != deployment:
+        found = match(comment or "")
+        if found is None:
             continue
-        created = datetime.fromisoformat(match.group(4))
-        tenants.append(
-            ManagedObject(match.group(3), int(match.group(2)), created, Credentials(match.group(3), role, ""))
-        )
+        of_deployment, instance_id, db_name, created = found.groups()
+        if of_deployment == deployment:
+            tenants.append(ManagedObject(db_name, int(instance_id), made(created), Credentials(db_name, role, "")))
     return tenants
 
 
