@@ -10,7 +10,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["postgraas_server", "postgraas_server.*"]),
-    package_data={"postgraas_server": ["migrations/script.py.mako", "migrations/versions/*.py"]},
+    # The console's static files (HTML, CSS, ES modules) are served from the installed package.
+    package_data={
+        "postgraas_server": ["migrations/script.py.mako", "migrations/versions/*.py", "console/static/*"],
+    },
     install_requires=[
         "Flask>=3.1,<4",
         "Flask-RESTful>=0.3.10,<0.4",

@@ -60,8 +60,10 @@ class InUse(Conflict):
     """Other sessions are connected and the delete was not forced."""
 
     def __init__(self, sessions: int) -> None:
+        # errors names "force": a client (the console) offers to end them without reading the message.
         super().__init__(
-            f'The instance has {sessions} open session(s); close them or delete with "force": true to terminate them.'
+            f'The instance has {sessions} open session(s); close them or delete with "force": true to terminate them.',
+            {"force": f"{sessions} open session(s); true ends them"},
         )
 
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from . import __version__
+from .overview_schemas import OverviewOut
 from .schemas import (
     INSTANCE_NAME_RE,
     CreatedInstanceOut,
@@ -169,6 +170,7 @@ def build_document(token_auth: bool, backends: list[str], template_backends: lis
             (BuilderRequest, "validation"),
             (TemplateOut, "serialization"),
             (BuildingTemplateOut, "serialization"),
+            (OverviewOut, "serialization"),
         ],
         ref_template=REF,
     )
@@ -280,7 +282,14 @@ def build_document(token_auth: bool, backends: list[str], template_backends: lis
             }
         },
     }
+    overview = {
+        "get": {
+            "summary": "The auth mode, the token's owner, and each backend: instances against max_instances, pool fill",
+            "responses": {"200": _json(_ref(OverviewOut), "The overview"), **_errors(400, 401)},
+        }
+    }
     for prefix in ("", "/api/v2"):
+        paths[f"{prefix}/postgraas_overview"] = overview
         paths[f"{prefix}/postgraas_instances"] = collection
         paths[f"{prefix}/postgraas_instances/{{instance_id}}"] = item
         paths.update({f"{prefix}{path}": shape for path, shape in _template_paths().items()})

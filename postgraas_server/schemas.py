@@ -273,6 +273,8 @@ class InstanceOut(BaseModel):
     status: str
     status_detail: str | None
     durability: str
+    # The token owner that created it ("" without tokens): an admin token's list holds every owner's.
+    owner: str
     expires_at: datetime | None
     # Item GET only: what the backend reports now (running, stopped, missing, unknown).
     backend_state: str | None = None
@@ -304,6 +306,7 @@ class InstanceOut(BaseModel):
             status=row.status,
             status_detail=row.status_detail,
             durability=row.durability,
+            owner=row.owner,
             expires_at=row.expires_at,
             connection_uri=(
                 connection_uri(row.username, None, row.hostname, row.port, row.db_name)

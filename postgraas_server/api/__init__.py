@@ -10,6 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..backends import Backend
+from ..console import PUBLIC_ENDPOINTS as CONSOLE_ENDPOINTS
+from ..console import console, redirect_browsers_to_console
 from ..errors import InvalidRequest, PostgraasError, Unauthenticated
 from ..metrics import exposition
 from ..models import db
@@ -19,6 +21,7 @@ from ..tokens import authenticate
 from . import request_log
 from .errors import error_response
 from .instances import InstanceCollection, InstanceItem
+from .overview import Overview
 from .templates import TemplateCollection, TemplateFinalize, TemplateHeartbeat, TemplateItem
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,9 @@ def _refuse_secrets_in_the_url() -> None:
         )
 
 
-# Open without a token: liveness, readiness, metrics (counts, no names) and the API's description.
-PUBLIC_ENDPOINTS = ("health", "ready", "metrics", "openapi")
+# Open without a token: liveness, readiness, metrics (counts, no names), the API's description and
+# the console's static files (the page asks for a token itself).
+PUBLIC_ENDPOINTS = ("health", "ready", "metrics", "openapi", *CONSOLE_ENDPOINTS)
 
 
 def _meta_db_check() -> str:
@@ -107,8 +111,12 @@ def register_routes(app: Flask) -> None:
     api.add_resource(TemplateItem, *(f"{p}{template}" for p in PREFIXES))
     api.add_resource(TemplateFinalize, *(f"{p}{template}/finalize" for p in PREFIXES))
     api.add_resource(TemplateHeartbeat, *(f"{p}{template}/heartbeat" for p in PREFIXES))
+    api.add_resource(Overview, *(f"{p}/postgraas_overview" for p in PREFIXES))
+    app.register_blueprint(console)
     app.register_error_handler(Exception, error_response)
     request_log.install(app)
+    # Before a token is asked for: a browser opening / is sent to the console, which signs in itself.
+    app.before_request(redirect_browsers_to_console)
     app.before_request(_refuse_secrets_in_the_url)
     app.before_request(_authenticate)
 

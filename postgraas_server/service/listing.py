@@ -39,6 +39,7 @@ _LISTED = select(
     INSTANCES.c.status,
     INSTANCES.c.status_detail,
     INSTANCES.c.durability,
+    INSTANCES.c.owner,
     INSTANCES.c.expires_at,
     INSTANCES.c.creation_timestamp,
 ).where(INSTANCES.c.owner != POOL_OWNER)
