@@ -180,8 +180,8 @@ def drain(server: PostgraasServer, lease_seconds: float) -> tuple[int, str]:
     config["lifecycle"] = {**config.get("lifecycle", {}), "heartbeat_timeout": 1, "orphan_grace": 1}
     server.config_path.write_text(json.dumps(config, indent=2))
     time.sleep(1.5)
-    # A stopped server's reaper keeps its lease until it runs out (1.5 reaper intervals): until
-    # then a pass says so and does nothing.
+    # A server stopped gracefully gives its reaper's lease back; one killed keeps it until it runs
+    # out (1.5 reaper intervals): until then a pass says so and does nothing.
     deadline = time.monotonic() + lease_seconds + 30
     while True:
         reap = subprocess.run(

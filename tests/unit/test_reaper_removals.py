@@ -23,6 +23,18 @@ def expire(app, *instance_ids):
         db.session.commit()
 
 
+def expired_instances(tmp_path, fake_backend, count, **lifecycle):
+    """An app (its reaper loop off) with ``count`` instances, all expired; their ids."""
+    app = make_app(tmp_path, fake_backend, lifecycle={"reaper_interval": 0, **lifecycle})
+    with app.test_client() as client:
+        ids = [
+            create(client, postgraas_instance_name=f"i{n}", ttl=60).get_json()["postgraas_instance_id"]
+            for n in range(count)
+        ]
+    expire(app, *ids)
+    return app, ids
+
+
 def reapers(app):
     """One reaper with removal threads (as a server runs it), one that removes inside its pass."""
     state = app.extensions["postgraas"]
@@ -48,13 +60,7 @@ def blocked_deletes(fake_backend):
 
 
 def test_a_pass_returns_before_the_removals_it_queued_and_nobody_takes_them_over(tmp_path, fake_backend):
-    app = make_app(tmp_path, fake_backend, lifecycle={"reaper_interval": 0, "heartbeat_timeout": 1})
-    with app.test_client() as client:
-        ids = [
-            create(client, postgraas_instance_name=f"i{n}", ttl=60).get_json()["postgraas_instance_id"]
-            for n in range(6)
-        ]
-    expire(app, *ids)
+    app, ids = expired_instances(tmp_path, fake_backend, 6, heartbeat_timeout=1)
     reaper, other = reapers(app)
     go, asked = blocked_deletes(fake_backend)
     with app.app_context():
@@ -75,13 +81,7 @@ def test_a_pass_returns_before_the_removals_it_queued_and_nobody_takes_them_over
 
 
 def test_at_most_reaper_removals_run_at_once(tmp_path, fake_backend):
-    app = make_app(tmp_path, fake_backend, lifecycle={"reaper_interval": 0, "reaper_removals": 2})
-    with app.test_client() as client:
-        ids = [
-            create(client, postgraas_instance_name=f"i{n}", ttl=60).get_json()["postgraas_instance_id"]
-            for n in range(5)
-        ]
-    expire(app, *ids)
+    app, _ = expired_instances(tmp_path, fake_backend, 5, reaper_removals=2)
     reaper, _ = reapers(app)
     go, asked = blocked_deletes(fake_backend)
     with app.app_context():
@@ -94,10 +94,7 @@ def test_at_most_reaper_removals_run_at_once(tmp_path, fake_backend):
 
 
 def test_a_failed_removal_stops_beating_and_a_later_pass_finishes_it(tmp_path, fake_backend):
-    app = make_app(tmp_path, fake_backend, lifecycle={"reaper_interval": 0, "heartbeat_timeout": 1})
-    with app.test_client() as client:
-        instance_id = create(client, ttl=60).get_json()["postgraas_instance_id"]
-    expire(app, instance_id)
+    app, (instance_id,) = expired_instances(tmp_path, fake_backend, 1, heartbeat_timeout=1)
     reaper, other = reapers(app)
     fake_backend.fail_delete = BackendUnavailable("engine down")
     with app.app_context():
@@ -107,20 +104,12 @@ def test_a_failed_removal_stops_beating_and_a_later_pass_finishes_it(tmp_path, f
     fake_backend.fail_delete = None
     time.sleep(1.5)  # silent past heartbeat_timeout
     with app.app_context():
-        assert other.run_pass().actions == [f"finished deleting instance demo (id {instance_id}) in backend fake"]
+        assert other.run_pass().actions == [f"finished deleting instance i0 (id {instance_id}) in backend fake"]
     assert rows(app) == [] and fake_backend.objects == {}
 
 
 def test_a_stopped_reaper_drops_what_it_queued_and_another_finishes_it(tmp_path, fake_backend):
-    app = make_app(
-        tmp_path, fake_backend, lifecycle={"reaper_interval": 0, "heartbeat_timeout": 1, "reaper_removals": 1}
-    )
-    with app.test_client() as client:
-        ids = [
-            create(client, postgraas_instance_name=f"i{n}", ttl=60).get_json()["postgraas_instance_id"]
-            for n in range(3)
-        ]
-    expire(app, *ids)
+    app, _ = expired_instances(tmp_path, fake_backend, 3, heartbeat_timeout=1, reaper_removals=1)
     reaper, other = reapers(app)
     go, asked = blocked_deletes(fake_backend)
     with app.app_context():
