@@ -26,6 +26,7 @@ if __package__ in (None, ""):
 
 import docker  # noqa: E402
 import docker.errors  # noqa: E402
+import psycopg  # noqa: E402
 
 from benchmarks import infra, machine, measure, report, soak_checks, soak_report  # noqa: E402
 from benchmarks.infra import REPO_ROOT, CannotRun, say  # noqa: E402
@@ -86,6 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=19, help="of the plan: which backend, where the bad requests go")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument(
+        "--metadb",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the server's meta db: a SQLite file (default), or PostgreSQL on a throwaway server of its own",
+    )
+    parser.add_argument(
         "--reaper-interval",
         type=float,
         default=10,
@@ -134,6 +141,8 @@ class Run:
     bin_dir: Path | None = None
     root: Path | None = None
     pg: infra.ThrowawayPostgres | None = None
+    # --metadb postgresql: the meta db's own server (database "postgraas").
+    meta_pg: infra.ThrowawayPostgres | None = None
     baseline: soak_checks.ClusterBaseline | None = None
 
 
@@ -161,7 +170,7 @@ def prepare(run: Run) -> None:
 
     args = run.args
     kinds = {BACKENDS[name] for name in args.mix}
-    if kinds & {"local", "cluster"}:
+    if kinds & {"local", "cluster"} or args.metadb == "postgresql":
         try:
             run.bin_dir = find_bin_dir(None)
         except BackendUnavailable as e:
@@ -184,6 +193,15 @@ def prepare(run: Run) -> None:
         run.pg.check()
         run.baseline = soak_checks.ClusterBaseline(run.pg).take()
         say(f"throwaway PostgreSQL for the cluster backend on port {run.pg.port}")
+    if args.metadb == "postgresql":
+        run.meta_pg = meta = infra.ThrowawayPostgres(root / "meta", run.bin_dir)
+        run.cleanup.add("stop the meta db's server", meta.stop)
+        meta.start()
+        with psycopg.connect(
+            host=meta.host, port=meta.port, user=meta.username, password=meta.password, autocommit=True
+        ) as conn:
+            conn.execute("create database postgraas")
+        say(f"throwaway PostgreSQL for the meta db on port {meta.port}")
 
 
 def local_root(run: Run, name: str) -> Path:
@@ -214,13 +232,20 @@ def server_config(run: Run) -> dict:
             config["pool_size"] = args.pool_size
         backends[name] = config
     return {
-        "metadb": {"url": f"sqlite:///{run.root / 'server' / 'meta.sqlite'}"},
+        "metadb": {"url": meta_db_url(run)},
         "backends": backends,
         "application": {"default_backend": next(iter(backends)), "log_level": "INFO"},
         # The reaper runs as in production, but would remove a leaked object after orphan_grace (60 s)
         # before the end's comparison could see it: the soak's leaks must stay visible.
         "lifecycle": {"orphan_grace": "1d", "reaper_interval": args.reaper_interval},
     }
+
+
+def meta_db_url(run: Run) -> str:
+    meta = run.meta_pg
+    if meta is None:
+        return f"sqlite:///{run.root / 'server' / 'meta.sqlite'}"
+    return f"postgresql://{meta.username}:{meta.password}@{meta.host}:{meta.port}/postgraas"
 
 
 def keep_log(log: Path, to: Path) -> None:
@@ -301,7 +326,7 @@ def soak(run: Run) -> None:
         run.client,
         run.baseline,
     )
-    meta_db = run.root / "server" / "meta.sqlite"
+    meta_db = run.meta_pg or run.root / "server" / "meta.sqlite"
     settled, waited = soak_checks.settle(meta_db, {n: args.pool_size for n in args.pooled}, args.settle_timeout)
     say(f"{'settled' if settled else 'NOT settled'} after {waited:.1f} s; comparing rows and objects")
     run.results["at_end"] = {

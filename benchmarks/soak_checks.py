@@ -18,6 +18,7 @@ import docker
 import psycopg
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.rows import dict_row
 
 from postgraas_server.backends.cluster.shared_access import CREATEDB_GROUP
 
@@ -31,15 +32,25 @@ READY_LINE = re.compile(r"instance (\S+) \(id (\d+)\) is ready in backend (\w+)"
 # --- the meta db and the backends' objects --------------------------------------------------------------------
 
 
-def meta_rows(meta_db: Path) -> list[dict]:
-    """Every instance row, read-only (the server goes on writing)."""
-    with sqlite3.connect(f"file:{meta_db}?mode=ro", uri=True, timeout=30) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(
-            "select id, postgraas_instance_name, backend, status, status_detail, owner, container_id, db_name, "
-            "username from db_instance order by id"
-        ).fetchall()
-    return [dict(row) for row in rows]
+_ROWS = (
+    "select id, postgraas_instance_name, backend, status, status_detail, owner, container_id, db_name, "
+    "username from db_instance order by id"
+)
+
+
+def meta_rows(meta_db: Path | ThrowawayPostgres) -> list[dict]:
+    """Every instance row, read-only (the server goes on writing): of a SQLite file, or of the
+    database "postgraas" of a throwaway server."""
+    if isinstance(meta_db, Path):
+        with sqlite3.connect(f"file:{meta_db}?mode=ro", uri=True, timeout=30) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(row) for row in conn.execute(_ROWS).fetchall()]
+    pg = meta_db
+    with (
+        psycopg.connect(host=pg.host, port=pg.port, user=pg.username, password=pg.password, dbname="postgraas") as conn,
+        conn.cursor(row_factory=dict_row) as cursor,
+    ):
+        return list(cursor.execute(_ROWS).fetchall())
 
 
 @dataclass
@@ -156,7 +167,7 @@ def compare(
     }
 
 
-def settle(meta_db: Path, pools: dict[str, int], timeout: float) -> tuple[bool, float]:
+def settle(meta_db: Path | ThrowawayPostgres, pools: dict[str, int], timeout: float) -> tuple[bool, float]:
     """Wait until no row is creating or deleting and every pool holds its size: the state the
     comparison expects once the load stopped (replacements are made after the answers)."""
     started = time.monotonic()
