@@ -93,6 +93,19 @@ class Created:
         return self.queried or self.answered or self.started
 
 
+def create_body(prefix: str, backend: str, tag: str | None = None) -> dict:
+    """A create of ``backend`` whose names (``prefix``-``tag``, db_``tag``, u_``tag``; ``tag`` random
+    when not given) and password no other request shares."""
+    tag = tag or uuid.uuid4().hex[:10]
+    return {
+        "postgraas_instance_name": f"{prefix}-{tag}",
+        "db_name": f"db_{tag}",
+        "db_username": f"u_{tag}",
+        "db_pwd": secrets.token_urlsafe(18),
+        "backend": backend,
+    }
+
+
 def create_and_query(
     url: str,
     backend: str,
@@ -102,17 +115,9 @@ def create_and_query(
 ) -> Created:
     """POST a create (with ``fields`` added to its body, e.g. a ``template``), then log in to what it
     returned and run ``select 1``; the caller deletes it."""
-    tag = uuid.uuid4().hex[:10]
-    db_pwd = secrets.token_urlsafe(18)
-    body = {
-        "postgraas_instance_name": f"bench-{tag}",
-        "db_name": f"db_{tag}",
-        "db_username": f"u_{tag}",
-        "db_pwd": db_pwd,
-        "backend": backend,
-        **durability.fields(),
-        **(fields or {}),
-    }
+    body = create_body("bench", backend)
+    db_pwd = body["db_pwd"]
+    body.update(durability.fields(), **(fields or {}))
     payload = json.dumps(body).encode()
     target = urlsplit(url)
     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=CREATE_TIMEOUT)

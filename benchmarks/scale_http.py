@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +17,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .infra import PostgraasServer, say
-from .measure import wait_for_pool
+from .measure import create_body, wait_for_pool
 from .report import Series
 
 PAGE = 100
@@ -117,14 +115,7 @@ def instances(client: Client, backend: str, runs: int, gets: int, pool_size: int
             say(f"{backend}: the pool did not fill ({waits.errors[-1]}); this create may be a cold one")
         else:
             waits.samples.append(waited)
-        tag = uuid.uuid4().hex[:10]
-        body = {
-            "postgraas_instance_name": f"scale-{tag}",
-            "db_name": f"db_{tag}",
-            "db_username": f"u_{tag}",
-            "db_pwd": secrets.token_urlsafe(18),
-            "backend": backend,
-        }
+        body = create_body("scale", backend)
         status, text, seconds = _send(client.server.url, "POST", "/postgraas_instances", body, client.headers())
         if status != 201:
             create.errors.append(f"POST answered {status}: {text[:300]}")

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from .measure import create_body
+
 # A cold docker create may wait for its container; the server's own ready_timeout is 60 s.
 REQUEST_TIMEOUT = 180
 # A delete right after our session closed may find it not yet gone server-side (409).
@@ -40,14 +42,7 @@ class BadRequest:
 
 def _create_body(backend: str, overrides: dict | None = None) -> dict:
     """A create of ``backend`` with names of its own; ``overrides`` replace fields (None: leaves one out)."""
-    tag = uuid.uuid4().hex[:10]
-    body = {
-        "postgraas_instance_name": f"soakbad-{tag}",
-        "db_name": f"db_{tag}",
-        "db_username": f"u_{tag}",
-        "db_pwd": secrets.token_urlsafe(12),
-        "backend": backend,
-    }
+    body = create_body("soakbad", backend)
     body.update(overrides or {})
     return {k: v for k, v in body.items() if v is not None}
 
@@ -201,14 +196,8 @@ class Client:
     def run_cycle(self, cycle: Cycle) -> CycleResult:
         result = CycleResult(cycle)
         tag = uuid.uuid4().hex[:10]
-        db_pwd = secrets.token_urlsafe(18)
-        request = {
-            "postgraas_instance_name": f"soak-{cycle.index}-{tag}",
-            "db_name": f"db_{tag}",
-            "db_username": f"u_{tag}",
-            "db_pwd": db_pwd,
-            "backend": cycle.backend,
-        }
+        request = create_body(f"soak-{cycle.index}", cycle.backend, tag)
+        db_pwd = request["db_pwd"]
         answer, created = self.call(
             "create", "POST", "/postgraas_instances", json.dumps(request).encode(), cycle.backend
         )
