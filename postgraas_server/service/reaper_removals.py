@@ -36,7 +36,8 @@ EXPIRABLE = (InstanceStatus.READY, InstanceStatus.FAILED, InstanceStatus.LOST)
 
 
 def expired_at(now: datetime) -> tuple[Any, ...]:
-    return INSTANCES.c.status.in_(EXPIRABLE), INSTANCES.c.expires_at.is_not(None), INSTANCES.c.expires_at <= now
+    """The conditions of a row past its expiry at ``now`` (its status is the caller's to check)."""
+    return INSTANCES.c.expires_at.is_not(None), INSTANCES.c.expires_at <= now
 
 
 def move_expired(ids: Sequence[int], now: datetime, keep_lease: Callable[[], None], moved: list[Row]) -> None:
