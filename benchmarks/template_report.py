@@ -54,23 +54,26 @@ def suite_rows(results: dict) -> list[list[str]]:
                          peer.get("error") and "failed: see the JSON" or compared))  # fmt: skip
     target = f"<= {PER_TEST_RATIO}x pytest-postgresql"
     for backend in ROW_BACKENDS:
-        figure = f"per test: Postgraas {backend}"
-        suite = suites.get(f"postgraas {backend}")
-        if suite is None:
+        if f"postgraas {backend}" not in suites:
             if why := (results.get("unavailable") or {}).get(backend):
-                rows.append(_na(figure, target, why))
+                rows.append(_na(f"per test: Postgraas {backend}", target, why))
             continue
-        figure += f" ({suite['via']}, pool {results['options']['pool_size']})"
-        per_test = suite.get("per_test") or {}
-        if suite.get("error"):
-            rows.append(_row(figure, per_test, "failed: see the JSON", target, False))
-            continue
-        ratio = per_test["p50"] / peer_p50 if peer_p50 and per_test.get("p50") else None
-        build = suite["build_run"]
-        compared = f"{ratio:.2f}x pytest-postgresql; " if ratio else ""
-        compared += f"{_phases(suite)}; build run {seconds(build.get('wall_s'))}, suite {seconds(suite.get('wall_s'))}"
-        rows.append(_row(figure, per_test, compared, target, None if ratio is None else ratio <= PER_TEST_RATIO))
+        rows += [_suite_row(backend, suite, peer_p50, target) for key, suite in suites.items()
+                 if key.split()[1:2] == [backend]]  # fmt: skip
     return rows
+
+
+def _suite_row(backend: str, suite: dict, peer_p50: float | None, target: str) -> list[str]:
+    figure = f"per test: Postgraas {backend} ({suite['via']}, pool {suite['pool_size']}"
+    figure += ", deletes held to the end)" if suite.get("defer_deletes") else ")"
+    per_test = suite.get("per_test") or {}
+    if suite.get("error"):
+        return _row(figure, per_test, "failed: see the JSON", target, False)
+    ratio = per_test["p50"] / peer_p50 if peer_p50 and per_test.get("p50") else None
+    build = suite["build_run"]
+    compared = f"{ratio:.2f}x pytest-postgresql; " if ratio else ""
+    compared += f"{_phases(suite)}; build run {seconds(build.get('wall_s'))}, suite {seconds(suite.get('wall_s'))}"
+    return _row(figure, per_test, compared, target, None if ratio is None else ratio <= PER_TEST_RATIO)
 
 
 def clone_rows(results: dict) -> list[list[str]]:

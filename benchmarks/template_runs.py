@@ -14,6 +14,7 @@ import requests
 
 from . import template_schema
 from .infra import REPO_ROOT, PostgraasServer, give_to_postgres, say
+from .machine import settle_machine
 from .measure import wait_for_pool
 from .report import Series
 
@@ -81,19 +82,29 @@ def run_peer_suite(home: Path, bin_dir: Path, tests: int) -> dict:
 
 
 def run_postgraas_suite(
-    server: PostgraasServer, home: Path, backend: str, tests: int, pool_size: int, pool_timeout: float
+    server: PostgraasServer,
+    home: Path,
+    backend: str,
+    tests: int,
+    pool_size: int,
+    pool_timeout: float,
+    defer_deletes: int = 0,
 ) -> dict:
     """The Postgraas suite on one backend, through the pytest plugin: a first run of one test builds
     the template (through the plugin's hook), its pool fills, then the timed run finds it ready
-    (200), as a CI job after the first would."""
-    name = f"suite-{backend}"
+    (200), as a CI job after the first would. ``defer_deletes``: --postgraas-defer-deletes."""
+    # One per suite: the template of the one before may still be being deleted.
+    name = home.name
     options = [f"--postgraas-url={server.url}", f"--postgraas-template={name}", f"--postgraas-backend={backend}"]
     # Relative to the suite's rootdir, as the plugin takes it.
     options.append(f"--postgraas-template-hash-of={os.path.relpath(template_schema.GLOB, SUITES)}")
     options.append(f"--postgraas-template-pool-size={pool_size}")
+    options.append(f"--postgraas-defer-deletes={defer_deletes}")
     env: dict[str, str] = {}
+    # The suite before's pooled clones, still being removed, would count as this pool's.
+    wait_until_removed(server, [backend], 300)
     build = run_suite("postgraas", home / "build", 1, options, env)
-    result: dict = {"via": "pytest plugin", "build_run": build}
+    result: dict = {"via": "pytest plugin", "pool_size": pool_size, "defer_deletes": defer_deletes, "build_run": build}
     if build["error"]:
         result["error"] = build["error"]
         return result
@@ -102,6 +113,8 @@ def run_postgraas_suite(
         result["pool_filled"] = {"reached": reached, "waited_s": waited, "pooled": count}
         if not reached:
             say(f"suite {backend}: {count:g} of {pool_size} pooled after {waited:.0f} s; the suite runs anyway")
+        # The last clones' writes: not in the first tests' time.
+        settle_machine()
     timed = run_suite("postgraas", home / "timed", tests, options, env)
     result.update(timed)
     delete_templates_named(server.url, name)
@@ -114,3 +127,20 @@ def delete_templates_named(url: str, name: str) -> None:
             answer = requests.delete(f"{url}/postgraas_templates/{template['id']}", timeout=600)
             if answer.status_code not in (200, 404):
                 say(f"DELETE template {template['id']}: {answer.status_code} {answer.text[:200]}")
+
+
+def wait_until_removed(server: PostgraasServer, backends: list[str], timeout: float) -> None:
+    """Until /metrics shows no pooled or deleting instance of ``backends``: the pools of the suites'
+    templates, removed in the background once each template was deleted."""
+    deadline = time.monotonic() + timeout
+    for backend in backends:
+        for status in ("pooled", "deleting"):
+            while time.monotonic() < deadline:
+                try:
+                    if server.gauge("postgraas_instances", backend=backend, status=status) == 0:
+                        break
+                except requests.RequestException:
+                    pass  # a busy server answering late: ask again
+                time.sleep(0.2)
+    if time.monotonic() >= deadline:
+        say(f"the suites' pooled clones were not all removed within {timeout:.0f} s; the clones are timed anyway")

@@ -4,10 +4,12 @@
   2. per test, a suite of 50 tests that each take a fresh database and count its rows: with
      pytest-postgresql (its postgresql_proc, --postgresql-load into its template, a copy per test) and
      with Postgraas (its pytest plugin's template options and postgraas_clean_database, on each
-     backend that keeps templates);
+     backend that keeps templates), once with a pool of --pool-size and once with a pool of the
+     suite's size and its deletes held to the end (--postgraas-defer-deletes);
   3. per backend, a clone of a template from its pool (POST -> 201) and cold (POST -> first query);
      on the cluster backend, a hand-made CREATE DATABASE ... TEMPLATE of the same template beside it;
   4. concurrent identical ensures: how many builds, and the time until all see the template ready.
+In the order 3, 4, 2: the suites' hundreds of clones would slow the cold clones' file copies.
 A backend whose ensure answers 400 "cannot keep templates" is n/a. It measures, it does not assert:
 the exit code is 0 whatever the figures, 2 when something needed is missing, 1 when the run failed.
 
@@ -137,8 +139,6 @@ def benchmark(args: argparse.Namespace, cleanup: infra.Cleanup, results: dict, s
             say(f"{name}: n/a: {e}")
     results["unavailable"] = unavailable
     capable = list(cold)
-    if not args.skip_suites:
-        results["suites"] = run_suites(args, server, root, bin_dir, capable)
     results["clones"] = {}
     admin = None
     if pg is not None and "cluster" in capable:
@@ -152,6 +152,10 @@ def benchmark(args: argparse.Namespace, cleanup: infra.Cleanup, results: dict, s
         name: template_clones.race(server.url, name, args.race, f"race-{name}", f"race-{secrets.token_hex(8)}")
         for name in capable
     }
+    # Last: the suites make and delete hundreds of clones, after which this journal-less ext4 makes
+    # files slowly for minutes (benchmarks/README.md, "The machine"), which the cold clones would pay.
+    if not args.skip_suites:
+        results["suites"] = run_suites(args, server, root, bin_dir, capable)
     for template in cold.values():
         template_clones.delete_template(server.url, template.id)
     server.stop()
@@ -190,10 +194,14 @@ def run_suites(
     machine.settle_machine()
     suites = {"pytest-postgresql": template_runs.run_peer_suite(root / "peer", bin_dir, args.tests)}
     for name in capable:
-        machine.settle_machine()
-        suites[f"postgraas {name}"] = template_runs.run_postgraas_suite(
-            server, root / f"suite-{name}", name, args.tests, args.pool_size, args.pool_timeout
-        )
+        # As --pool-size, each delete sent after its test; and with a pool that holds the suite, the
+        # deletes held until its end: the server's work moved out of the tests' time.
+        for key, pool_size, defer_deletes in ((name, args.pool_size, 0), (f"{name} held", args.tests, args.tests)):
+            machine.settle_machine()
+            suites[f"postgraas {key}"] = template_runs.run_postgraas_suite(
+                server, root / f"suite-{key.replace(' ', '-')}", name, args.tests, pool_size, args.pool_timeout,
+                defer_deletes,
+            )  # fmt: skip
     return suites
 
 

@@ -25,6 +25,7 @@ from . import templates
 from .cleanup import (
     client_key,
     defer,
+    make_room,
     pytest_sessionfinish,
     pytest_terminal_summary,
     pytest_testnodedown,
@@ -71,6 +72,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Keep the database when a test using it failed, and say how to reach and delete it.",
     )
     group.addoption(
+        "--postgraas-defer-deletes",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="Hold up to N used postgraas_clean_database databases and delete them when the session ends "
+        "(sooner when more are held, or when a create is refused for a quota or the server's capacity); "
+        "for a server on the tests' own machine (default: 0, each deleted in the background after its test).",
+    )
+    group.addoption(
         "--postgraas-template",
         default=None,
         metavar="NAME",
@@ -91,6 +101,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="Clones of the template the server makes ahead (default: 0).",
     )
+
+
+def _count(text: str) -> int:
+    import argparse
+
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2 ...)")
+    return int(text)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -136,17 +154,27 @@ def _create(request: pytest.FixtureRequest, fixture: str) -> Instance:
     if config.getoption("postgraas_template"):
         template = request.getfixturevalue(templates.FIXTURE)
     from ..client import PostgraasClientError
-    from ..client.errors import explain, leftover_of
+    from ..client.errors import ApiError, explain, leftover_of
 
     # Unique across concurrent CI jobs and xdist workers of one run.
     name = f"pytest-{_worker_id(config)}-{secrets.token_hex(4)}"
-    try:
+
+    def create() -> Instance:
         return client.create(
             name,
             ttl=config.getoption("postgraas_ttl"),
             backend=config.getoption("postgraas_backend"),
             template=template.ref if template else None,
         )
+
+    try:
+        try:
+            return create()
+        except ApiError as e:
+            # A quota (429) or the server's capacity (503) the held deletes may be taking.
+            if e.status not in (429, 503) or not make_room(config):
+                raise
+            return create()
     except PostgraasClientError as e:
         pytest.fail(f"{fixture}: creating {name} failed: {explain(e)}", pytrace=False)
     except KeyboardInterrupt as e:

@@ -61,35 +61,66 @@ def release(
             _problem(config, f"{fixture}: keeping {what} failed ({type(e).__name__}); it is deleted instead")
     if in_background:
         if _deletes_key not in config.stash:
-            config.stash[_deletes_key] = BackgroundDeletes(client)
+            config.stash[_deletes_key] = BackgroundDeletes(client, hold=config.getoption("postgraas_defer_deletes"))
         config.stash[_deletes_key].submit(fixture, instance)
         return
     if problem := _delete(fixture, client, instance):
         _problem(config, problem)
 
 
+def make_room(config: pytest.Config) -> bool:
+    """Delete the databases --postgraas-defer-deletes holds, and wait for it: a create was refused
+    for a quota or the server's capacity, which they may be taking. False when none was held."""
+    deletes = config.stash.get(_deletes_key, None)
+    return deletes is not None and deletes.delete_held()
+
+
 class BackgroundDeletes:
     """Deletes of per-test databases on threads of their own, so that a test does not wait for the
     delete of the one before it (a delete stops a server, or removes a container). Each thread has
     its own client: a requests Session is not to be shared between threads. pytest_sessionfinish
-    waits for them all."""
+    waits for them all.
 
-    def __init__(self, client: PostgraasClient) -> None:
+    With ``hold`` (--postgraas-defer-deletes) up to that many used databases are kept until the
+    session ends: where the server shares the machine with the tests, its deletes (and the pool's
+    replacements they make room for) would take the tests' CPU."""
+
+    def __init__(self, client: PostgraasClient, hold: int = 0) -> None:
         self._client = client
+        self._hold = hold
+        self._held: list[tuple[str, Instance]] = []
         self._per_thread = threading.local()
         self._clients: list[PostgraasClient] = []
         self._executor = ThreadPoolExecutor(max_workers=BACKGROUND_DELETERS, thread_name_prefix="postgraas-delete")
         self._deletes: list[Future[str | None]] = []
 
     def submit(self, fixture: str, instance: Instance) -> None:
-        self._deletes.append(self._executor.submit(self._delete, fixture, instance))
+        self._held.append((fixture, instance))
+        while len(self._held) > self._hold:
+            self._send(*self._held.pop(0))
+
+    def delete_held(self) -> bool:
+        """Send every held delete and wait for every delete sent; False when none was held."""
+        if not self._held:
+            return False
+        sent = [self._send(*held) for held in self._held]
+        self._held.clear()
+        for delete in sent:
+            delete.exception()
+        return True
 
     def finish(self) -> list[str]:
-        """Once every delete submitted is done: what failed."""
+        """Once every delete submitted (the held ones too) is done: what failed."""
+        self.delete_held()
         self._executor.shutdown(wait=True)
         for client in self._clients:
             client.close()
         return [problem for delete in self._deletes if (problem := delete.result())]
+
+    def _send(self, fixture: str, instance: Instance) -> Future[str | None]:
+        delete = self._executor.submit(self._delete, fixture, instance)
+        self._deletes.append(delete)
+        return delete
 
     def _delete(self, fixture: str, instance: Instance) -> str | None:
         client = getattr(self._per_thread, "client", None)

@@ -284,6 +284,20 @@ class WarmPool:
             removed += 1
         return removed
 
+    def pooled_count(self, backend_name: str, template_id: int | None) -> int:
+        """The instances of a pool (``template_id``'s clones, or the backend's own), made or being made."""
+        of_this_pool = (
+            DBInstance.template_id.is_(None) if template_id is None else DBInstance.template_id == template_id
+        )
+        have = count(
+            (DBInstance.backend == backend_name)
+            & of_this_pool
+            & (DBInstance.owner == POOL_OWNER)
+            & DBInstance.status.in_((InstanceStatus.CREATING, InstanceStatus.POOLED))
+        )
+        db.session.rollback()
+        return have
+
     def fill(self, backend_name: str, size: int, template: ChosenTemplate | None = None) -> int:
         """Create pooled instances (clones of ``template``) until ``backend_name`` (the template)
         has ``size``, made or being made; returns how many were made. Stops at the first failure
@@ -291,16 +305,8 @@ class WarmPool:
         made = 0
         backend = self.backends.holding(backend_name)
         template_id = template.id if template is not None else None
-        of_this_pool = (
-            DBInstance.template_id.is_(None) if template_id is None else DBInstance.template_id == template_id
-        )
         while True:
-            have = count(
-                (DBInstance.backend == backend_name)
-                & of_this_pool
-                & (DBInstance.owner == POOL_OWNER)
-                & DBInstance.status.in_((InstanceStatus.CREATING, InstanceStatus.POOLED))
-            )
+            have = self.pooled_count(backend_name, template_id)
             full = self.policy.at_capacity(backend_name)
             db.session.rollback()
             if have >= size or full:

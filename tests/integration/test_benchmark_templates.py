@@ -40,7 +40,8 @@ def test_prints_the_table_with_targets(tiny_run):
     assert out.startswith("schema: 50 tables (primary keys, foreign keys, indexes), 10000 rows")
     for figure in (
         "per test: pytest-postgresql (postgresql_proc + load)",
-        "per test: Postgraas local",
+        "per test: Postgraas local (pytest plugin, pool 1)",
+        "per test: Postgraas local (pytest plugin, pool 3, deletes held to the end)",
         "clone local pool 1 POST->201",
         "clone cluster cold POST->query",
         "hand-made CREATE ROLE + CREATE DATABASE TEMPLATE -> query (cluster)",
@@ -60,6 +61,9 @@ def test_both_suites_ran_every_test(tiny_run):
         assert suite["tests"] == 3 and len(suite["all_tests_s"]) == 3, name
         assert suite["per_test"]["n"] == 1 and suite["per_test"]["p50"] > 0, name
     assert {"pytest-postgresql", "postgraas local", "postgraas cluster"} <= set(results["suites"])
+    assert {"postgraas local held", "postgraas cluster held"} <= set(results["suites"])
+    held = results["suites"]["postgraas local held"]
+    assert (held["pool_size"], held["defer_deletes"]) == (3, 3)
 
 
 def test_clones_and_one_build(tiny_run):

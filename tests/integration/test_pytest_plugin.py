@@ -269,6 +269,55 @@ def test_per_test_databases_are_deleted_in_the_background_and_a_failed_delete_is
         assert server.get(f"/{instance_id}").status_code == 404
 
 
+# Each test records its database and how many of its owner's databases exist while it runs.
+HELD_DATABASES = """
+import os
+
+import pytest
+import requests
+
+
+@pytest.mark.parametrize("n", range(5))
+def test_clean(postgraas_clean_database, request, n):
+    db = postgraas_clean_database
+    with open("used.txt", "a") as f:
+        f.write(f"{db.id} {db.name} {db.password}\\n")
+    url = request.config.getoption("postgraas_url")
+    headers = {"Authorization": f"Bearer {os.environ['POSTGRAAS_TOKEN']}"}
+    live = requests.get(f"{url}/postgraas_instances", headers=headers, timeout=30).json()
+    with open("live.txt", "a") as f:
+        f.write(f"{len(live)}\\n")
+"""
+
+
+def test_deferred_deletes_are_held_until_the_end_or_until_a_quota_needs_them(
+    pytester, request, tmp_path_factory, monkeypatch
+):
+    server = start_local_server(request, tmp_path_factory.mktemp("quota-server"), auth={"mode": "token"})
+    try:
+        monkeypatch.setenv("POSTGRAAS_TOKEN", make_token(server, "ci", "--max-instances", "2"))
+        pytester.makepyfile(HELD_DATABASES)
+        result = inner_run(pytester, server, "--postgraas-defer-deletes", "10")
+        result.assert_outcomes(passed=5)
+        assert result.ret == pytest.ExitCode.OK
+        # Held while the session ran: the second test saw the first's too. The third create was
+        # refused for the quota of 2, the two held were deleted, and it was made again.
+        live = [int(n) for n in (pytester.path / "live.txt").read_text().split()]
+        assert live == [1, 2, 1, 2, 1]
+        seen = used(pytester)
+        assert len(seen) == 5
+        # The last one held is deleted when the session ends.
+        headers = {"Authorization": f"Bearer {os.environ['POSTGRAAS_TOKEN']}"}
+        for instance_id in seen:
+            answer = requests.get(f"{server.url}/postgraas_instances/{instance_id}", headers=headers, timeout=30)
+            assert answer.status_code == 404
+        bad = inner_run(pytester, server, "--postgraas-defer-deletes", "-1")
+        assert bad.ret == pytest.ExitCode.USAGE_ERROR
+        bad.stderr.fnmatch_lines(["*--postgraas-defer-deletes*'-1' is not a count*"])
+    finally:
+        stop_server(server)
+
+
 def test_backend_and_ttl_reach_the_server(pytester, server):
     pytester.makepyfile(SETTINGS)
     unknown = inner_run(pytester, server, "--postgraas-backend", "nope")

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from postgraas_server.backends import BackendRegistry
 from postgraas_server.models import DBInstance, InstanceStatus, Template, db, utcnow
-from postgraas_server.service import PoolKeeper
+from postgraas_server.service import PoolKeeper, pool_keeper
 from postgraas_server.service.reaper import Reaper
 from postgraas_server.service.template_removal import retire_replaced
 from postgraas_server.tokens import issue_token
@@ -66,6 +66,55 @@ def test_a_templates_pool_is_filled_with_clones_and_a_create_takes_one(app, clie
     # The backend's own pool (none configured) takes none of them, and a plain create is made anew.
     plain = create(client, postgraas_instance_name="plain", db_name="plain", db_username="plain")
     assert plain.status_code == 201 and len(fake_backend.claims) == 1
+
+
+def test_a_full_template_pools_replacements_wait_while_takes_go_on_for_a_while_unless_it_runs_low(
+    app, client, keeper, fake_backend, monkeypatch
+):
+    template = built(client, pool_size=8)
+    assert fill(app, keeper) == 8
+    taken = iter(range(100))
+
+    def take(times: int = 1) -> None:
+        for _ in range(times):
+            n = next(taken)
+            answer = create(
+                client, template="shop", postgraas_instance_name=f"t{n}", db_name=f"t{n}", db_username=f"t{n}"
+            )
+            assert answer.status_code == 201, answer.get_json()
+
+    def pooled() -> int:
+        return len(pooled_clones(app, template["id"]))
+
+    def look() -> int:
+        return fill(app, keeper)
+
+    assert look() == 0  # found full
+    take(2)
+    # Taken since the last look, and more than a quarter left: the burst keeps the machine.
+    assert look() == 0 and pooled() == 6
+    take()
+    assert look() == 0 and pooled() == 5
+    # A look that finds none taken since the one before tops the pool up ...
+    assert look() == 3 and pooled() == 8
+    # ... and until it is found full again, every take is replaced at once.
+    take()
+    assert look() == 1
+    assert look() == 0  # found full
+    # Takes that go on longer than MAX_DEFERRAL_S: topped up all the same.
+    take()
+    assert look() == 0
+    monkeypatch.setattr(pool_keeper, "MAX_DEFERRAL_S", 0.0)
+    take()
+    assert look() == 2 and pooled() == 8
+    monkeypatch.undo()
+    assert look() == 0  # found full
+    take()
+    assert look() == 0
+    take(5)
+    # A quarter or less left: made at once, whatever the takes.
+    assert pooled() == 2
+    assert look() == 6 and pooled() == 8
 
 
 def test_a_templates_pool_goes_with_the_template_and_its_taken_clones_stay(app, client, keeper, fake_backend):
