@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -173,17 +173,25 @@ def delete_instance(url: str, created: Created) -> str | None:
 
 def wait_for_pool(server: PostgraasServer, backend: str, size: int, timeout: float) -> tuple[bool, float, float]:
     """Poll /metrics until the backend has ``size`` pooled instances: (reached, seconds waited, last count)."""
+    return wait_for_instances(server, backend, "pooled", lambda count: count >= size, timeout)
+
+
+def wait_for_instances(
+    server: PostgraasServer, backend: str, status: str, reached: Callable[[float], bool], timeout: float
+) -> tuple[bool, float, float]:
+    """Poll /metrics until the backend's count of instances in ``status`` is ``reached``: (reached,
+    seconds waited, last count). An unanswered poll counts as nothing seen yet."""
     started = time.perf_counter()
-    count = 0.0
+    count: float | None = None
     while True:
         try:
-            count = server.gauge("postgraas_instances", backend=backend, status="pooled")
+            count = server.gauge("postgraas_instances", backend=backend, status=status)
         except requests.RequestException:
-            pass
-        if count >= size:
+            pass  # a busy server answering late: ask again
+        if count is not None and reached(count):
             return True, time.perf_counter() - started, count
         if time.perf_counter() - started > timeout:
-            return False, time.perf_counter() - started, count
+            return False, time.perf_counter() - started, count or 0.0
         time.sleep(0.05)
 
 

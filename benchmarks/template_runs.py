@@ -15,7 +15,7 @@ import requests
 from . import template_schema
 from .infra import REPO_ROOT, PostgraasServer, give_to_postgres, say
 from .machine import settle_machine
-from .measure import wait_for_pool
+from .measure import wait_for_instances, wait_for_pool
 from .report import Series
 
 SUITES = REPO_ROOT / "benchmarks" / "template_suites"
@@ -102,7 +102,7 @@ def run_postgraas_suite(
     options.append(f"--postgraas-defer-deletes={defer_deletes}")
     env: dict[str, str] = {}
     # The suite before's pooled clones, still being removed, would count as this pool's.
-    wait_until_removed(server, [backend], 300)
+    wait_until_removed(server, backend, 300)
     build = run_suite("postgraas", home / "build", 1, options, env)
     result: dict = {"via": "pytest plugin", "pool_size": pool_size, "defer_deletes": defer_deletes, "build_run": build}
     if build["error"]:
@@ -129,18 +129,13 @@ def delete_templates_named(url: str, name: str) -> None:
                 say(f"DELETE template {template['id']}: {answer.status_code} {answer.text[:200]}")
 
 
-def wait_until_removed(server: PostgraasServer, backends: list[str], timeout: float) -> None:
-    """Until /metrics shows no pooled or deleting instance of ``backends``: the pools of the suites'
-    templates, removed in the background once each template was deleted."""
+def wait_until_removed(server: PostgraasServer, backend: str, timeout: float) -> None:
+    """Until /metrics shows no pooled or deleting instance of ``backend``: the pool of the suite
+    before, removed in the background once its template was deleted."""
     deadline = time.monotonic() + timeout
-    for backend in backends:
-        for status in ("pooled", "deleting"):
-            while time.monotonic() < deadline:
-                try:
-                    if server.gauge("postgraas_instances", backend=backend, status=status) == 0:
-                        break
-                except requests.RequestException:
-                    pass  # a busy server answering late: ask again
-                time.sleep(0.2)
-    if time.monotonic() >= deadline:
-        say(f"the suites' pooled clones were not all removed within {timeout:.0f} s; the clones are timed anyway")
+    for status in ("pooled", "deleting"):
+        left = max(deadline - time.monotonic(), 0.0)
+        removed, _, count = wait_for_instances(server, backend, status, lambda n: n == 0, left)
+        if not removed:
+            say(f"{backend}: {count:g} instances {status} after {timeout:.0f} s; the suite runs anyway")
+            return

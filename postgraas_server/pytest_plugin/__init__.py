@@ -13,6 +13,7 @@ use pluggy's ``wrapper=True`` style, so this needs pytest 8 (pluggy 1.2) or newe
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import sys
@@ -104,8 +105,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _count(text: str) -> int:
-    import argparse
-
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2 ...)")
     return int(text)
