@@ -3,6 +3,7 @@ a PostgreSQL server of the instance's own, run unprivileged in a private directo
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -134,3 +135,29 @@ def test_a_template_keeps_only_the_wal_its_start_reads(creator_for):
             assert conn.execute("select count(*) from items").fetchone() == (ROWS,)
     finally:
         templates.cleanup()
+
+
+def _nice_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.parametrize("nice", [10, 0])
+def test_the_programs_that_copy_and_remove_run_below_the_api_the_servers_do_not(creator_for, local_data_root, nice):
+    """A warm create must not wait for a core behind copies and removals (cpu_priority): the
+    backend's programs run at its ``nice``, their session groups too; a server keeps the API's."""
+    creator = creator_for("local", nice=nice)
+    db = creator()
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    pid = int((local_data_root / db.ref / "data" / "postmaster.pid").read_text().split()[0])
+    assert _nice_of(pid) == ours
+    with db.connect() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    programs = creator.backend._programs
+    seen = programs.run(["sh", "-c", "cat /proc/$$/stat; cat /proc/$$/autogroup 2>/dev/null || true"], None, "look")
+    stat, _, group = seen.stdout.partition("\n")
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == min(19, ours + nice)
+    if Path("/proc/self/autogroup").exists():
+        assert group.split()[-1] == str(nice)
+    home = local_data_root / db.ref
+    creator.backend.delete(db.ref, db.spec.credentials, instance_id=db.spec.instance_id, force=True)
+    assert not home.exists()

@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,9 +140,14 @@ def configure(home: Path, listen_address: str, ephemeral: bool) -> None:
         )
 
 
-def remove_home(home: Path, meta_file: str = META_FILE) -> None:
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_home(home: Path, meta_file: str = META_FILE, remove_tree: Callable[[Path], None] = _remove_tree) -> None:
     """``meta_file`` (instance.json) goes last: a removal cut short (a process writing there
-    meanwhile) leaves a home that list_objects still finds, so the reaper tries again."""
+    meanwhile) leaves a home that list_objects still finds, so the reaper tries again.
+    ``remove_tree(directory)``: removes what it can of a directory, silently."""
     if not home.exists():
         return
     try:
@@ -149,7 +155,7 @@ def remove_home(home: Path, meta_file: str = META_FILE) -> None:
             if entry.name == meta_file:
                 continue
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
             else:
                 entry.unlink(missing_ok=True)
         left = sorted(entry.name for entry in home.iterdir() if entry.name != meta_file)

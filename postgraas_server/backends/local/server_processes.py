@@ -28,6 +28,7 @@ from ...backend_settings import LocalBackendSettings
 from ...errors import BackendError, BackendUnavailable
 from ..postgres.client import NotReady
 from ..postgres.tenants import OUR_SESSIONS
+from .cpu_priority import lower_session, lowered
 from .data_directories import RunAs
 from .directory_processes import end_processes_working_in
 
@@ -134,10 +135,16 @@ class ServerPrograms:
         check: bool = True,
         stdin: str | None = None,
         output: int | None = None,
+        server: bool = False,
     ) -> subprocess.CompletedProcess:
         """``output``: a file descriptor for the program's stdout and stderr (else captured), its stdin
-        then /dev/null."""
-        kwargs: dict = {"capture_output": True} if output is None else {"stdout": output, "stderr": output}
+        then /dev/null. A program runs at the backend's ``nice`` (cpu_priority); ``server``: it starts an
+        instance's server, which runs at the API's priority."""
+        kwargs: dict = (
+            {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+            if output is None
+            else {"stdout": output, "stderr": output}
+        )
         if output is not None and stdin is None:
             kwargs["stdin"] = subprocess.DEVNULL
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
@@ -147,16 +154,14 @@ class ServerPrograms:
             argv = ["setpriv", f"--reuid={run_as.uid}", f"--regid={run_as.gid}", "--clear-groups", *argv]
             env["HOME"] = run_as.home
         try:
-            result = subprocess.run(
-                [str(a) for a in argv],
-                input=stdin,
-                text=True,
-                env=env,
-                cwd="/",
-                # Own session: the postgres it starts must outlive this server's process group.
-                start_new_session=True,
-                timeout=self.settings.ready_timeout + 30,
-                **kwargs,
+            nice = 0 if server else self.settings.nice
+            result = _run_in_own_session(
+                [str(a) for a in lowered(argv, nice)],
+                stdin,
+                env,
+                nice,
+                self.settings.ready_timeout + 30,
+                kwargs,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise BackendError(f"{what} failed: {e}") from e
@@ -196,6 +201,7 @@ class ServerPrograms:
                 run_as,
                 "starting postgres",
                 output=log,
+                server=True,
             )
         finally:
             os.close(log)
@@ -238,6 +244,10 @@ class ServerPrograms:
             [self.bin_dir / "pg_ctl", "-D", home / "data", "status"], run_as, "pg_ctl status", check=False
         )
         return result.returncode == 0
+
+    def remove_tree(self, directory: Path) -> None:
+        """Remove what can be removed of ``directory``, as ``rm -rf`` does (the caller looks at what is left)."""
+        self.run(["rm", "-rf", "--", directory], None, f"removing {directory}", check=False)
 
     def discard(self, home: Path) -> None:
         """End the server whose data is thrown away next, and whatever else works in the instance's
@@ -328,3 +338,21 @@ def _port_looks_free(address: str, port: int) -> bool:
 
 def _tail(text: str) -> str:
     return "\n".join(text.strip().splitlines()[-LOG_TAIL_LINES:])
+
+
+def _run_in_own_session(
+    argv: list[str], stdin: str | None, env: dict[str, str], nice: int, timeout: float, kwargs: dict
+) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own (the postgres it starts must outlive this server's
+    process group), whose session group gets ``nice`` (see cpu_priority)."""
+    if stdin is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    with subprocess.Popen(argv, text=True, env=env, cwd="/", start_new_session=True, **kwargs) as process:
+        lower_session(process.pid, nice)
+        try:
+            stdout, stderr = process.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
