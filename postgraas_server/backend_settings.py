@@ -129,8 +129,8 @@ class LocalBackendSettings(_BackendSection):
     # "first": a tenant login proves the copies of a cluster (the initdb one, a template) let tenants
     # in, on the first in a process; "every": on each create.
     login_proof: Literal["first", "every"] = "first"
-    # The nice value of the programs that copy, start and remove instances (not of the servers):
-    # below the API, so that its answers do not wait for a core behind them. 0: as the API's.
+    # How many nice steps below the API the programs that copy, check on and remove instances run
+    # (not the servers), so that its answers do not wait for a core behind them. 0: as the API.
     nice: int = Field(default=10, ge=0, le=19)
 
     @model_validator(mode="after")

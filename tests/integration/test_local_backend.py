@@ -13,6 +13,7 @@ import pytest
 
 from postgraas_server.backends import DatabaseSpec
 from postgraas_server.backends.local import backend as local
+from postgraas_server.backends.local import session_groups
 from postgraas_server.backends.local.top_directory import FS_TOPDIR_FL
 from postgraas_server.errors import BackendTimeout, PostgraasError
 
@@ -137,27 +138,48 @@ def test_a_template_keeps_only_the_wal_its_start_reads(creator_for):
         templates.cleanup()
 
 
-def _nice_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-
-
+@pytest.mark.parametrize("weighable", [True, False], ids=["own-session-groups", "in-the-api-session"])
 @pytest.mark.parametrize("nice", [10, 0])
-def test_the_programs_that_copy_and_remove_run_below_the_api_the_servers_do_not(creator_for, local_data_root, nice):
-    """A warm create must not wait for a core behind copies and removals (cpu_priority): the
-    backend's programs run at its ``nice``, their session groups too; a server keeps the API's."""
+def test_the_programs_that_copy_and_remove_run_below_the_api_the_servers_do_not(
+    creator_for, local_data_root, monkeypatch, nice, weighable
+):
+    """A warm create must not wait for a core behind copies and removals (ServerPrograms.run): the
+    backend's programs run ``nice`` steps below the API, where the kernel groups tasks by session in
+    a session whose group weighs as little (or else in the API's session); a server keeps the API's
+    priority, in a session of its own."""
+    if weighable and not session_groups.weighable():
+        pytest.skip("this kernel has no session groups, or this process may not weigh them (CAP_SYS_ADMIN)")
+    monkeypatch.setattr(session_groups, "weighable", lambda: weighable)
     creator = creator_for("local", nice=nice)
     db = creator()
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     pid = int((local_data_root / db.ref / "data" / "postmaster.pid").read_text().split()[0])
-    assert _nice_of(pid) == ours
+    assert _stat_of(pid)["nice"] == ours
+    assert _stat_of(pid)["session"] != os.getsid(0)
     with db.connect() as conn:
         assert conn.execute("select 1").fetchone() == (1,)
-    programs = creator.backend._programs
-    seen = programs.run(["sh", "-c", "cat /proc/$$/stat; cat /proc/$$/autogroup 2>/dev/null || true"], None, "look")
+    seen = creator.backend._programs.run(
+        ["sh", "-c", "cat /proc/$$/stat; cat /proc/$$/autogroup || true"], None, "look"
+    )
     stat, _, group = seen.stdout.partition("\n")
-    assert int(stat.rsplit(")", 1)[1].split()[16]) == min(19, ours + nice)
-    if Path("/proc/self/autogroup").exists():
+    program = _parse_stat(stat)
+    assert program["nice"] == min(19, ours + nice)
+    assert program["group"] != os.getpgid(0)
+    if weighable and nice:
+        assert program["session"] != os.getsid(0)
         assert group.split()[-1] == str(nice)
+    else:
+        assert program["session"] == os.getsid(0)
     home = local_data_root / db.ref
     creator.backend.delete(db.ref, db.spec.credentials, instance_id=db.spec.instance_id, force=True)
     assert not home.exists()
+
+
+def _stat_of(pid: int) -> dict[str, int]:
+    return _parse_stat(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _parse_stat(text: str) -> dict[str, int]:
+    fields = text.rsplit(")", 1)[1].split()
+    # proc(5): pgrp, session and nice are fields 5, 6 and 19; fields[0] is field 3, the state.
+    return {"group": int(fields[2]), "session": int(fields[3]), "nice": int(fields[16])}

@@ -302,7 +302,7 @@ class LocalBackend(OwnServerBackend):
         """End the server and whatever else still works in the instance's directory, and remove
         everything of the instance."""
         self._programs.discard(home)
-        # Thousands of files: removed by a program at the backend's nice, not in the API's thread (cpu_priority).
+        # Thousands of files: removed by a program below the API, not in the API's thread (ServerPrograms.run).
         remove_home(home, remove_tree=self._programs.remove_tree)
 
     def _label(self, ref: str) -> str:

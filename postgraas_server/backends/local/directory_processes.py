@@ -1,7 +1,8 @@
 """Ending the processes that work in a directory, found by the paths on their command lines.
 
 A local instance's programs (``cp`` of the template, ``pg_ctl``, the ``setpriv`` and ``setsid``
-that start ``postgres``) run in sessions of their own, so they outlive the server that started them.
+that start ``postgres``) run in process groups of their own, so they outlive the server that
+started them.
 When that server dies mid-create, a start can still be on its way: once the reaper has
 looked for ``postmaster.pid``, or while it removes the directory, a postgres comes up in it and
 keeps files there. Each of these programs names the instance's directory in its arguments, so

@@ -28,7 +28,7 @@ from ...backend_settings import LocalBackendSettings
 from ...errors import BackendError, BackendUnavailable
 from ..postgres.client import NotReady
 from ..postgres.tenants import OUR_SESSIONS
-from .cpu_priority import lower_session, lowered
+from . import session_groups
 from .data_directories import RunAs
 from .directory_processes import end_processes_working_in
 
@@ -63,7 +63,8 @@ LOG_TAIL_LINES = 20
 CLUSTER_STATE = "Database cluster state"
 REDO_SEGMENT = "Latest checkpoint's REDO WAL file"
 # The programs that work in an instance's directory (as in /proc/<pid>/comm).
-INSTANCE_PROGRAMS = frozenset({"cp", "pg_ctl", "setpriv", "setsid", "postgres"})
+# "nice": what a lowered program is called until it has started the next one (see run).
+INSTANCE_PROGRAMS = frozenset({"cp", "pg_ctl", "setpriv", "setsid", "postgres", "nice"})
 
 
 class ServerPrograms:
@@ -136,10 +137,18 @@ class ServerPrograms:
         stdin: str | None = None,
         output: int | None = None,
         server: bool = False,
+        time_limit: bool = True,
     ) -> subprocess.CompletedProcess:
         """``output``: a file descriptor for the program's stdout and stderr (else captured), its stdin
-        then /dev/null. A program runs at the backend's ``nice`` (cpu_priority); ``server``: it starts an
-        instance's server, which runs at the API's priority."""
+        then /dev/null. ``time_limit``: the program is killed after ``ready_timeout`` + 30 s.
+
+        A program runs ``nice`` steps below the API: a warm create needs a few milliseconds of CPU,
+        and must not wait for a core behind copies of the template and removals of thousands of
+        files. Where the kernel groups tasks by session, in a session of its own whose group gets
+        the same weight, or else in the API's session (see session_groups); in a process group of
+        its own either way, out of reach of a terminal's signals to the API's. ``server``: it starts
+        an instance's server, which must outlive this process and its session, and runs at the API's
+        priority: its queries are the tenants' work."""
         kwargs: dict = (
             {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
             if output is None
@@ -155,12 +164,14 @@ class ServerPrograms:
             env["HOME"] = run_as.home
         try:
             nice = 0 if server else self.settings.nice
-            result = _run_in_own_session(
-                [str(a) for a in lowered(argv, nice)],
+            own_session = server or (nice > 0 and session_groups.weighable())
+            result = _run_program(
+                [str(a) for a in (["nice", "-n", nice, *argv] if nice > 0 else argv)],
                 stdin,
                 env,
-                nice,
-                self.settings.ready_timeout + 30,
+                self.settings.ready_timeout + 30 if time_limit else None,
+                {"start_new_session": True} if own_session else {"process_group": 0},
+                nice if own_session else 0,
                 kwargs,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -246,8 +257,13 @@ class ServerPrograms:
         return result.returncode == 0
 
     def remove_tree(self, directory: Path) -> None:
-        """Remove what can be removed of ``directory``, as ``rm -rf`` does (the caller looks at what is left)."""
-        self.run(["rm", "-rf", "--", directory], None, f"removing {directory}", check=False)
+        """Remove what can be removed of ``directory``, as ``rm -rf`` does (the caller looks at what
+        is left): a program's work, below the API (see run), however long it takes."""
+        try:
+            self.run(["rm", "-rf", "--", directory], None, f"removing {directory}", check=False, time_limit=False)
+        except BackendError as e:
+            log.warning("%s; removing it in this process", e.msg)
+            shutil.rmtree(directory, ignore_errors=True)
 
     def discard(self, home: Path) -> None:
         """End the server whose data is thrown away next, and whatever else works in the instance's
@@ -340,19 +356,28 @@ def _tail(text: str) -> str:
     return "\n".join(text.strip().splitlines()[-LOG_TAIL_LINES:])
 
 
-def _run_in_own_session(
-    argv: list[str], stdin: str | None, env: dict[str, str], nice: int, timeout: float, kwargs: dict
+def _run_program(
+    argv: list[str],
+    stdin: str | None,
+    env: dict[str, str],
+    timeout: float | None,
+    group: dict,
+    session_nice: int,
+    kwargs: dict,
 ) -> subprocess.CompletedProcess:
-    """subprocess.run in a session of its own (the postgres it starts must outlive this server's
-    process group), whose session group gets ``nice`` (see cpu_priority)."""
+    """subprocess.run with ``group`` (its session or process group), the group of a session of its
+    own weighted at ``session_nice``; killed on a timeout or when the caller is interrupted, as
+    subprocess.run does."""
     if stdin is not None:
         kwargs["stdin"] = subprocess.PIPE
-    with subprocess.Popen(argv, text=True, env=env, cwd="/", start_new_session=True, **kwargs) as process:
-        lower_session(process.pid, nice)
+    with subprocess.Popen(argv, text=True, env=env, cwd="/", **group, **kwargs) as process:
+        if session_nice > 0:
+            session_groups.lower(process.pid, session_nice)
         try:
             stdout, stderr = process.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException:
             process.kill()
-            process.communicate()
+            # Not communicate(): a program it started may still hold the pipes.
+            process.wait()
             raise
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
