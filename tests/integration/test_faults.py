@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -162,17 +161,18 @@ def test_a_local_removal_cut_short_is_found_again_and_finished(local_data_root, 
     spec = DatabaseSpec(990101, f"cut-short-{tag}", f"db_{tag}", f"user_{tag}", "pw")
     ref = backend.create(spec).ref
     home = local_data_root / ref
-    real_rmtree = shutil.rmtree
+    programs = backend._programs
+    real_remove_tree = programs.remove_tree
     written: list[Path] = []
 
-    def rmtree_as_postgres_writes(path, *args, **kwargs):
-        real_rmtree(path, *args, **kwargs)
+    def remove_tree_as_postgres_writes(path):
+        real_remove_tree(path)
         if not written and Path(path) in (home, home / "data"):
             written.append(home / "data" / "postmaster.pid")
             written[0].parent.mkdir(parents=True, exist_ok=True)
             written[0].write_text("")
 
-    monkeypatch.setattr(shutil, "rmtree", rmtree_as_postgres_writes)
+    monkeypatch.setattr(programs, "remove_tree", remove_tree_as_postgres_writes)
     try:
         with pytest.raises(BackendError, match="could not be removed"):
             backend.delete(ref, spec.credentials, instance_id=spec.instance_id, force=True)
