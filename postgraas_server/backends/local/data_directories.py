@@ -147,29 +147,54 @@ def _remove_tree(path: Path) -> None:
 def remove_home(home: Path, meta_file: str = META_FILE, remove_tree: Callable[[Path], None] = _remove_tree) -> None:
     """``meta_file`` (instance.json) goes last: a removal cut short (a process writing there
     meanwhile) leaves a home that list_objects still finds, so the reaper tries again.
-    ``remove_tree(directory)``: removes what it can of a directory, silently."""
-    if not home.exists():
+    ``remove_tree(directory)``: removes what it can of a directory, silently.
+
+    Another removal of the same home may run at once (a delete racing the create's own clean-up):
+    what it removed first is no error, and a home it removed whole is removed."""
+    for _ in range(REMOVAL_ATTEMPTS):
+        if not home.exists():
+            return
+        try:
+            left = _remove_contents(home, meta_file, remove_tree)
+        except FileNotFoundError:
+            continue  # the other removal took something from under us: look again
+        except OSError as e:
+            raise BackendError(f"The local directory {home} could not be removed: {e}.") from e
+        if left:
+            raise BackendError(f"The local directory {home} could not be removed: {', '.join(left)} remain.")
         return
-    try:
-        for entry in home.iterdir():
-            if entry.name == meta_file:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                remove_tree(entry)
-            else:
-                entry.unlink(missing_ok=True)
-        left = sorted(entry.name for entry in home.iterdir() if entry.name != meta_file)
-        if not left:
-            meta = home / meta_file
-            kept = meta.read_bytes() if meta.exists() else None
-            meta.unlink(missing_ok=True)
-            try:
-                home.rmdir()
-            except OSError:
-                if kept is not None:  # something was written meanwhile: stay listed
-                    meta.write_bytes(kept)
-                raise
-    except OSError as e:
-        raise BackendError(f"The local directory {home} could not be removed: {e}.") from e
+    if home.exists():
+        raise BackendError(f"The local directory {home} could not be removed: it kept changing meanwhile.")
+
+
+# A concurrent removal makes an attempt fail at most once or twice before one of the two finishes.
+REMOVAL_ATTEMPTS = 5
+
+
+def _remove_contents(home: Path, meta_file: str, remove_tree: Callable[[Path], None]) -> list[str]:
+    """Remove ``home``: what was left, apart from ``meta_file``, if it could not be."""
+    for entry in home.iterdir():
+        if entry.name == meta_file:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    left = sorted(entry.name for entry in home.iterdir() if entry.name != meta_file)
     if left:
-        raise BackendError(f"The local directory {home} could not be removed: {', '.join(left)} remain.")
+        return left
+    meta = home / meta_file
+    try:
+        kept: bytes | None = meta.read_bytes()
+    except FileNotFoundError:
+        kept = None
+    meta.unlink(missing_ok=True)
+    try:
+        home.rmdir()
+    except FileNotFoundError:
+        return []  # the other removal's rmdir came first
+    except OSError:
+        if kept is not None:  # something was written meanwhile: stay listed
+            meta.write_bytes(kept)
+        raise
+    return []
