@@ -35,16 +35,55 @@ def test_a_home_the_other_removal_took_whole_midway_is_removed(tmp_path):
     assert not home.exists()
 
 
-def test_instance_json_taken_by_the_other_removal_is_no_error(tmp_path):
+def test_a_file_written_as_the_home_goes_keeps_it_listed(tmp_path, monkeypatch):
     home = _home(tmp_path)
+    meta = (home / META_FILE).read_bytes()
+    real_rmdir = Path.rmdir
 
-    def the_other_removal_is_one_step_ahead(path: Path) -> None:
-        shutil.rmtree(path)
-        (home / META_FILE).unlink(missing_ok=True)
+    def a_dying_postgres_writes_first(path: Path) -> None:
+        if path == home:
+            (home / "postgres.log").write_text("shutting down\n")
+        real_rmdir(path)
 
-    remove_home(home, remove_tree=the_other_removal_is_one_step_ahead)
+    monkeypatch.setattr(Path, "rmdir", a_dying_postgres_writes_first)
+    with pytest.raises(BackendError, match="could not be removed"):
+        remove_home(home)
 
-    assert not home.exists()
+    assert (home / META_FILE).read_bytes() == meta
+    assert sorted(p.name for p in home.iterdir()) == [META_FILE, "postgres.log"]
+
+
+def test_instance_json_held_by_the_other_removal_is_left_to_it(tmp_path, monkeypatch):
+    """The other removal took instance.json, its rmdir failed (a file written meanwhile), and it
+    puts instance.json back while this removal runs: this one must not take it again."""
+    home = _home(tmp_path)
+    meta = (home / META_FILE).read_bytes()
+    (home / META_FILE).unlink()
+    real_rmdir, real_unlink = Path.rmdir, Path.unlink
+    happened: list[bool] = []
+
+    def the_other_puts_it_back() -> None:
+        if not happened:
+            happened.append(True)
+            (home / "postgres.log").write_text("shutting down\n")
+            (home / META_FILE).write_bytes(meta)
+
+    def unlink(path: Path, missing_ok: bool = False) -> None:
+        if path == home / META_FILE:
+            the_other_puts_it_back()
+        real_unlink(path, missing_ok=missing_ok)
+
+    def rmdir(path: Path) -> None:
+        if path == home:
+            the_other_puts_it_back()
+        real_rmdir(path)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(Path, "rmdir", rmdir)
+    with pytest.raises(BackendError, match="could not be removed"):
+        remove_home(home)
+
+    assert (home / META_FILE).read_bytes() == meta
 
 
 def test_two_removals_of_one_home_at_once_both_succeed(tmp_path):

@@ -151,20 +151,22 @@ def remove_home(home: Path, meta_file: str = META_FILE, remove_tree: Callable[[P
 
     Another removal of the same home may run at once (a delete racing the create's own clean-up):
     what it removed first is no error, and a home it removed whole is removed."""
+    vanished: FileNotFoundError | None = None
     for _ in range(REMOVAL_ATTEMPTS):
         if not home.exists():
             return
         try:
             left = _remove_contents(home, meta_file, remove_tree)
-        except FileNotFoundError:
-            continue  # the other removal took something from under us: look again
+        except FileNotFoundError as e:
+            vanished = e  # the other removal took something from under us: look again
+            continue
         except OSError as e:
             raise BackendError(f"The local directory {home} could not be removed: {e}.") from e
         if left:
             raise BackendError(f"The local directory {home} could not be removed: {', '.join(left)} remain.")
         return
     if home.exists():
-        raise BackendError(f"The local directory {home} could not be removed: it kept changing meanwhile.")
+        raise BackendError(f"The local directory {home} could not be removed: {vanished}.") from vanished
 
 
 # A concurrent removal makes an attempt fail at most once or twice before one of the two finishes.
@@ -187,14 +189,28 @@ def _remove_contents(home: Path, meta_file: str, remove_tree: Callable[[Path], N
     try:
         kept: bytes | None = meta.read_bytes()
     except FileNotFoundError:
-        kept = None
-    meta.unlink(missing_ok=True)
+        kept = None  # another removal holds it, and puts it back if its rmdir fails: leave it be
+    if kept is not None:
+        meta.unlink(missing_ok=True)
     try:
         home.rmdir()
     except FileNotFoundError:
         return []  # the other removal's rmdir came first
     except OSError:
         if kept is not None:  # something was written meanwhile: stay listed
-            meta.write_bytes(kept)
+            _put_back(meta, kept)
         raise
     return []
+
+
+def _put_back(meta: Path, kept: bytes) -> None:
+    """``meta`` again, whole at once (a reaper may read it any moment), unless it is there already
+    (a create's newer one)."""
+    partial = meta.with_name(f"{meta.name}.restore")
+    partial.write_bytes(kept)
+    try:
+        os.link(partial, meta)
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink(missing_ok=True)
