@@ -26,6 +26,8 @@ from .top_directory import mark_top_directory
 MAX_SOCKET_DIR_BYTES = 88
 # What list_objects finds an instance by.
 META_FILE = "instance.json"
+# A removal racing another of the same home fails an attempt at most once or twice before one finishes.
+REMOVAL_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -167,10 +169,6 @@ def remove_home(home: Path, meta_file: str = META_FILE, remove_tree: Callable[[P
         return
     if home.exists():
         raise BackendError(f"The local directory {home} could not be removed: {vanished}.") from vanished
-
-
-# A concurrent removal makes an attempt fail at most once or twice before one of the two finishes.
-REMOVAL_ATTEMPTS = 5
 
 
 def _remove_contents(home: Path, meta_file: str, remove_tree: Callable[[Path], None]) -> list[str]:
